@@ -1,0 +1,184 @@
+//! The command line: global flags (ZooKeeper, root, logging), one file per subcommand, and the
+//! second parsing stage that turns what the user typed into validated configuration before any
+//! connection is made.
+
+mod delete;
+mod exit;
+pub mod logging;
+mod ls;
+mod put;
+mod resolve;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald::layout::{DEFAULT_ROOT, EnvKey, Layout};
+use herald::values::Values;
+use herald::zk::{ConnectString, DigestAuth, ZkConfig};
+
+pub use exit::{Exit, Outcome};
+
+const ABOUT: &str = "ZooKeeper-backed service discovery for containers";
+
+const AFTER_HELP: &str = "\
+Examples:
+  herald put DATABASE_URL - < url.txt          publish a value (read from stdin)
+  herald resolve DATABASE_URL                  print it (what an /environment script runs)
+  herald resolve --wait --timeout 30s DATABASE_URL
+  herald ls
+
+Credentials: HERALD_ZK_AUTH=user:password or --zk-auth-file FILE (never on the command line).
+Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 timed out, 5 ZooKeeper unreachable, 6 denied.";
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub zk: ZkArgs,
+    #[command(flatten)]
+    pub log: logging::LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish a value under <root>/environment/KEY.
+    Put(put::PutArgs),
+    /// Print a published value exactly as stored.
+    Resolve(resolve::ResolveArgs),
+    /// Remove a published value.
+    Delete(delete::DeleteArgs),
+    /// List published keys and registered services.
+    Ls(ls::LsArgs),
+}
+
+/// How to reach ZooKeeper and where herald's znodes live.
+#[derive(Debug, Args)]
+pub struct ZkArgs {
+    /// ZooKeeper connect string: host:port[,host:port…][/chroot].
+    #[arg(
+        long,
+        env = "HERALD_ZK",
+        default_value = "127.0.0.1:2181",
+        global = true
+    )]
+    pub zk: String,
+    /// herald's base znode path (below the chroot, if any).
+    #[arg(long, env = "HERALD_ROOT", default_value = DEFAULT_ROOT, global = true)]
+    pub root: String,
+    /// Session timeout to ask of ZooKeeper (e.g. 10s, 500ms).
+    #[arg(long, env = "HERALD_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub session_timeout: Duration,
+    /// How long to try to establish a session before giving up (exit 5).
+    #[arg(long, env = "HERALD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Duration,
+    /// File holding digest credentials `user:password` (HERALD_ZK_AUTH holds them directly).
+    #[arg(long, env = "HERALD_ZK_AUTH_FILE", global = true)]
+    pub zk_auth_file: Option<PathBuf>,
+}
+
+/// A duration like `10s`, `500ms`, `1m 30s`; zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 10s, 500ms or 2m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// Validated connection settings and layout, built before any connection is made.
+pub struct Target {
+    pub config: ZkConfig,
+    pub values: Values,
+}
+
+impl ZkArgs {
+    fn target(&self) -> anyhow::Result<Target> {
+        let connect: ConnectString = self
+            .zk
+            .parse()
+            .map_err(|e| Outcome::Usage(format!("--zk/HERALD_ZK: {e}")))?;
+        let layout = Layout::new(connect.chroot(), &self.root)?;
+        let auth = self.auth()?;
+        let authenticated = auth.is_some();
+        let config = ZkConfig {
+            connect,
+            session_timeout: self.session_timeout,
+            connect_timeout: self.connect_timeout,
+            auth,
+        };
+        Ok(Target {
+            config,
+            values: Values::new(layout, authenticated),
+        })
+    }
+
+    fn auth(&self) -> anyhow::Result<Option<DigestAuth>> {
+        if let Some(file) = &self.zk_auth_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read --zk-auth-file {}", file.display()))
+                .map_err(|e| Outcome::Usage(format!("{e:#}")))?;
+            let auth = DigestAuth::parse(&text).map_err(|reason| {
+                Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
+            })?;
+            return Ok(Some(auth));
+        }
+        match std::env::var("HERALD_ZK_AUTH") {
+            Ok(text) if !text.is_empty() => DigestAuth::parse(&text)
+                .map(Some)
+                .map_err(|reason| Outcome::Usage(format!("HERALD_ZK_AUTH: {reason}")).into()),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Parses a KEY argument; an invalid one is a usage error naming the key.
+fn parse_key(key: &str) -> anyhow::Result<EnvKey> {
+    Ok(key.parse::<EnvKey>()?)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Put(args) => put::run(&cli.zk, args).await,
+        Command::Resolve(args) => resolve::run(&cli.zk, args).await,
+        Command::Delete(args) => delete::run(&cli.zk, args).await,
+        Command::Ls(args) => ls::run(&cli.zk, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_help_shows_an_example() {
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("Example"),
+                "help of {} has no example",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

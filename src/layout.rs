@@ -1,0 +1,367 @@
+//! The znode layout: the only code that builds znode paths, and the validated names that go in them.
+//!
+//! ```text
+//! <root>/environment/<KEY>                    persistent: the raw bytes of a published value
+//! <root>/services/<service>/<instance-id>     ephemeral: one JSON document per live instance
+//! <root>/directors/<KEY>/…                    director election for the output KEY
+//! ```
+//!
+//! `<root>` is the chroot of the connect string (if any) followed by `--root` (default `/herald`).
+//! Every name is validated on construction, so a path built here never contains `/`, `..`,
+//! control characters or an empty segment.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a name, key or root path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "invalid key {value:?}: {reason}; a key is an environment variable name: a letter or '_', then letters, digits or '_'"
+    )]
+    Key { value: String, reason: &'static str },
+    #[error(
+        "invalid {kind} {value:?}: {reason}; use a letter or digit, then letters, digits, '.', '_' or '-' (at most {MAX_NAME_LEN} bytes)"
+    )]
+    Name {
+        kind: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("invalid {what} {value:?}: {reason}; write an absolute path like /herald")]
+    Root {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// Longest service name or instance id, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest key, in bytes (far below any limit of ZooKeeper or of an environment).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// The name of a published value: an environment variable name, `[A-Za-z_][A-Za-z0-9_]*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvKey(String);
+
+impl EnvKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for EnvKey {
+    type Err = LayoutError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fail = |reason| {
+            Err(LayoutError::Key {
+                value: s.to_owned(),
+                reason,
+            })
+        };
+        let Some(first) = s.chars().next() else {
+            return fail("it is empty");
+        };
+        if s.len() > MAX_KEY_LEN {
+            return fail("it is longer than 255 bytes");
+        }
+        if !(first.is_ascii_alphabetic() || first == '_') {
+            return fail("it must start with a letter or '_'");
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+        {
+            return fail(if c == '/' {
+                "it contains '/'"
+            } else if c.is_control() {
+                "it contains a control character"
+            } else {
+                "it contains a character other than letters, digits and '_'"
+            });
+        }
+        Ok(EnvKey(s.to_owned()))
+    }
+}
+
+impl fmt::Display for EnvKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn validate_name(kind: &'static str, s: &str) -> Result<(), LayoutError> {
+    let fail = |reason| {
+        Err(LayoutError::Name {
+            kind,
+            value: s.to_owned(),
+            reason,
+        })
+    };
+    let Some(first) = s.chars().next() else {
+        return fail("it is empty");
+    };
+    if s.len() > MAX_NAME_LEN {
+        return fail("it is longer than 128 bytes");
+    }
+    if !first.is_ascii_alphanumeric() {
+        return fail("it must start with a letter or digit");
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return fail(if c == '/' {
+            "it contains '/'"
+        } else if c.is_control() {
+            "it contains a control character"
+        } else {
+            "it contains a character other than letters, digits, '.', '_' and '-'"
+        });
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = LayoutError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                validate_name($kind, s).map(|()| $name(s.to_owned()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A service name, `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128 bytes.
+    ServiceName,
+    "service name"
+);
+name_type!(
+    /// An instance id, `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128 bytes.
+    InstanceId,
+    "instance id"
+);
+
+/// Checks an absolute znode path (a chroot or `--root`) and returns it without a trailing `/`.
+/// `/` alone becomes the empty string.
+fn normalize_root(what: &'static str, s: &str) -> Result<String, LayoutError> {
+    let fail = |reason| {
+        Err(LayoutError::Root {
+            what,
+            value: s.to_owned(),
+            reason,
+        })
+    };
+    if !s.starts_with('/') {
+        return fail("it must start with '/'");
+    }
+    let trimmed = s.strip_suffix('/').unwrap_or(s);
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for segment in trimmed[1..].split('/') {
+        if segment.is_empty() {
+            return fail("it contains an empty segment ('//')");
+        }
+        if segment == "." || segment == ".." {
+            return fail("it contains '.' or '..'");
+        }
+        if segment == "zookeeper" && trimmed.starts_with("/zookeeper") {
+            return fail("/zookeeper is reserved by ZooKeeper");
+        }
+        if segment.chars().any(|c| c.is_control()) {
+            return fail("it contains a control character");
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Where herald's znodes live. Built once from the connect string's chroot and `--root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Absolute, without trailing `/`; never empty.
+    root: String,
+}
+
+/// The default `--root`.
+pub const DEFAULT_ROOT: &str = "/herald";
+
+impl Layout {
+    /// `chroot` is the path part of a connect string (`h1:2181/chroot`), `root` is `--root`.
+    pub fn new(chroot: Option<&str>, root: &str) -> Result<Layout, LayoutError> {
+        let chroot = match chroot {
+            Some(c) => normalize_root("chroot", c)?,
+            None => String::new(),
+        };
+        let root = normalize_root("--root", root)?;
+        let joined = format!("{chroot}{root}");
+        if joined.is_empty() {
+            return Err(LayoutError::Root {
+                what: "--root",
+                value: "/".to_owned(),
+                reason: "herald needs a base path of its own, not the ZooKeeper root",
+            });
+        }
+        Ok(Layout { root: joined })
+    }
+
+    /// herald's base path, e.g. `/herald` or `/chroot/herald`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// `<root>/environment`: the parent of every published value.
+    pub fn environment(&self) -> String {
+        format!("{}/environment", self.root)
+    }
+
+    /// `<root>/environment/<KEY>`.
+    pub fn value(&self, key: &EnvKey) -> String {
+        format!("{}/environment/{key}", self.root)
+    }
+
+    /// `<root>/services`: a Curator service-discovery basePath.
+    pub fn services(&self) -> String {
+        format!("{}/services", self.root)
+    }
+
+    /// `<root>/services/<service>`.
+    pub fn service(&self, service: &ServiceName) -> String {
+        format!("{}/services/{service}", self.root)
+    }
+
+    /// `<root>/services/<service>/<instance-id>`.
+    pub fn instance(&self, service: &ServiceName, id: &InstanceId) -> String {
+        format!("{}/services/{service}/{id}", self.root)
+    }
+
+    /// `<root>/directors/<KEY>`: where the directors of output KEY hold their election.
+    pub fn directors(&self, key: &EnvKey) -> String {
+        format!("{}/directors/{key}", self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let table = [
+            ("DATABASE_URL", true),
+            ("_x", true),
+            ("a1", true),
+            ("", false),
+            ("1ABC", false),
+            ("FOO-BAR", false),
+            ("FOO.BAR", false),
+            ("A/B", false),
+            ("..", false),
+            ("A\u{0}", false),
+            ("A\n", false),
+            ("É", false),
+        ];
+        for (input, ok) in table {
+            assert_eq!(input.parse::<EnvKey>().is_ok(), ok, "key {input:?}");
+        }
+        assert!("A".repeat(255).parse::<EnvKey>().is_ok());
+        assert!("A".repeat(256).parse::<EnvKey>().is_err());
+    }
+
+    #[test]
+    fn names() {
+        let table = [
+            ("pg", true),
+            ("pg-primary.v2_x", true),
+            ("0abc", true),
+            ("", false),
+            ("-pg", false),
+            (".hidden", false),
+            ("..", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a\u{7}", false),
+        ];
+        for (input, ok) in table {
+            assert_eq!(
+                input.parse::<ServiceName>().is_ok(),
+                ok,
+                "service {input:?}"
+            );
+            assert_eq!(input.parse::<InstanceId>().is_ok(), ok, "id {input:?}");
+        }
+        assert!("a".repeat(128).parse::<ServiceName>().is_ok());
+        assert!("a".repeat(129).parse::<InstanceId>().is_err());
+    }
+
+    #[test]
+    fn error_names_the_value_and_the_rule() {
+        let err = "FOO-BAR".parse::<EnvKey>().unwrap_err().to_string();
+        assert!(err.contains("\"FOO-BAR\""), "{err}");
+        assert!(err.contains("environment variable name"), "{err}");
+    }
+
+    #[test]
+    fn paths() {
+        let key: EnvKey = "DATABASE_URL".parse().unwrap();
+        let svc: ServiceName = "pg".parse().unwrap();
+        let id: InstanceId = "pg-1".parse().unwrap();
+        let l = Layout::new(None, "/herald").unwrap();
+        assert_eq!(l.value(&key), "/herald/environment/DATABASE_URL");
+        assert_eq!(l.environment(), "/herald/environment");
+        assert_eq!(l.services(), "/herald/services");
+        assert_eq!(l.service(&svc), "/herald/services/pg");
+        assert_eq!(l.instance(&svc, &id), "/herald/services/pg/pg-1");
+        assert_eq!(l.directors(&key), "/herald/directors/DATABASE_URL");
+
+        let l = Layout::new(Some("/tenant/a/"), "/herald/").unwrap();
+        assert_eq!(l.root(), "/tenant/a/herald");
+        let l = Layout::new(Some("/tenant"), "/").unwrap();
+        assert_eq!(l.root(), "/tenant");
+    }
+
+    #[test]
+    fn roots() {
+        let table = [
+            (None, "/herald", Some("/herald")),
+            (None, "/a/b", Some("/a/b")),
+            (None, "herald", None),
+            (None, "/", None),
+            (None, "/a//b", None),
+            (None, "/a/../b", None),
+            (None, "/zookeeper", None),
+            (Some("/"), "/x", Some("/x")),
+            (Some("x"), "/x", None),
+            (Some("/c\n"), "/x", None),
+        ];
+        for (chroot, root, want) in table {
+            let got = Layout::new(chroot, root).ok();
+            assert_eq!(
+                got.as_ref().map(Layout::root),
+                want,
+                "chroot {chroot:?} root {root:?}"
+            );
+        }
+    }
+}

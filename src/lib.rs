@@ -1,0 +1,17 @@
+//! herald: ZooKeeper-backed service discovery for containers.
+//!
+//! A process finds its dependencies through `/environment` scripts that read published values,
+//! and makes itself known through registration; a director derives service addresses from the
+//! live instances and publishes them back. This crate is the library behind the `herald` binary.
+//!
+//! Map of the crate:
+//! - [`layout`]: the znode layout and the validated names in it (the only place paths are built).
+//! - [`zk`]: the session layer: connect strings, credentials, connecting within a deadline,
+//!   rebuilding after session expiry.
+//! - [`values`]: published values under `<root>/environment`: put, get, wait, delete, list.
+//! - [`catalog`]: the registered services and their instance counts.
+
+pub mod catalog;
+pub mod layout;
+pub mod values;
+pub mod zk;

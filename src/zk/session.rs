@@ -1,0 +1,238 @@
+//! Connecting within a deadline, closing cleanly, and [`Session`]: a client that is rebuilt after
+//! its session expires.
+//!
+//! zookeeper-client reconnects by itself while the session lives (the same session moves between
+//! servers), so nothing here reacts to `Disconnected`. An expired client, though, is unusable
+//! forever: [`Session`] builds a new one with jittered backoff and bumps the generation, so users
+//! know to re-create their ephemeral nodes and watches.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+use zookeeper_client as zk;
+
+use super::config::ZkConfig;
+use super::error::ZkError;
+
+/// Connects to ZooKeeper, retrying refused or silent servers until `connect_timeout` has passed.
+///
+/// # Notable errors
+/// * [`ZkError::Unreachable`] when no session was established within `connect_timeout`.
+///
+/// # Cancellation safety
+/// Dropping the future abandons the attempt; no session outlives it.
+pub async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
+    let hosts = cfg.connect.hosts();
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let unreachable = || ZkError::Unreachable {
+        hosts: hosts.to_owned(),
+        within: cfg.connect_timeout,
+    };
+    loop {
+        let mut connector = zk::Client::connector().with_session_timeout(cfg.session_timeout);
+        if let Some(auth) = &cfg.auth {
+            connector = connector.with_auth("digest", auth.raw());
+        }
+        match tokio::time::timeout_at(deadline, connector.connect(hosts)).await {
+            Err(_elapsed) => return Err(unreachable()),
+            Ok(Ok(client)) => {
+                debug!(session = %client.session_id(), timeout_ms = client.session_timeout().as_millis() as u64, "session established");
+                return Ok(client);
+            }
+            Ok(Err(zk::Error::AuthFailed)) => {
+                return Err(ZkError::AuthFailed {
+                    hosts: hosts.to_owned(),
+                    user: cfg
+                        .auth
+                        .as_ref()
+                        .map(|a| a.user().to_owned())
+                        .unwrap_or_default(),
+                });
+            }
+            // The client gave up early (it bounds attempts by the session timeout): try again
+            // until our own deadline.
+            Ok(Err(zk::Error::Timeout | zk::Error::NoHosts | zk::Error::ConnectionLoss)) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(unreachable());
+                }
+                tokio::time::sleep_until(deadline.min(now + Duration::from_millis(50))).await;
+            }
+            Ok(Err(err)) => return Err(ZkError::op("connect to", hosts, err)),
+        }
+    }
+}
+
+/// Closes the session of `client` (its last clone) and waits briefly for the server to confirm,
+/// so one-shot commands leave no session behind to time out.
+pub async fn close(client: zk::Client) {
+    let mut states = client.state_watcher();
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while !states.peek_state().is_terminated() {
+            states.changed().await;
+        }
+    })
+    .await;
+}
+
+/// A client and the generation of its session: 1 for the first, one more after each rebuild.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub client: zk::Client,
+    pub generation: u64,
+}
+
+/// A ZooKeeper session that survives expiry: the first session is established by [`Session::open`];
+/// after an expiry a background task establishes a new one and publishes it as a new [`Live`].
+#[derive(Debug)]
+pub struct Session {
+    live: watch::Receiver<Live>,
+    /// Set when the keeper gives up (cancelled, closed, or credentials refused).
+    failure: Arc<Mutex<Option<ZkError>>>,
+    cancel: CancellationToken,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Establishes the first session (within `connect_timeout`) and starts keeping it.
+    /// Cancelling `cancel` stops the rebuilding; [`Session::close`] also closes the session.
+    pub async fn open(cfg: ZkConfig, cancel: CancellationToken) -> Result<Session, ZkError> {
+        let client = connect(&cfg).await?;
+        let span = info_span!("session", zk = %cfg.connect.hosts());
+        let (tx, live) = watch::channel(Live {
+            client,
+            generation: 1,
+        });
+        let failure = Arc::new(Mutex::new(None));
+        let cancel = cancel.child_token();
+        let keeper = tokio::spawn(keep(cfg, tx, failure.clone(), cancel.clone()).instrument(span));
+        Ok(Session {
+            live,
+            failure,
+            cancel,
+            keeper,
+        })
+    }
+
+    /// The current client. It may expire at any time; see [`Session::renewed`].
+    pub fn live(&self) -> Live {
+        self.live.borrow().clone()
+    }
+
+    /// A receiver that sees every new [`Live`].
+    pub fn subscribe(&self) -> watch::Receiver<Live> {
+        self.live.clone()
+    }
+
+    /// Waits until a session newer than `generation` exists and returns it.
+    ///
+    /// # Notable errors
+    /// The error that made the keeper give up (e.g. credentials refused after expiry), or
+    /// [`ZkError::Lost`] when the session was closed.
+    pub async fn renewed(&self, generation: u64) -> Result<Live, ZkError> {
+        let mut live = self.live.clone();
+        loop {
+            {
+                let current = live.borrow_and_update();
+                if current.generation > generation {
+                    return Ok(current.clone());
+                }
+            }
+            if live.changed().await.is_err() {
+                let failure = self.failure.lock().ok().and_then(|f| f.clone());
+                return Err(failure.unwrap_or(ZkError::Lost {
+                    op: "renew",
+                    path: "the session".to_owned(),
+                    source: zk::Error::ClientClosed,
+                }));
+            }
+        }
+    }
+
+    /// Stops rebuilding and closes the current session.
+    pub async fn close(self) {
+        self.cancel.cancel();
+        let _ = self.keeper.await;
+        let client = self.live.borrow().client.clone();
+        drop(self.live);
+        close(client).await;
+    }
+}
+
+async fn keep(
+    cfg: ZkConfig,
+    tx: watch::Sender<Live>,
+    failure: Arc<Mutex<Option<ZkError>>>,
+    cancel: CancellationToken,
+) {
+    let fail = |err: ZkError| {
+        if let Ok(mut f) = failure.lock() {
+            *f = Some(err);
+        }
+    };
+    loop {
+        let (mut states, session_id, generation) = {
+            let live = tx.borrow();
+            (
+                live.client.state_watcher(),
+                live.client.session_id(),
+                live.generation,
+            )
+        };
+        let state = loop {
+            let state = states.peek_state();
+            if state.is_terminated() {
+                break state;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                state = states.changed() => match state {
+                    zk::SessionState::Disconnected => warn!(session = %session_id, "lost the connection to ZooKeeper; reconnecting"),
+                    zk::SessionState::SyncConnected => info!(session = %session_id, "reconnected to ZooKeeper"),
+                    _ => {}
+                },
+            }
+        };
+        match state {
+            zk::SessionState::Expired => {}
+            zk::SessionState::AuthFailed => {
+                return fail(ZkError::AuthFailed {
+                    hosts: cfg.connect.hosts().to_owned(),
+                    user: cfg
+                        .auth
+                        .as_ref()
+                        .map(|a| a.user().to_owned())
+                        .unwrap_or_default(),
+                });
+            }
+            _ => return,
+        }
+        warn!(session = %session_id, generation, "ZooKeeper session expired; establishing a new one");
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let rebuild = (|| connect(&cfg))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(ZkError::is_unreachable)
+            .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot establish a new session yet"));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            rebuilt = rebuild => match rebuilt {
+                Ok(client) => {
+                    info!(session = %client.session_id(), generation = generation + 1, "new ZooKeeper session");
+                    tx.send_replace(Live { client, generation: generation + 1 });
+                }
+                Err(err) => return fail(err),
+            },
+        }
+    }
+}

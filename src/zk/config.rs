@@ -74,15 +74,21 @@ impl FromStr for ConnectString {
             if bare.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return fail("a host entry contains white space");
             }
-            if let Some((host, port)) = bare.rsplit_once(':') {
-                if !bare.starts_with('[') || host.ends_with(']') {
-                    if host.is_empty() {
-                        return fail("a host entry has a port but no host");
-                    }
-                    if port.parse::<u16>().map_or(true, |p| p == 0) {
-                        return fail("a port is not a number from 1 to 65535");
-                    }
-                }
+            let (host, port) = match bare.strip_prefix('[') {
+                Some(v6) => match v6.split_once(']') {
+                    Some((host, tail)) => (host, tail.strip_prefix(':')),
+                    None => return fail("an IPv6 address lacks its closing ']'"),
+                },
+                None => match bare.rsplit_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (bare, None),
+                },
+            };
+            if host.is_empty() {
+                return fail("a host entry has a port but no host");
+            }
+            if port.is_some_and(|p| p.parse::<u16>().is_err() || p == "0") {
+                return fail("a port is not a number from 1 to 65535");
             }
         }
         let chroot = match chroot {
@@ -179,7 +185,8 @@ mod tests {
 
     #[test]
     fn connect_strings() {
-        let table: &[(&str, Option<(&str, Option<&str>)>)] = &[
+        type Parsed<'a> = Option<(&'a str, Option<&'a str>)>;
+        let table: &[(&str, Parsed)] = &[
             ("127.0.0.1:2181", Some(("127.0.0.1:2181", None))),
             (
                 "h1:2181,h2:2182/chroot",
@@ -193,6 +200,7 @@ mod tests {
                 Some(("tcp://h1:2181,h2:1", Some("/x"))),
             ),
             ("[::1]:2181", Some(("[::1]:2181", None))),
+            ("[::1", None),
             ("", None),
             ("/chroot", None),
             ("h1:2181,,h2:2181", None),

@@ -1,0 +1,376 @@
+//! Shared fixture for the integration tests: one real ZooKeeper per test binary (started by
+//! `scripts/zk serve` on a free loopback port, killed by the kernel when the test binary exits,
+//! even on panic or SIGKILL), the herald binary with a clean environment, and event-based waits.
+#![allow(dead_code)] // each test binary uses a different part of the fixture
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Zk {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+impl Zk {
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a four-letter word and returns the answer.
+    pub fn four_letter(&self, word: &str) -> String {
+        four_letter(self.port, word)
+    }
+}
+
+pub fn four_letter(port: u16, word: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.write_all(word.as_bytes());
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+pub fn repo_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+static ZK: OnceLock<Zk> = OnceLock::new();
+
+/// The test binary's ZooKeeper, started on first use.
+pub fn zk() -> &'static Zk {
+    ZK.get_or_init(|| {
+        let parent = std::env::temp_dir().join("herald-it");
+        remove_stale_dirs(&parent);
+        let dir = parent.join(std::process::id().to_string());
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            match start_server(&dir, port) {
+                Ok(pid) => return Zk { port, dir, pid },
+                Err(why) => last = why,
+            }
+        }
+        panic!("could not start ZooKeeper for the tests: {last}");
+    })
+}
+
+/// Removes the data of earlier test runs whose process is gone.
+fn remove_stale_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let alive = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Starts `scripts/zk serve` from a thread that lives as long as the test binary: the child
+/// gets SIGKILL from the kernel when that thread (so, the process) dies.
+fn start_server(dir: &Path, port: u16) -> Result<u32, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let log = std::fs::File::create(dir.join("zookeeper.log")).map_err(|e| e.to_string())?;
+    let mut command = Command::new(repo_dir().join("scripts/zk"));
+    command
+        .args(["serve", "--dir"])
+        .arg(dir)
+        .args(["--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("zookeeper-{port}"))
+        .spawn(move || match command.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(child.id()));
+                let _ = child.wait();
+                // Keep this thread (the child's parent) alive until the process exits.
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("spawn scripts/zk: {e}")));
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let pid = rx.recv().map_err(|e| e.to_string())??;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if four_letter(port, "srvr").contains("Mode:") {
+            return Ok(pid);
+        }
+        if unsafe { libc::kill(pid as i32, 0) } != 0 {
+            let log = std::fs::read_to_string(dir.join("zookeeper.log")).unwrap_or_default();
+            return Err(format!(
+                "ZooKeeper on port {port} exited: {}",
+                tail(&log, 800)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    Err(format!("ZooKeeper on port {port} did not serve within 60s"))
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// A unique root for one test, so tests share the server without seeing each other.
+pub fn root(test: &str) -> String {
+    format!("/it/{test}")
+}
+
+/// The herald binary with a clean environment pointed at the test server and `root`.
+pub fn herald(root: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HERALD_ZK", zk().connect_string())
+        .env("HERALD_ROOT", root)
+        .env("HERALD_CONNECT_TIMEOUT", "10s")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs a command to completion, failing the test if it outlives [`DEADLINE`].
+pub fn run(command: &mut Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the herald binary");
+    wait_output(child, DEADLINE)
+}
+
+/// Runs a command with `input` on stdin.
+pub fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the herald binary");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = wait_output(child, DEADLINE);
+    let _ = writer.join();
+    out
+}
+
+/// Waits for a child's exit and output; kills it and fails after `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Waits until `probe` returns `Some`, failing the test with `what` after [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The session ids (hex, as `wchp` prints them) watching `path` on the server.
+pub fn watchers_of(zk: &Zk, path: &str) -> Vec<String> {
+    let dump = zk.four_letter("wchp");
+    let mut sessions = Vec::new();
+    let mut in_path = false;
+    for line in dump.lines() {
+        if line.starts_with('/') {
+            in_path = line == path;
+        } else if in_path {
+            sessions.push(line.trim().to_owned());
+        }
+    }
+    sessions
+}
+
+/// Exit code, stdout and stderr of a finished command, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        let dir = zk().dir.join("scratch").join(test);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A plain ZooKeeper client for checking what herald wrote (no herald code involved).
+pub async fn client() -> zookeeper_client::Client {
+    zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&zk().connect_string())
+        .await
+        .expect("connect a checking client to the test ZooKeeper")
+}
+
+/// A loopback TCP proxy in front of the test ZooKeeper that can cut the network: while
+/// partitioned, live connections are shut down and new ones are closed on accept.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    partitioned: bool,
+    live: Vec<TcpStream>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for downstream in listener.incoming().flatten() {
+                let mut state = shared.lock().unwrap();
+                if state.partitioned {
+                    let _ = downstream.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for stream in [&downstream, &up] {
+                    if let Ok(clone) = stream.try_clone() {
+                        state.live.push(clone);
+                    }
+                }
+                pipe(downstream.try_clone().unwrap(), up.try_clone().unwrap());
+                pipe(up, downstream);
+            }
+        });
+        Proxy { port, state }
+    }
+
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones until [`Proxy::heal`].
+    pub fn partition(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.partitioned = true;
+        for stream in state.live.drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.state.lock().unwrap().partitioned = false;
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}

@@ -137,11 +137,7 @@ fn invalid_keys_are_refused_and_nothing_is_written() {
         let out = run(herald(&root).args(["resolve", key]));
         assert_eq!(code(&out), Some(2), "resolve {key:?}: {}", describe(&out));
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let client = client().await;
         assert_eq!(
             client.check_stat(&root).await.unwrap(),
@@ -225,11 +221,7 @@ fn chroot_in_the_connect_string_is_created_and_honoured() {
         .env("HERALD_ZK", &with_chroot)
         .args(["resolve", "IN_CHROOT"]));
     assert_eq!(out.stdout, b"yes", "{}", describe(&out));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let client = client().await;
         let (data, _) = client
             .get_data(&format!("{chroot}/herald/environment/IN_CHROOT"))
@@ -267,11 +259,7 @@ fn ls_lists_keys_with_sizes_and_services_with_instance_counts() {
         Some(0)
     );
     // Two instances of pg and one of cache, as registrations will write them.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _client = rt.block_on(async {
+    let _client = block_on(async {
         use zookeeper_client::{Acls, CreateMode};
         let client = client().await;
         let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());

@@ -7,7 +7,7 @@ use tracing::debug;
 use zookeeper_client::{self as zk, Acls, CreateMode};
 
 use crate::layout::{EnvKey, Layout};
-use crate::zk::{Session, ZkError};
+use crate::zk::{Session, ZkError, list_named};
 
 /// The largest value herald writes: ZooKeeper refuses requests over `jute.maxbuffer`
 /// (1 MiB − 1 by default), and the request also carries the path and headers.
@@ -159,35 +159,11 @@ impl Values {
     /// The published keys with the size of their values, sorted by key. Children that are not
     /// valid keys (written by something else) are skipped.
     pub async fn list(&self, client: &zk::Client) -> Result<Vec<(EnvKey, usize)>, ZkError> {
-        let parent = self.layout.environment();
-        let names = match client.list_children(&parent).await {
-            Ok(names) => names,
-            Err(zk::Error::NoNode) => return Ok(Vec::new()),
-            Err(err) => return Err(ZkError::op("list", &parent, err)),
-        };
-        let mut keys: Vec<EnvKey> = names
-            .iter()
-            .filter_map(|name| match name.parse() {
-                Ok(key) => Some(key),
-                Err(_) => {
-                    debug!(child = %name, "skipping a child of the environment znode that is not a key");
-                    None
-                }
-            })
-            .collect();
-        keys.sort();
-        // Requests are sent when the futures are made: all stats travel in one pipeline.
-        let paths: Vec<String> = keys.iter().map(|k| self.layout.value(k)).collect();
-        let stats: Vec<_> = paths.iter().map(|p| client.check_stat(p)).collect();
-        let mut listed = Vec::with_capacity(keys.len());
-        for ((key, path), stat) in keys.into_iter().zip(&paths).zip(stats) {
-            match stat.await {
-                Ok(Some(stat)) => listed.push((key, stat.data_length.max(0) as usize)),
-                Ok(None) => {} // deleted meanwhile
-                Err(err) => return Err(ZkError::op("stat", path, err)),
-            }
-        }
-        Ok(listed)
+        let listed = list_named::<EnvKey>(client, &self.layout.environment()).await?;
+        Ok(listed
+            .into_iter()
+            .map(|(key, stat)| (key, stat.data_length.max(0) as usize))
+            .collect())
     }
 }
 

@@ -300,6 +300,15 @@ impl Drop for Scratch {
     }
 }
 
+/// Runs a future to completion on a fresh current-thread runtime (for synchronous tests).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+        .block_on(future)
+}
+
 /// A plain ZooKeeper client for checking what herald wrote (no herald code involved).
 pub async fn client() -> zookeeper_client::Client {
     zookeeper_client::Client::connector()

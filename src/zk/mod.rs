@@ -1,10 +1,12 @@
 //! The session layer every command uses: connect strings, credentials, connecting within a
 //! deadline, and a [`Session`] that rebuilds its client after expiry.
 
+mod children;
 mod config;
 mod error;
 mod session;
 
+pub use children::list_named;
 pub use config::{ConnectString, DigestAuth, ZkConfig};
 pub use error::ZkError;
 pub use session::{Live, Session, close, connect};

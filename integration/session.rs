@@ -139,3 +139,38 @@ fn resolve_wait_survives_session_expiry() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(out.stdout, b"still here");
 }
+
+#[tokio::test]
+async fn a_short_partition_keeps_the_same_session() {
+    let proxy = Proxy::start(zk().port);
+    let session = Session::open(
+        config_via(&proxy, Duration::from_secs(4)),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("open a session");
+    let first = session.live();
+    let mut states = first.client.state_watcher();
+
+    proxy.partition();
+    tokio::time::timeout(DEADLINE, async {
+        while states.changed().await != zkc::SessionState::Disconnected {}
+    })
+    .await
+    .expect("the client notices the partition");
+    proxy.heal();
+    tokio::time::timeout(DEADLINE, async {
+        while states.changed().await != zkc::SessionState::SyncConnected {}
+    })
+    .await
+    .expect("the client reconnects within its session");
+
+    let now = session.live();
+    assert_eq!(now.generation, 1, "no new session for a reconnect");
+    assert_eq!(now.client.session_id(), first.client.session_id());
+    now.client
+        .list_children("/")
+        .await
+        .expect("the session still works");
+    session.close().await;
+}

@@ -209,6 +209,16 @@ fn unreachable_zookeeper_fails_within_the_connect_timeout() {
 }
 
 #[test]
+fn a_dead_host_in_the_connect_string_is_skipped() {
+    let root = root("dead_host");
+    let hosts = format!("127.0.0.1:{},{}", free_port(), zk().connect_string());
+    for args in [&["put", "K", "v"][..], &["resolve", "K"][..]] {
+        let out = run(herald(&root).env("HERALD_ZK", &hosts).args(args));
+        assert_eq!(code(&out), Some(0), "{args:?}: {}", describe(&out));
+    }
+}
+
+#[test]
 fn chroot_in_the_connect_string_is_created_and_honoured() {
     let chroot = "/it/chroot_tenant";
     let with_chroot = format!("{}{chroot}", zk().connect_string());

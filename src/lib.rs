@@ -12,6 +12,7 @@
 //! - [`catalog`]: the registered services and their instance counts.
 
 pub mod catalog;
+pub mod harness;
 pub mod layout;
 pub mod values;
 pub mod zk;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use herald::harness::{ExecError, HarnessError};
 use herald::layout::LayoutError;
 use herald::values::ValueError;
 use herald::zk::ZkError;
@@ -25,6 +26,12 @@ pub enum Exit {
     Unreachable = 5,
     /// ZooKeeper refused this identity (ACL or credentials).
     Denied = 6,
+    /// An /environment or /export entry is invalid or failed; the message names it.
+    Entry = 7,
+    /// `herald run`: CMD was found but could not be executed.
+    CannotExecute = 126,
+    /// `herald run`: CMD was not found.
+    CommandNotFound = 127,
 }
 
 impl From<Exit> for ExitCode {
@@ -66,6 +73,15 @@ impl Exit {
             }
             if cause.is::<LayoutError>() {
                 return Exit::Usage;
+            }
+            if cause.is::<HarnessError>() {
+                return Exit::Entry;
+            }
+            if let Some(exec) = cause.downcast_ref::<ExecError>() {
+                return match exec.exit_code() {
+                    127 => Exit::CommandNotFound,
+                    _ => Exit::CannotExecute,
+                };
             }
         }
         Exit::Failure

@@ -3,11 +3,13 @@
 //! connection is made.
 
 mod delete;
+mod env;
 mod exit;
 pub mod logging;
 mod ls;
 mod put;
 mod resolve;
+mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,9 +30,11 @@ Examples:
   herald resolve DATABASE_URL                  print it (what an /environment script runs)
   herald resolve --wait --timeout 30s DATABASE_URL
   herald ls
+  herald run -- app --port 8080                build the environment from /environment, then exec app
 
 Credentials: HERALD_ZK_AUTH=user:password or --zk-auth-file FILE (never on the command line).
-Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 timed out, 5 ZooKeeper unreachable, 6 denied.";
+Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 timed out, 5 ZooKeeper unreachable, 6 denied,
+7 an /environment or /export entry failed; `herald run`: 126/127 when CMD cannot run, else CMD's.";
 
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -53,6 +57,10 @@ pub enum Command {
     Delete(delete::DeleteArgs),
     /// List published keys and registered services.
     Ls(ls::LsArgs),
+    /// Build the environment from /environment, run /export, then exec the command.
+    Run(run::RunArgs),
+    /// Print the environment `herald run` would build (secrets masked).
+    Env(env::EnvArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -147,6 +155,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(args) => resolve::run(&cli.zk, args).await,
         Command::Delete(args) => delete::run(&cli.zk, args).await,
         Command::Ls(args) => ls::run(&cli.zk, args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Env(args) => env::run(args).await,
     }
 }
 

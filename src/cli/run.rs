@@ -1,0 +1,112 @@
+//! `herald run [OPTIONS] -- CMD [ARGS…]`: build the environment from /environment, run the
+//! /export declarations, then replace herald with CMD.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use herald::harness::{self, Dir, Limits, Resolved};
+use herald::layout::EnvKey;
+
+use super::{env, parse_duration};
+
+/// Where the entries are and how they run; shared by `run` and `env`.
+#[derive(Debug, Args)]
+pub struct HarnessArgs {
+    /// Directory of /environment entries (default /environment); repeatable, later ones
+    /// override earlier ones. HERALD_ENV_DIR takes a ':'-separated list.
+    #[arg(
+        long = "env-dir",
+        value_name = "DIR",
+        env = "HERALD_ENV_DIR",
+        value_delimiter = ':'
+    )]
+    pub env_dirs: Vec<PathBuf>,
+    /// Directory of /export declarations (default /export): bootstrap, then each declaration.
+    #[arg(long, value_name = "DIR", env = "HERALD_EXPORT_DIR")]
+    pub export_dir: Option<PathBuf>,
+    /// Keep variables herald already has instead of running their entries.
+    #[arg(long)]
+    pub keep_existing: bool,
+    /// Kill an entry's script (its whole process group) after this long.
+    #[arg(long, value_name = "DURATION", env = "HERALD_SCRIPT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub script_timeout: Duration,
+}
+
+/// What the harness produced: the command's environment and the /export metadata.
+pub struct Prepared {
+    pub resolved: Resolved,
+    pub export: BTreeMap<EnvKey, String>,
+}
+
+impl HarnessArgs {
+    pub async fn prepare(&self) -> anyhow::Result<Prepared> {
+        let dirs: Vec<Dir> = if self.env_dirs.is_empty() {
+            vec![Dir {
+                path: PathBuf::from("/environment"),
+                explicit: false,
+            }]
+        } else {
+            self.env_dirs
+                .iter()
+                .map(|path| Dir {
+                    path: path.clone(),
+                    explicit: true,
+                })
+                .collect()
+        };
+        let limits = Limits {
+            script_timeout: self.script_timeout,
+        };
+        let inherited: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        let resolved = harness::build(&dirs, inherited, self.keep_existing, limits).await?;
+        let (export_dir, explicit) = match &self.export_dir {
+            Some(dir) => (dir.clone(), true),
+            None => (PathBuf::from("/export"), false),
+        };
+        let export = harness::declare(&export_dir, explicit, &resolved.env, limits).await?;
+        Ok(Prepared { resolved, export })
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  herald run -- /usr/local/bin/app --port 8080
+  herald run --env-dir /etc/app/shared --env-dir /environment -- app
+  ENTRYPOINT [\"herald\", \"run\", \"--\"]     (Dockerfile; CMD follows)
+
+Each file in an /environment directory names a variable: an executable prints its value (one
+trailing newline is removed), a plain file holds it. Entries run in byte order of their names,
+each seeing the variables set before it. Then /export/bootstrap and each /export declaration run.
+herald then replaces itself with CMD (exec), so CMD gets signals and its exit code is the
+container's. CMD not found: exit 127; not executable: exit 126; an entry failed: exit 7.")]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub harness: HarnessArgs,
+    /// Print the environment (as `herald env` does) instead of running CMD.
+    #[arg(long)]
+    pub print_env: bool,
+    /// The command and its arguments.
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "print_env"
+    )]
+    pub cmd: Vec<OsString>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let prepared = args.harness.prepare().await?;
+    if args.print_env {
+        return env::print(&prepared, false, false);
+    }
+    let Some((cmd, rest)) = args.cmd.split_first() else {
+        return Err(super::Outcome::Usage("give the command to run after --".to_owned()).into());
+    };
+    tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
+    Err(harness::exec(cmd, rest, &prepared.resolved.env).into())
+}

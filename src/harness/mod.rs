@@ -1,0 +1,42 @@
+//! The harness: builds a process's environment from /environment directories, runs its /export
+//! declarations, then runs the command.
+//!
+//! ```text
+//! entries::scan(dir) ─▶ [Entry] ─▶ script::run / literal ─▶ environment::build ─▶ exec::exec(CMD)
+//!                                                       └─▶ export::declare ─▶ metadata
+//! ```
+
+mod entries;
+mod environment;
+mod error;
+mod exec;
+mod export;
+mod mask;
+mod script;
+
+use std::time::Duration;
+
+pub use entries::{Entry, Source, scan};
+pub use environment::{Dir, Resolved, build};
+pub use error::HarnessError;
+pub use exec::{ExecError, exec};
+pub use export::declare;
+pub use mask::mask;
+
+/// The largest value an entry may produce.
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// How entries are run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A script running longer is killed with its whole process group.
+    pub script_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            script_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -93,7 +93,6 @@ pub struct RunArgs {
     #[arg(
         value_name = "CMD",
         trailing_var_arg = true,
-        allow_hyphen_values = true,
         required_unless_present = "print_env"
     )]
     pub cmd: Vec<OsString>,

@@ -82,6 +82,13 @@ pub async fn run(
         }
     };
     finish(out_task, err_task).await;
+    // Reading stopped at the limit, so the script may have died of SIGPIPE: the size is the news.
+    if stdout.lock().is_ok_and(|out| out.len() > MAX_OUTPUT) {
+        return Err(HarnessError::BadOutput {
+            file: file.to_owned(),
+            problem: "more than 1 MiB",
+        });
+    }
     if let Some(signal) = status.signal() {
         return Err(HarnessError::Killed {
             file: file.to_owned(),

@@ -1,0 +1,404 @@
+//! `herald run` and `herald env` with real directories, scripts and processes.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::*;
+
+fn write(path: &Path, content: &str, mode: u32) {
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    write(&path, &format!("#!/bin/sh\n{body}\n"), 0o755);
+    path
+}
+
+/// herald with a clean environment (no ZooKeeper needed).
+fn herald_bare() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// herald's own error lines (a failing script's stderr is passed through around them).
+fn herald_errors(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("herald: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn entries_run_in_byte_order_and_see_earlier_values() {
+    let s = Scratch::new("order");
+    let env = s.path("env");
+    std::fs::create_dir(&env).unwrap();
+    let order = s.path("order");
+    let log = format!("echo $(basename \"$0\") >> {}", order.display());
+    script(&env, "A", &format!("{log}; echo a"));
+    script(&env, "B", &format!("{log}; echo \"$A-b\""));
+    script(&env, "_U", &format!("{log}; echo u"));
+    script(&env, "a_lower", &format!("{log}; printf 'x\\ny\\n\\n'"));
+    write(&env.join("C"), "literal c\n", 0o644);
+    write(&env.join(".hidden"), "#!/bin/sh\nexit 1\n", 0o755);
+    write(&env.join("A~"), "junk", 0o644);
+    std::fs::create_dir(env.join("subdir")).unwrap();
+    let out = run(herald_bare().args(["run", "--env-dir"]).arg(&env).args([
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|%s|%s|%s|%s' \"$A\" \"$B\" \"$C\" \"$_U\" \"$a_lower\"",
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "a|a-b|literal c|u|x\ny\n");
+    assert_eq!(
+        std::fs::read_to_string(order).unwrap(),
+        "A\nB\n_U\na_lower\n"
+    );
+}
+
+#[test]
+fn script_values_win_over_inherited_ones_unless_keep_existing() {
+    let s = Scratch::new("precedence");
+    let env = s.path("env");
+    std::fs::create_dir(&env).unwrap();
+    let ran = s.path("ran");
+    script(
+        &env,
+        "FOO",
+        &format!("touch {}; echo \"new-from-$FOO\"", ran.display()),
+    );
+    let cmd = ["--", "sh", "-c", "printf %s \"$FOO\""];
+    let out = run(herald_bare()
+        .env("FOO", "old")
+        .args(["run", "--env-dir"])
+        .arg(&env)
+        .args(cmd));
+    assert_eq!(stdout(&out), "new-from-old", "{}", describe(&out));
+
+    std::fs::remove_file(&ran).unwrap();
+    let out = run(herald_bare()
+        .env("FOO", "old")
+        .args(["run", "--keep-existing", "--env-dir"])
+        .arg(&env)
+        .args(cmd));
+    assert_eq!(stdout(&out), "old", "{}", describe(&out));
+    assert!(
+        !ran.exists(),
+        "with --keep-existing the entry of an inherited variable does not run"
+    );
+}
+
+#[test]
+fn later_directories_override_earlier_ones() {
+    let s = Scratch::new("layers");
+    let (shared, prod) = (s.path("shared"), s.path("prod"));
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::create_dir(&prod).unwrap();
+    write(&shared.join("X"), "1\n", 0o644);
+    write(&shared.join("ZK"), "zk:2181\n", 0o644);
+    script(&prod, "X", "echo \"$X+2 via $ZK\"");
+    let out = run(herald_bare()
+        .args(["run", "--env-dir"])
+        .arg(&shared)
+        .arg("--env-dir")
+        .arg(&prod)
+        .args(["--", "sh", "-c", "printf %s \"$X\""]));
+    assert_eq!(stdout(&out), "1+2 via zk:2181", "{}", describe(&out));
+}
+
+#[test]
+fn run_replaces_itself_with_the_command() {
+    let child = herald_bare()
+        .args(["run", "--env-dir", "/nonexistent-is-fine-when-default"])
+        .env_remove("HERALD_ENV_DIR")
+        .args(["--", "sh", "-c", "echo $$"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An explicitly named missing directory is an error; the same PID check with the default.
+    let out = wait_output(child, DEADLINE);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+
+    let child = herald_bare()
+        .args(["run", "--", "sh", "-c", "echo $$; exit 42"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = wait_output(child, DEADLINE);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "the command's exit code is herald's: {}",
+        describe(&out)
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        pid.to_string(),
+        "the command runs as herald's own process"
+    );
+}
+
+/// Every bad directory: exit code, a one-line error naming the file and the fix, CMD not run.
+#[test]
+fn bad_entries_stop_the_command_with_a_one_line_error() {
+    let s = Scratch::new("bad");
+    type Setup = fn(&Path);
+    let cases: &[(&str, Setup, i32, &[&str])] = &[
+        (
+            "hang",
+            |d| drop(script(d, "HANG", "sleep 600")),
+            7,
+            &["HANG", "ran longer than 500ms", "--script-timeout"],
+        ),
+        (
+            "exit3",
+            |d| drop(script(d, "E", "echo 'db unreachable' >&2; exit 3")),
+            7,
+            &["E exited with status 3", "db unreachable"],
+        ),
+        (
+            "sigkill",
+            |d| drop(script(d, "K", "kill -9 $$")),
+            7,
+            &["K was killed by signal 9"],
+        ),
+        (
+            "huge",
+            |d| drop(script(d, "BIG", "head -c 2097152 /dev/zero | tr '\\0' x")),
+            7,
+            &["BIG printed more than 1 MiB"],
+        ),
+        (
+            "binary",
+            |d| drop(script(d, "BIN", "printf '\\377\\376'")),
+            7,
+            &["BIN printed bytes that are not UTF-8"],
+        ),
+        (
+            "nul",
+            |d| drop(script(d, "NUL", "printf 'a\\0b'")),
+            7,
+            &["NUL printed a NUL byte"],
+        ),
+        (
+            "digit",
+            |d| drop(script(d, "1ABC", "echo x")),
+            7,
+            &["1ABC", "not a variable name", "rename the file"],
+        ),
+        (
+            "dash",
+            |d| write(&d.join("FOO-BAR"), "x", 0o644),
+            7,
+            &["FOO-BAR", "rename the file"],
+        ),
+        (
+            "dot",
+            |d| write(&d.join("FOO.BAR"), "x", 0o644),
+            7,
+            &["FOO.BAR", "rename the file"],
+        ),
+        (
+            "noexec",
+            |d| write(&d.join("S"), "#!/bin/sh\necho x\n", 0o644),
+            7,
+            &["S starts with #! but is not executable", "chmod +x"],
+        ),
+        (
+            "broken",
+            |d| std::os::unix::fs::symlink(d.join("missing"), d.join("L")).unwrap(),
+            7,
+            &["L is a symlink to a missing target"],
+        ),
+        (
+            "badshebang",
+            |d| write(&d.join("I"), "#!/no/such/interpreter\n", 0o755),
+            7,
+            &["cannot run", "I"],
+        ),
+    ];
+    for (case, setup, code, needles) in cases {
+        let dir = s.path(case);
+        std::fs::create_dir(&dir).unwrap();
+        setup(&dir);
+        let marker = s.path(&format!("{case}.started"));
+        let out = run(herald_bare()
+            .args(["run", "--script-timeout", "500ms", "--env-dir"])
+            .arg(&dir)
+            .arg("--")
+            .arg("touch")
+            .arg(&marker));
+        assert_eq!(out.status.code(), Some(*code), "{case}: {}", describe(&out));
+        let errors = herald_errors(&out);
+        assert_eq!(
+            errors.len(),
+            1,
+            "{case}: one error line: {}",
+            describe(&out)
+        );
+        for needle in *needles {
+            assert!(
+                errors[0].contains(needle),
+                "{case}: {:?} lacks {needle:?}",
+                errors[0]
+            );
+        }
+        assert!(!marker.exists(), "{case}: the command must not start");
+    }
+}
+
+#[test]
+fn missing_command_and_non_executable_command_exit_like_a_shell() {
+    let s = Scratch::new("cmd");
+    write(&s.path("plain"), "not a program", 0o644);
+    let out = run(herald_bare().args(["run", "--", "no-such-command-anywhere"]));
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+    assert!(herald_errors(&out)[0].contains("no-such-command-anywhere: command not found"));
+    let out = run(herald_bare().args(["run", "--"]).arg(s.path("plain")));
+    assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
+    assert!(herald_errors(&out)[0].contains("permission denied"));
+}
+
+#[test]
+fn symlinks_empty_dirs_and_background_children_work() {
+    let s = Scratch::new("ok_cases");
+    let env = s.path("env");
+    std::fs::create_dir(&env).unwrap();
+    let target = script(&s.0, "real_script", "echo linked");
+    std::os::unix::fs::symlink(&target, env.join("LINKED")).unwrap();
+    // Leaves a child holding stdout and stderr open: herald must not wait for it.
+    script(&env, "BG", "sleep 600 & echo background-ok");
+    let empty = s.path("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = run(herald_bare()
+        .args(["run", "--script-timeout", "60s", "--env-dir"])
+        .arg(&env)
+        .arg("--env-dir")
+        .arg(&empty)
+        .args(["--", "sh", "-c", "printf '%s %s' \"$LINKED\" \"$BG\""]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "linked background-ok");
+}
+
+#[test]
+fn unreadable_literal_is_an_error_naming_it() {
+    let s = Scratch::new("unreadable");
+    let env = s.path("env");
+    std::fs::create_dir(&env).unwrap();
+    std::fs::set_permissions(&s.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write(&env.join("HIDDEN_VALUE"), "x", 0o000);
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        // root reads anything: drop to nobody so the permission bits count.
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_herald"),
+        ]);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        c
+    } else {
+        herald_bare()
+    };
+    let out = run(command
+        .args(["run", "--env-dir"])
+        .arg(&env)
+        .args(["--", "true"]));
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    let errors = herald_errors(&out);
+    assert!(
+        errors[0].contains("cannot read") && errors[0].contains("HIDDEN_VALUE"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn export_runs_bootstrap_first_and_collects_declarations() {
+    let s = Scratch::new("export");
+    let (env, export) = (s.path("env"), s.path("export"));
+    std::fs::create_dir(&env).unwrap();
+    std::fs::create_dir(&export).unwrap();
+    write(&env.join("PGPORT"), "5432\n", 0o644);
+    let order = s.path("order");
+    let log = format!("echo $(basename \"$0\") >> {}", order.display());
+    script(&export, "bootstrap", &format!("{log}; echo bootstrapping"));
+    script(&export, "PORT", &format!("{log}; echo \"$PGPORT\""));
+    script(&export, "ANNOUNCED", &format!("{log}")); // prints nothing: announced on its own
+    script(&export, "DB_PASSWORD", &format!("{log}; echo s3cret"));
+    let out = run(herald_bare()
+        .args(["env", "--json", "--env-dir"])
+        .arg(&env)
+        .arg("--export-dir")
+        .arg(&export));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "environment": {"PGPORT": "5432"},
+            "export": {"DB_PASSWORD": "********", "PORT": "5432"},
+        })
+    );
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "bootstrap\nANNOUNCED\nDB_PASSWORD\nPORT\n"
+    );
+}
+
+#[test]
+fn env_masks_secrets_unless_asked() {
+    let s = Scratch::new("mask");
+    let env = s.path("env");
+    std::fs::create_dir(&env).unwrap();
+    write(
+        &env.join("DATABASE_URL"),
+        "postgresql://app:hunter2@db:5432/app\n",
+        0o644,
+    );
+    write(&env.join("API_TOKEN"), "tok-123\n", 0o644);
+    write(&env.join("HOST"), "db\n", 0o644);
+    let out = run(herald_bare().args(["env", "--env-dir"]).arg(&env));
+    assert_eq!(
+        stdout(&out),
+        "API_TOKEN=********\nDATABASE_URL=postgresql://app:********@db:5432/app\nHOST=db\n",
+        "{}",
+        describe(&out)
+    );
+    let out = run(herald_bare()
+        .args(["run", "--print-env", "--show-secrets", "--env-dir"])
+        .arg(&env));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "--show-secrets belongs to env, not run"
+    );
+    let out = run(herald_bare()
+        .args(["env", "--show-secrets", "--env-dir"])
+        .arg(&env));
+    assert!(
+        stdout(&out).contains("hunter2") && stdout(&out).contains("tok-123"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -344,7 +344,7 @@ fn export_runs_bootstrap_first_and_collects_declarations() {
     let log = format!("echo $(basename \"$0\") >> {}", order.display());
     script(&export, "bootstrap", &format!("{log}; echo bootstrapping"));
     script(&export, "PORT", &format!("{log}; echo \"$PGPORT\""));
-    script(&export, "ANNOUNCED", &format!("{log}")); // prints nothing: announced on its own
+    script(&export, "ANNOUNCED", &log); // prints nothing: announced on its own
     script(&export, "DB_PASSWORD", &format!("{log}; echo s3cret"));
     let out = run(herald_bare()
         .args(["env", "--json", "--env-dir"])

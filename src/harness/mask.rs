@@ -22,9 +22,9 @@ fn mask_url_passwords(value: &str) -> Cow<'_, str> {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // The authority ends at the first '/', '?', '#' or white space.
+        // The authority ends at the first '/', '?', '#', list separator or white space.
         let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .find(|c: char| matches!(c, '/' | '?' | '#' | ',' | ';') || c.is_whitespace())
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority

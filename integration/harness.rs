@@ -402,3 +402,14 @@ fn env_masks_secrets_unless_asked() {
         describe(&out)
     );
 }
+
+#[test]
+fn the_shipped_development_environment_resolves() {
+    let dir = repo_dir().join("examples/environments/development");
+    let out = run(herald_bare().args(["env", "--show-secrets", "--env-dir"]).arg(&dir));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        stdout(&out),
+        "DATABASE_URL=postgresql://dev:dev@127.0.0.1:5432/dev\nMEMCACHE_SERVERS=127.0.0.1:11211\nPAYPAL_CLIENT_KEY=sandbox-client-key\n"
+    );
+}

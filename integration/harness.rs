@@ -406,7 +406,9 @@ fn env_masks_secrets_unless_asked() {
 #[test]
 fn the_shipped_development_environment_resolves() {
     let dir = repo_dir().join("examples/environments/development");
-    let out = run(herald_bare().args(["env", "--show-secrets", "--env-dir"]).arg(&dir));
+    let out = run(herald_bare()
+        .args(["env", "--show-secrets", "--env-dir"])
+        .arg(&dir));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         stdout(&out),

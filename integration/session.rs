@@ -13,14 +13,9 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zkc;
 
-fn config(session_timeout: Duration) -> ZkConfig {
-    let mut cfg = ZkConfig::new(zk().connect_string().parse().unwrap());
-    cfg.session_timeout = session_timeout;
-    cfg
-}
-
-fn config_via(proxy: &Proxy, session_timeout: Duration) -> ZkConfig {
-    let mut cfg = ZkConfig::new(proxy.connect_string().parse().unwrap());
+/// Settings for a session to `connect` (the test server, or a proxy in front of it).
+fn config(connect: String, session_timeout: Duration) -> ZkConfig {
+    let mut cfg = ZkConfig::new(connect.parse().unwrap());
     cfg.session_timeout = session_timeout;
     cfg
 }
@@ -29,7 +24,7 @@ fn config_via(proxy: &Proxy, session_timeout: Duration) -> ZkConfig {
 async fn session_is_rebuilt_after_expiry_and_announces_the_new_generation() {
     let proxy = Proxy::start(zk().port);
     let session = Session::open(
-        config_via(&proxy, Duration::from_secs(1)),
+        config(proxy.connect_string(), Duration::from_secs(1)),
         CancellationToken::new(),
     )
     .await
@@ -89,9 +84,12 @@ async fn session_is_rebuilt_after_expiry_and_announces_the_new_generation() {
 
 #[tokio::test]
 async fn closing_a_session_ends_it_on_the_server_at_once() {
-    let session = Session::open(config(Duration::from_secs(30)), CancellationToken::new())
-        .await
-        .unwrap();
+    let session = Session::open(
+        config(zk().connect_string(), Duration::from_secs(30)),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     let id = format!("{:#x}", session.live().client.session_id().0);
     let listed = |id: &str| zk().four_letter("cons").contains(&format!("sid={id},"));
     assert!(listed(&id), "the open session is listed by cons");
@@ -144,7 +142,7 @@ fn resolve_wait_survives_session_expiry() {
 async fn a_short_partition_keeps_the_same_session() {
     let proxy = Proxy::start(zk().port);
     let session = Session::open(
-        config_via(&proxy, Duration::from_secs(4)),
+        config(proxy.connect_string(), Duration::from_secs(4)),
         CancellationToken::new(),
     )
     .await

@@ -421,3 +421,157 @@ fn the_shipped_development_environment_resolves() {
         "DATABASE_URL=postgresql://dev:dev@127.0.0.1:5432/dev\nMEMCACHE_SERVERS=127.0.0.1:11211\nPAYPAL_CLIENT_KEY=sandbox-client-key\n"
     );
 }
+
+/// A `herald run --supervise` with stdout piped and an empty /environment.
+fn supervise(s: &Scratch, extra: &[&str], cmd: &[&str]) -> std::process::Child {
+    let env = s.path("env");
+    std::fs::create_dir_all(&env).unwrap();
+    herald_bare()
+        .args(["run", "--supervise", "--env-dir"])
+        .arg(&env)
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn supervise_forwards_signals_to_the_command_in_its_own_group() {
+    let s = Scratch::new("forward");
+    let names = ["INT", "HUP", "QUIT", "USR1", "USR2", "WINCH"];
+    let traps: String = names
+        .iter()
+        .map(|n| format!("trap 'echo got {n}' {n}; "))
+        .collect();
+    let body = format!(
+        "{traps} trap 'echo got TERM; exit 5' TERM; \
+         echo ready $$ $(cut -d' ' -f5 /proc/$$/stat); while :; do sleep 0.02; done"
+    );
+    let mut child = supervise(&s, &[], &["sh", "-c", &body]);
+    let herald_pid = child.id();
+    let mut lines = Lines::of(&mut child);
+    let ready = lines.expect("ready", |l| l.starts_with("ready "));
+    let fields: Vec<&str> = ready.split_whitespace().collect();
+    assert_ne!(
+        fields[1],
+        herald_pid.to_string(),
+        "CMD is a child, not herald"
+    );
+    assert_eq!(
+        fields[1], fields[2],
+        "CMD leads its own process group: {ready}"
+    );
+    let numbers = [
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ];
+    for (name, number) in names.iter().zip(numbers) {
+        send_signal(herald_pid, number);
+        lines.expect(&format!("got {name}"), |l| l == format!("got {name}"));
+    }
+    send_signal(herald_pid, libc::SIGTERM);
+    let out = wait_output(child, DEADLINE);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "herald exits with CMD's code after forwarding SIGTERM: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn supervise_exits_with_the_command_code_or_128_plus_its_signal() {
+    let s = Scratch::new("codes");
+    write(&s.path("plain"), "not a program", 0o644);
+    let plain = s.path("plain").display().to_string();
+    let cases: [(&[&str], i32); 5] = [
+        (&["sh", "-c", "exit 0"], 0),
+        (&["sh", "-c", "exit 42"], 42),
+        (&["sh", "-c", "kill -TERM $$"], 143),
+        (&["no-such-command-anywhere"], 127),
+        (&[&plain], 126),
+    ];
+    for (cmd, code) in cases {
+        let out = wait_output(supervise(&s, &[], cmd), DEADLINE);
+        assert_eq!(out.status.code(), Some(code), "{cmd:?}: {}", describe(&out));
+    }
+}
+
+#[test]
+fn a_second_stop_signal_after_the_kill_timeout_kills_the_group() {
+    let s = Scratch::new("kill");
+    let body = "trap 'echo got TERM' TERM; sleep 1000 & echo ready $!; \
+                while :; do sleep 0.02; done";
+    let mut child = supervise(&s, &["--kill-timeout", "300ms"], &["sh", "-c", body]);
+    let herald_pid = child.id();
+    let mut lines = Lines::of(&mut child);
+    let ready = lines.expect("ready", |l| l.starts_with("ready "));
+    let grandchild: u32 = ready[6..].parse().unwrap();
+    send_signal(herald_pid, libc::SIGTERM);
+    lines.expect("the first SIGTERM forwarded", |l| l == "got TERM");
+    // The command ignores SIGTERM; repeated ones are forwarded until the kill timeout has
+    // passed, then one kills the group.
+    let out = {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "herald still runs");
+            let _ = unsafe { libc::kill(herald_pid as i32, libc::SIGTERM) };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(out.code(), Some(137), "CMD died of SIGKILL");
+    wait_for("the grandchild in CMD's group to be killed", || {
+        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).ok();
+        state
+            .is_none_or(|st| st.split_whitespace().nth(2) == Some("Z"))
+            .then_some(())
+    });
+}
+
+#[test]
+fn as_pid_1_supervise_reaps_orphaned_zombies() {
+    let s = Scratch::new("reap");
+    // The orphan is re-parented to PID 1, which is herald: unless herald reaps it, it stays a
+    // zombie and its /proc entry never goes away.
+    let cmd = script(
+        &s.0,
+        "orphan",
+        r#"pid=$(sh -c 'sleep 0.1 >/dev/null 2>&1 & echo $!')
+i=0
+while [ -e /proc/$pid ]; do
+  i=$((i+1))
+  if [ $i -gt 200 ]; then echo "still there: $(grep State /proc/$pid/status)"; exit 1; fi
+  sleep 0.05
+done
+echo "reaped by $(cat /proc/1/comm)""#,
+    );
+    let env = s.path("env");
+    std::fs::create_dir_all(&env).unwrap();
+    let mut unshare = Command::new("unshare");
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        unshare.args(["--user", "--map-root-user"]);
+    }
+    unshare
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .args(["run", "--supervise", "--env-dir"])
+        .arg(&env)
+        .arg("--")
+        .arg(&cmd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    let out = run(&mut unshare);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out).trim(), "reaped by herald");
+}

@@ -10,9 +10,12 @@
 //!   rebuilding after session expiry.
 //! - [`values`]: published values under `<root>/environment`: put, get, wait, delete, list.
 //! - [`catalog`]: the registered services and their instance counts.
+//! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
+//! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
 pub mod catalog;
 pub mod harness;
 pub mod layout;
+pub mod reaper;
 pub mod values;
 pub mod zk;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(cli::run(cli)) {
-        Ok(()) => cli::Exit::Ok.into(),
+        Ok(code) => code,
         Err(err) => {
             eprintln!("herald: {err:#}");
             cli::Exit::of(&err).into()

@@ -12,6 +12,7 @@ mod resolve;
 mod run;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -149,15 +150,17 @@ fn parse_key(key: &str) -> anyhow::Result<EnvKey> {
     Ok(key.parse::<EnvKey>()?)
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs the command; the exit code is 0 unless it is a supervised command's own.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
         Command::Put(args) => put::run(&cli.zk, args).await,
         Command::Resolve(args) => resolve::run(&cli.zk, args).await,
         Command::Delete(args) => delete::run(&cli.zk, args).await,
         Command::Ls(args) => ls::run(&cli.zk, args).await,
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => return run::run(args).await,
         Command::Env(args) => env::run(args).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! `herald run [OPTIONS] -- CMD [ARGS…]`: build the environment from /environment, run the
-//! /export declarations, then replace herald with CMD.
+//! /export declarations, then replace herald with CMD, or supervise it when herald must stay.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use herald::harness::{self, Dir, Limits, Resolved};
 use herald::layout::EnvKey;
+use herald::reaper::Reaper;
 
 use super::{env, parse_duration};
 
@@ -82,13 +84,24 @@ Each file in an /environment directory names a variable: an executable prints it
 trailing newline is removed), a plain file holds it. Entries run in byte order of their names,
 each seeing the variables set before it. Then /export/bootstrap and each /export declaration run.
 herald then replaces itself with CMD (exec), so CMD gets signals and its exit code is the
-container's. CMD not found: exit 127; not executable: exit 126; an entry failed: exit 7.")]
+container's. CMD not found: exit 127; not executable: exit 126; an entry failed: exit 7.
+
+With --supervise herald stays as CMD's parent: CMD runs in its own process group; SIGTERM,
+SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to it; as PID 1 herald reaps
+every orphaned zombie; herald exits with CMD's code (128+N when CMD died of signal N). A SIGTERM or
+SIGINT arriving --kill-timeout after the first kills CMD's process group.")]
 pub struct RunArgs {
     #[command(flatten)]
     pub harness: HarnessArgs,
     /// Print the environment (as `herald env` does) instead of running CMD.
     #[arg(long)]
     pub print_env: bool,
+    /// Stay as CMD's parent (forward signals, reap zombies) instead of replacing herald with it.
+    #[arg(long, env = "HERALD_SUPERVISE")]
+    pub supervise: bool,
+    /// Under --supervise: a SIGTERM/SIGINT this long after the first one sends SIGKILL.
+    #[arg(long, value_name = "DURATION", env = "HERALD_KILL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kill_timeout: Duration,
     /// The command and its arguments.
     #[arg(
         value_name = "CMD",
@@ -98,14 +111,29 @@ pub struct RunArgs {
     pub cmd: Vec<OsString>,
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before the entries run, so a stop signal meanwhile is kept for CMD rather than ending
+    // herald with CMD unstarted.
+    let mut signals = if args.supervise {
+        Some(harness::Signals::install()?)
+    } else {
+        None
+    };
     let prepared = args.harness.prepare().await?;
     if args.print_env {
-        return env::print(&prepared, false, false);
+        env::print(&prepared, false, false)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let Some((cmd, rest)) = args.cmd.split_first() else {
         return Err(super::Outcome::Usage("give the command to run after --".to_owned()).into());
     };
     tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
-    Err(harness::exec(cmd, rest, &prepared.resolved.env).into())
+    let Some(signals) = &mut signals else {
+        return Err(harness::exec(cmd, rest, &prepared.resolved.env).into());
+    };
+    let reaper = Reaper::start()?;
+    let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.env)?;
+    let ended = child.wait(signals, args.kill_timeout).await;
+    tracing::debug!(?ended, "the command ended");
+    Ok(ExitCode::from(ended.exit_code()))
 }

@@ -24,6 +24,16 @@ impl ExecError {
             ExecError::NotExecutable { .. } | ExecError::Other { .. } => 126,
         }
     }
+
+    /// Classifies the error from starting `cmd`.
+    pub fn from_io(cmd: &OsStr, err: std::io::Error) -> ExecError {
+        let cmd = cmd.to_string_lossy().into_owned();
+        match err.kind() {
+            std::io::ErrorKind::NotFound => ExecError::NotFound { cmd },
+            std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable { cmd },
+            _ => ExecError::Other { cmd, source: err },
+        }
+    }
 }
 
 /// Replaces this process with `cmd args…` and exactly `env`. Returns only on failure. A bare
@@ -34,10 +44,5 @@ pub fn exec(cmd: &OsStr, args: &[OsString], env: &BTreeMap<OsString, OsString>) 
         .env_clear()
         .envs(env)
         .exec();
-    let cmd = cmd.to_string_lossy().into_owned();
-    match err.kind() {
-        std::io::ErrorKind::NotFound => ExecError::NotFound { cmd },
-        std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable { cmd },
-        _ => ExecError::Other { cmd, source: err },
-    }
+    ExecError::from_io(cmd, err)
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! entries::scan(dir) ─▶ [Entry] ─▶ script::run / literal ─▶ environment::build ─▶ exec::exec(CMD)
+//!                                                       │                    or supervise::spawn
 //!                                                       └─▶ export::declare ─▶ metadata
 //! ```
 
@@ -13,6 +14,7 @@ mod exec;
 mod export;
 mod mask;
 mod script;
+mod supervise;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub use error::HarnessError;
 pub use exec::{ExecError, exec};
 pub use export::declare;
 pub use mask::mask;
+pub use supervise::{Child, Ended, FORWARDED, Signals, spawn};
 
 /// The largest value an entry may produce.
 pub const MAX_OUTPUT: usize = 1024 * 1024;

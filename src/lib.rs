@@ -10,11 +10,13 @@
 //!   rebuilding after session expiry.
 //! - [`values`]: published values under `<root>/environment`: put, get, wait, delete, list.
 //! - [`catalog`]: the registered services and their instance counts.
+//! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
 pub mod catalog;
 pub mod harness;
+pub mod instance;
 pub mod layout;
 pub mod reaper;
 pub mod values;

@@ -1,0 +1,340 @@
+//! The JSON form of an instance: Apache Curator's `ServiceInstance` document, with herald's
+//! fields in its `payload`. Strict when writing (Curator fails a whole service's query on one bad
+//! child), liberal when reading (other writers add fields and put other things in `payload`).
+//!
+//! ```json
+//! {"name":"pg","id":"db1-5432","address":"10.0.0.5","port":5432,"sslPort":null,
+//!  "payload":{"labels":{"role":"primary"},"meta":{"user":"app"},"endpoints":{"metrics":9187},"weight":1},
+//!  "registrationTimeUTC":1764100000000,"serviceType":"DYNAMIC","uriSpec":null}
+//! ```
+//!
+//! Curator facts this follows: a `payload` without `"@class"` is read as a map; `"enabled"` is
+//! omitted (Curator reads `null` as false and hides the instance); `serviceType` is upper case.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{DYNAMIC, Instance};
+use crate::layout::{InstanceId, ServiceName};
+
+/// The largest document herald writes (the znode limit, less room for the request).
+pub const MAX_DOCUMENT_LEN: usize = 1024 * 1024 - 1024;
+
+/// Why a document could not be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error(
+        "the instance document is {len} bytes, over the {MAX_DOCUMENT_LEN}-byte znode limit; register less metadata"
+    )]
+    TooLarge { len: usize },
+    #[error("not an instance document: {0}")]
+    Invalid(String),
+    #[error("invalid --uri-spec {spec:?}: {reason}; write e.g. {{scheme}}://{{address}}:{{port}}")]
+    UriSpec { spec: String, reason: &'static str },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Document<'a> {
+    name: &'a str,
+    id: &'a str,
+    address: &'a str,
+    port: Option<u16>,
+    ssl_port: Option<u16>,
+    payload: Payload<'a>,
+    #[serde(rename = "registrationTimeUTC")]
+    registration_time_utc: u64,
+    service_type: &'a str,
+    uri_spec: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    labels: &'a BTreeMap<String, String>,
+    meta: &'a BTreeMap<String, String>,
+    endpoints: &'a BTreeMap<String, u16>,
+    weight: u32,
+}
+
+impl Instance {
+    /// The document herald writes.
+    pub fn to_json(&self) -> Result<Vec<u8>, DocumentError> {
+        let document = Document {
+            name: self.service.as_str(),
+            id: self.id.as_str(),
+            address: &self.address,
+            port: self.port,
+            ssl_port: self.ssl_port,
+            payload: Payload {
+                labels: &self.labels,
+                meta: &self.meta,
+                endpoints: &self.endpoints,
+                weight: self.weight,
+            },
+            registration_time_utc: self.registered_ms,
+            service_type: &self.service_type,
+            uri_spec: self.uri_spec.as_ref(),
+        };
+        let bytes = serde_json::to_vec(&document)
+            .map_err(|e| DocumentError::Invalid(format!("cannot encode: {e}")))?;
+        if bytes.len() > MAX_DOCUMENT_LEN {
+            return Err(DocumentError::TooLarge { len: bytes.len() });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads the document of the znode `<service>/<id>`, whoever wrote it. Requires an object
+    /// with a string `address` and valid ports; everything else has a default. The service and
+    /// id are the znode's (Curator writes the same in `name` and `id`).
+    ///
+    /// `payload`: herald's `labels`, `meta`, `endpoints` and `weight` when present. A payload
+    /// without them (Curator's map payloads) gives its string entries as `meta`, and Spring
+    /// Cloud Zookeeper's `metadata` map is read as `meta` too.
+    pub fn from_json(
+        service: ServiceName,
+        id: InstanceId,
+        data: &[u8],
+    ) -> Result<Instance, DocumentError> {
+        let invalid = |why: &str| DocumentError::Invalid(why.to_owned());
+        let value: Value =
+            serde_json::from_slice(data).map_err(|e| DocumentError::Invalid(e.to_string()))?;
+        let Value::Object(doc) = value else {
+            return Err(invalid("not a JSON object"));
+        };
+        let address = match doc.get("address") {
+            Some(Value::String(a)) if !a.is_empty() => a.clone(),
+            _ => return Err(invalid("no \"address\" string")),
+        };
+        let port = port_of(&doc, "port")?;
+        let ssl_port = port_of(&doc, "sslPort")?;
+        let registered_ms = doc
+            .get("registrationTimeUTC")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let service_type = doc
+            .get("serviceType")
+            .and_then(Value::as_str)
+            .unwrap_or(DYNAMIC)
+            .to_owned();
+        let uri_spec = doc.get("uriSpec").filter(|v| !v.is_null()).cloned();
+        let mut instance = Instance {
+            service,
+            id,
+            address,
+            port,
+            ssl_port,
+            registered_ms,
+            service_type,
+            uri_spec,
+            labels: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            weight: 1,
+        };
+        if let Some(Value::Object(payload)) = doc.get("payload") {
+            read_payload(&mut instance, payload);
+        }
+        Ok(instance)
+    }
+}
+
+fn port_of(doc: &Map<String, Value>, field: &str) -> Result<Option<u16>, DocumentError> {
+    match doc.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .map(Some)
+            .ok_or_else(|| DocumentError::Invalid(format!("\"{field}\" is not a port number"))),
+    }
+}
+
+fn read_payload(instance: &mut Instance, payload: &Map<String, Value>) {
+    let herald = ["labels", "meta", "endpoints", "weight"]
+        .iter()
+        .any(|k| payload.contains_key(*k));
+    if herald {
+        instance.labels = strings(payload.get("labels"));
+        instance.meta = strings(payload.get("meta"));
+        if let Some(Value::Object(endpoints)) = payload.get("endpoints") {
+            instance.endpoints = endpoints
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), u16::try_from(v.as_u64()?).ok()?)))
+                .collect();
+        }
+        if let Some(weight) = payload
+            .get("weight")
+            .and_then(Value::as_u64)
+            .and_then(|w| u32::try_from(w).ok())
+        {
+            instance.weight = weight;
+        }
+    } else if let Some(metadata @ Value::Object(_)) = payload.get("metadata") {
+        instance.meta = strings(Some(metadata));
+    } else {
+        instance.meta = payload
+            .iter()
+            .filter(|(k, _)| !k.starts_with('@'))
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect();
+    }
+}
+
+/// The string entries of a JSON object (others are skipped).
+fn strings(value: Option<&Value>) -> BTreeMap<String, String> {
+    match value {
+        Some(Value::Object(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Curator's `UriSpec` for a template like `{scheme}://{address}:{port}`: literal and variable
+/// parts, as Curator stores them.
+pub struct UriSpec;
+
+impl UriSpec {
+    pub fn parse(spec: &str) -> Result<Value, DocumentError> {
+        let fail = |reason| DocumentError::UriSpec {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let mut parts = Vec::new();
+        let mut rest = spec;
+        while !rest.is_empty() {
+            match rest.find(['{', '}']) {
+                Some(i) if rest.as_bytes()[i] == b'}' => return Err(fail("a '}' without '{'")),
+                Some(i) => {
+                    if i > 0 {
+                        parts.push(part(&rest[..i], false));
+                    }
+                    let after = &rest[i + 1..];
+                    let end = after.find('}').ok_or_else(|| fail("a '{' without '}'"))?;
+                    let name = &after[..end];
+                    if name.is_empty() || name.contains('{') {
+                        return Err(fail("an empty or nested {variable}"));
+                    }
+                    parts.push(part(name, true));
+                    rest = &after[end + 1..];
+                }
+                None => {
+                    parts.push(part(rest, false));
+                    rest = "";
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        Ok(serde_json::json!({ "parts": parts }))
+    }
+}
+
+fn part(value: &str, variable: bool) -> Value {
+    serde_json::json!({ "value": value, "variable": variable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> (ServiceName, InstanceId) {
+        ("pg".parse().unwrap(), "db1-5432".parse().unwrap())
+    }
+
+    fn sample() -> Instance {
+        let (service, id) = names();
+        let mut i = Instance::new(service, id, "10.0.0.5".into(), 5432);
+        i.registered_ms = 1_764_100_000_000;
+        i.labels.insert("role".into(), "primary".into());
+        i.meta.insert("user".into(), "app".into());
+        i.endpoints.insert("metrics".into(), 9187);
+        i
+    }
+
+    #[test]
+    fn writes_curator_field_order_without_enabled_or_class() {
+        let json = String::from_utf8(sample().to_json().unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"pg","id":"db1-5432","address":"10.0.0.5","port":5432,"sslPort":null,"payload":{"labels":{"role":"primary"},"meta":{"user":"app"},"endpoints":{"metrics":9187},"weight":1},"registrationTimeUTC":1764100000000,"serviceType":"DYNAMIC","uriSpec":null}"#
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut i = sample();
+        i.uri_spec = Some(UriSpec::parse("{scheme}://{address}:{port}").unwrap());
+        i.ssl_port = Some(5433);
+        let (service, id) = names();
+        assert_eq!(
+            Instance::from_json(service, id, &i.to_json().unwrap()).unwrap(),
+            i
+        );
+    }
+
+    #[test]
+    fn reads_curator_and_spring_documents() {
+        let (service, id) = names();
+        let curator = br#"{"name":"pg","id":"x","address":"h","port":null,"sslPort":8443,
+            "payload":{"@class":"java.util.LinkedHashMap","zone":"a","n":3},
+            "registrationTimeUTC":5,"serviceType":"STATIC","uriSpec":null,"enabled":true,"extra":[1]}"#;
+        let i = Instance::from_json(service.clone(), id.clone(), curator).unwrap();
+        assert_eq!(
+            (i.port, i.ssl_port, i.service_type.as_str()),
+            (None, Some(8443), "STATIC")
+        );
+        assert_eq!(i.meta, BTreeMap::from([("zone".into(), "a".into())]));
+        assert_eq!(i.weight, 1);
+        let spring = br#"{"address":"h","port":80,"payload":{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","id":"app","name":"app","metadata":{"version":"2"}}}"#;
+        let i = Instance::from_json(service.clone(), id.clone(), spring).unwrap();
+        assert_eq!(i.meta, BTreeMap::from([("version".into(), "2".into())]));
+        let no_payload = br#"{"address":"h","port":80,"payload":null}"#;
+        assert!(Instance::from_json(service, id, no_payload).is_ok());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_document() {
+        let (service, id) = names();
+        for bad in [
+            &b"not json"[..],
+            b"[]",
+            br#"{"port":80}"#,
+            br#"{"address":"","port":80}"#,
+            br#"{"address":"h","port":70000}"#,
+            br#"{"address":"h","port":"80"}"#,
+            br#"{"address":"h","sslPort":-1}"#,
+        ] {
+            assert!(
+                Instance::from_json(service.clone(), id.clone(), bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn uri_specs() {
+        assert_eq!(
+            UriSpec::parse("{scheme}://{address}:{port}/x").unwrap(),
+            serde_json::json!({"parts":[
+                {"value":"scheme","variable":true},{"value":"://","variable":false},
+                {"value":"address","variable":true},{"value":":","variable":false},
+                {"value":"port","variable":true},{"value":"/x","variable":false}]})
+        );
+        for bad in ["", "{scheme", "scheme}", "{}", "{a{b}}"] {
+            assert!(UriSpec::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_documents_are_refused() {
+        let mut i = sample();
+        i.meta.insert("big".into(), "x".repeat(MAX_DOCUMENT_LEN));
+        assert!(matches!(i.to_json(), Err(DocumentError::TooLarge { .. })));
+    }
+}

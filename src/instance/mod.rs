@@ -1,0 +1,68 @@
+//! The instance document: what herald stores in `<root>/services/<service>/<id>` for one live
+//! service process. The model is here; its JSON form (a superset of Apache Curator's
+//! `ServiceInstance`) is in [`curator`].
+
+mod curator;
+
+use std::collections::BTreeMap;
+
+use crate::layout::{InstanceId, ServiceName};
+
+pub use curator::{DocumentError, UriSpec};
+
+/// One registered service process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub service: ServiceName,
+    pub id: InstanceId,
+    /// Host name or IP address clients connect to.
+    pub address: String,
+    /// Curator allows an instance without a plain port (only `sslPort`, or neither).
+    pub port: Option<u16>,
+    pub ssl_port: Option<u16>,
+    /// When the instance was registered, in milliseconds since the Unix epoch (UTC).
+    pub registered_ms: u64,
+    /// Curator's `serviceType`: herald writes `DYNAMIC`; others are kept as read.
+    pub service_type: String,
+    /// Curator's `uriSpec`, kept as JSON.
+    pub uri_spec: Option<serde_json::Value>,
+    /// Free-form labels for selection (`role=primary`).
+    pub labels: BTreeMap<String, String>,
+    /// Metadata: `--meta`, `--meta-file`, and the /export declarations. May hold credentials:
+    /// never logged.
+    pub meta: BTreeMap<String, String>,
+    /// Named extra ports (admin, metrics), like Finagle serversets' additional endpoints.
+    pub endpoints: BTreeMap<String, u16>,
+    /// Relative weight for load balancing; 0 means "registered, but send nothing".
+    pub weight: u32,
+}
+
+/// `serviceType` of instances herald registers: removed when their session ends.
+pub const DYNAMIC: &str = "DYNAMIC";
+
+impl Instance {
+    /// A new instance registered now, with weight 1 and nothing else set.
+    pub fn new(service: ServiceName, id: InstanceId, address: String, port: u16) -> Instance {
+        Instance {
+            service,
+            id,
+            address,
+            port: Some(port),
+            ssl_port: None,
+            registered_ms: now_ms(),
+            service_type: DYNAMIC.to_owned(),
+            uri_spec: None,
+            labels: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            weight: 1,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,9 +1,11 @@
 //! A read-only view of the registered services: each service under `<root>/services` with its
-//! number of live instances.
+//! number of live instances, and a service's instances read from their documents.
 
+use tracing::warn;
 use zookeeper_client as zk;
 
-use crate::layout::{Layout, ServiceName};
+use crate::instance::Instance;
+use crate::layout::{InstanceId, Layout, ServiceName};
 use crate::zk::{ZkError, list_named};
 
 /// Services with their instance counts, sorted by name. Children that are not valid service
@@ -17,4 +19,44 @@ pub async fn services(
         .into_iter()
         .map(|(service, stat)| (service, stat.num_children.max(0) as usize))
         .collect())
+}
+
+/// The instances of `service` whose documents are valid, sorted by id: one round trip for the
+/// names, one (pipelined) for all the documents. A child that vanished meanwhile is skipped; one
+/// whose name or document is not an instance (another writer's mistake) is skipped with a
+/// warning, never failing the whole service.
+pub async fn instances(
+    client: &zk::Client,
+    layout: &Layout,
+    service: &ServiceName,
+) -> Result<Vec<Instance>, ZkError> {
+    let parent = layout.service(service);
+    let mut names = match client.list_children(&parent).await {
+        Ok(names) => names,
+        Err(zk::Error::NoNode) => return Ok(Vec::new()),
+        Err(err) => return Err(ZkError::op("list", &parent, err)),
+    };
+    names.sort();
+    let ids: Vec<Option<InstanceId>> = names.iter().map(|n| n.parse().ok()).collect();
+    let paths: Vec<String> = names.iter().map(|n| format!("{parent}/{n}")).collect();
+    let reads: Vec<_> = paths.iter().map(|path| client.get_data(path)).collect();
+    let mut found = Vec::with_capacity(reads.len());
+    for ((id, path), read) in ids.into_iter().zip(&paths).zip(reads) {
+        let data = match read.await {
+            Ok((data, _)) => data,
+            Err(zk::Error::NoNode) => continue,
+            Err(err) => return Err(ZkError::op("read", path, err)),
+        };
+        let Some(id) = id else {
+            warn!(path, "skipping a child whose name is not an instance id");
+            continue;
+        };
+        match Instance::from_json(service.clone(), id, &data) {
+            Ok(instance) => found.push(instance),
+            Err(err) => {
+                warn!(path, error = %err, "skipping a child that is not an instance document")
+            }
+        }
+    }
+    Ok(found)
 }

@@ -9,13 +9,18 @@
 //! - [`zk`]: the session layer: connect strings, credentials, connecting within a deadline,
 //!   rebuilding after session expiry.
 //! - [`values`]: published values under `<root>/environment`: put, get, wait, delete, list.
+//! - [`announce`]: registration: the ephemeral instance znode, kept while healthy and not
+//!   drained, re-created after expiry or deletion, never taken from another session.
 //! - [`catalog`]: the registered services and their instance counts.
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
+//! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
+pub mod announce;
 pub mod catalog;
 pub mod harness;
+pub mod health;
 pub mod instance;
 pub mod layout;
 pub mod reaper;

@@ -7,7 +7,7 @@ use tracing::debug;
 use zookeeper_client::{self as zk, Acls, CreateMode};
 
 use crate::layout::{EnvKey, Layout};
-use crate::zk::{Session, ZkError, list_named};
+use crate::zk::{Session, ZkError, list_named, state_error};
 
 /// The largest value herald writes: ZooKeeper refuses requests over `jute.maxbuffer`
 /// (1 MiB − 1 by default), and the request also carries the path and headers.
@@ -164,16 +164,6 @@ impl Values {
             .into_iter()
             .map(|(key, stat)| (key, stat.data_length.max(0) as usize))
             .collect())
-    }
-}
-
-/// The client error that a session state reported by a watcher stands for.
-fn state_error(state: zk::SessionState) -> zk::Error {
-    match state {
-        zk::SessionState::Expired => zk::Error::SessionExpired,
-        zk::SessionState::AuthFailed => zk::Error::AuthFailed,
-        zk::SessionState::Closed => zk::Error::ClientClosed,
-        _ => zk::Error::ConnectionLoss,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use herald::announce::AnnounceError;
 use herald::harness::{ExecError, HarnessError};
 use herald::layout::LayoutError;
 use herald::values::ValueError;
@@ -28,6 +29,8 @@ pub enum Exit {
     Denied = 6,
     /// An /environment or /export entry is invalid or failed; the message names it.
     Entry = 7,
+    /// The instance id is registered by another live session; herald never takes it over.
+    Duplicate = 8,
     /// `herald run`: CMD was found but could not be executed.
     CannotExecute = 126,
     /// `herald run`: CMD was not found.
@@ -69,6 +72,13 @@ impl Exit {
                 return match value {
                     ValueError::TooLarge { .. } => Exit::Usage,
                     ValueError::Zk(zk) => Self::of_zk(zk),
+                };
+            }
+            if let Some(announce) = cause.downcast_ref::<AnnounceError>() {
+                return match announce {
+                    AnnounceError::Duplicate { .. } => Exit::Duplicate,
+                    AnnounceError::Document(_) => Exit::Usage,
+                    AnnounceError::Zk(zk) => Self::of_zk(zk),
                 };
             }
             if cause.is::<LayoutError>() {

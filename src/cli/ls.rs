@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Args;
+use herald::layout::ServiceName;
 use herald::{catalog, zk};
 use serde_json::json;
 
@@ -14,15 +15,23 @@ use super::ZkArgs;
 Examples:
   herald ls
   herald ls --json | jq '.environment | keys'
+  herald ls pg                   the instances of service pg (Curator-registered ones too)
 
-Values are not shown (they may be credentials): only their sizes.")]
+Values are not shown (they may be credentials): only their sizes; of instance metadata, only the
+keys.")]
 pub struct LsArgs {
+    /// List this service's instances instead.
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
     /// Print one JSON object: {\"environment\": {KEY: bytes}, \"services\": {name: instances}}.
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(zk_args: &ZkArgs, args: LsArgs) -> anyhow::Result<()> {
+    if let Some(service) = &args.service {
+        return instances(zk_args, service.parse()?, args.json).await;
+    }
     let target = zk_args.target()?;
     let layout = target.values.layout();
     let client = zk::connect(&target.config).await?;
@@ -64,6 +73,49 @@ pub async fn run(zk_args: &ZkArgs, args: LsArgs) -> anyhow::Result<()> {
             let noun = if *n == 1 { "instance" } else { "instances" };
             out.push_str(&format!("  {service:width$}  {n} {noun}\n"));
         }
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .context("cannot write to stdout")?;
+    Ok(())
+}
+
+/// `herald ls SERVICE`: one line (or JSON object) per valid instance, metadata values hidden.
+async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow::Result<()> {
+    let target = zk_args.target()?;
+    let layout = target.values.layout();
+    let client = zk::connect(&target.config).await?;
+    let listed = catalog::instances(&client, layout, &service).await;
+    zk::close(client).await;
+    let instances = listed.with_context(|| format!("cannot list {}", layout.service(&service)))?;
+    let mut out = String::new();
+    for i in &instances {
+        let meta_keys: Vec<&str> = i.meta.keys().map(String::as_str).collect();
+        if json {
+            out.push_str(
+                &json!({
+                    "id": i.id.as_str(), "address": i.address, "port": i.port,
+                    "sslPort": i.ssl_port, "weight": i.weight, "labels": i.labels,
+                    "endpoints": i.endpoints, "metaKeys": meta_keys,
+                    "registrationTimeUTC": i.registered_ms, "serviceType": i.service_type,
+                })
+                .to_string(),
+            );
+        } else {
+            let port = i.port.map_or("-".to_owned(), |p| p.to_string());
+            let labels: Vec<String> = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!(
+                "{}  {}:{}  weight={}  labels={}  meta={}",
+                i.id,
+                i.address,
+                port,
+                i.weight,
+                labels.join(","),
+                meta_keys.join(",")
+            ));
+        }
+        out.push('\n');
     }
     std::io::stdout()
         .lock()

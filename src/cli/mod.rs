@@ -2,7 +2,9 @@
 //! second parsing stage that turns what the user typed into validated configuration before any
 //! connection is made.
 
+mod announce;
 mod delete;
+mod drain;
 mod env;
 mod exit;
 pub mod logging;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use herald::announce::Request;
 use herald::layout::{DEFAULT_ROOT, EnvKey, Layout};
 use herald::values::Values;
 use herald::zk::{ConnectString, DigestAuth, ZkConfig};
@@ -32,10 +35,13 @@ Examples:
   herald resolve --wait --timeout 30s DATABASE_URL
   herald ls
   herald run -- app --port 8080                build the environment from /environment, then exec app
+  herald run --service api --port 8080 -- app  … and register app while it runs
+  herald announce --service pg --port 5432 --check tcp     the sidecar
 
 Credentials: HERALD_ZK_AUTH=user:password or --zk-auth-file FILE (never on the command line).
 Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 timed out, 5 ZooKeeper unreachable, 6 denied,
-7 an /environment or /export entry failed; `herald run`: 126/127 when CMD cannot run, else CMD's.";
+7 an /environment or /export entry failed, 8 instance id held by another live session;
+`herald run`: 126/127 when CMD cannot run, else CMD's.";
 
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -62,6 +68,14 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the environment `herald run` would build (secrets masked).
     Env(env::EnvArgs),
+    /// Register a service process (sidecar) while its health checks pass.
+    Announce(announce::AnnounceArgs),
+    /// Deregister the agents here and keep them running.
+    Drain(drain::DrainArgs),
+    /// Register drained agents again.
+    Undrain(drain::DrainArgs),
+    /// Show whether the agents here are drained and registered.
+    Status(drain::DrainArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -157,8 +171,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resolve(args) => resolve::run(&cli.zk, args).await,
         Command::Delete(args) => delete::run(&cli.zk, args).await,
         Command::Ls(args) => ls::run(&cli.zk, args).await,
-        Command::Run(args) => return run::run(args).await,
+        Command::Run(args) => return run::run(&cli.zk, args).await,
         Command::Env(args) => env::run(args).await,
+        Command::Announce(args) => announce::run(&cli.zk, args).await,
+        Command::Drain(args) => drain::run(args, Request::Drain).await,
+        Command::Undrain(args) => drain::run(args, Request::Undrain).await,
+        Command::Status(args) => drain::run(args, Request::Status).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

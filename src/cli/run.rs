@@ -8,11 +8,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use herald::announce::{Agent, Registered};
 use herald::harness::{self, Dir, Limits, Resolved};
 use herald::layout::EnvKey;
 use herald::reaper::Reaper;
+use std::sync::Arc;
 
-use super::{env, parse_duration};
+use super::announce::{DEREGISTER_GRACE, RegistrationArgs};
+use super::{ZkArgs, env, parse_duration};
 
 /// Where the entries are and how they run; shared by `run` and `env`.
 #[derive(Debug, Args)]
@@ -89,7 +92,14 @@ container's. CMD not found: exit 127; not executable: exit 126; an entry failed:
 With --supervise herald stays as CMD's parent: CMD runs in its own process group; SIGTERM,
 SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to it; as PID 1 herald reaps
 every orphaned zombie; herald exits with CMD's code (128+N when CMD died of signal N). A SIGTERM or
-SIGINT arriving --kill-timeout after the first kills CMD's process group.")]
+SIGINT arriving --kill-timeout after the first kills CMD's process group.
+
+With --service (and --port; every `herald announce` option applies) herald supervises CMD and
+registers it once it runs and its checks pass, with the /export outputs as metadata. The first
+SIGTERM/SIGINT deregisters before it is forwarded; when CMD exits the node is deleted before herald
+exits with CMD's code. Drain with `herald drain` (SIGUSR1/SIGUSR2 go to CMD).
+
+  herald run --service api --port 8080 --check http://127.0.0.1:8080/health -- api-server")]
 pub struct RunArgs {
     #[command(flatten)]
     pub harness: HarnessArgs,
@@ -102,6 +112,8 @@ pub struct RunArgs {
     /// Under --supervise: a SIGTERM/SIGINT this long after the first one sends SIGKILL.
     #[arg(long, value_name = "DURATION", env = "HERALD_KILL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kill_timeout: Duration,
+    #[command(flatten)]
+    pub registration: RegistrationArgs,
     /// The command and its arguments.
     #[arg(
         value_name = "CMD",
@@ -111,10 +123,11 @@ pub struct RunArgs {
     pub cmd: Vec<OsString>,
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let registering = args.registration.service.is_some();
     // Before the entries run, so a stop signal meanwhile is kept for CMD rather than ending
     // herald with CMD unstarted.
-    let mut signals = if args.supervise {
+    let mut signals = if args.supervise || registering {
         Some(harness::Signals::install()?)
     } else {
         None
@@ -127,13 +140,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some((cmd, rest)) = args.cmd.split_first() else {
         return Err(super::Outcome::Usage("give the command to run after --".to_owned()).into());
     };
-    tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
     let Some(signals) = &mut signals else {
+        tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
         return Err(harness::exec(cmd, rest, &prepared.resolved.env).into());
     };
-    let reaper = Reaper::start()?;
+    // Validated and connected before CMD starts: bad flags or an unreachable ZooKeeper leave
+    // CMD unstarted.
+    let connected = if registering {
+        let mut plan =
+            args.registration
+                .plan(zk, prepared.export.clone(), prepared.resolved.env.clone())?;
+        // CMD runs meanwhile: wait for a duplicate to go rather than give up.
+        plan.give_up_on_duplicate = false;
+        Some(Agent::connect(plan).await?)
+    } else {
+        None
+    };
+    let reaper = Arc::new(Reaper::start()?);
+    tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
     let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.env)?;
-    let ended = child.wait(signals, args.kill_timeout).await;
+    let agent = connected.map(|connected| connected.start(reaper.clone()));
+    let deregister = async {
+        if let Some(agent) = &agent {
+            agent.drain(true);
+            let mut registered = agent.registered();
+            let _ = tokio::time::timeout(
+                DEREGISTER_GRACE,
+                registered.wait_for(|r| *r == Registered::No),
+            )
+            .await;
+        }
+    };
+    let ended = child.wait(signals, args.kill_timeout, deregister).await;
     tracing::debug!(?ended, "the command ended");
+    if let Some(agent) = agent {
+        agent.stop(DEREGISTER_GRACE).await?;
+    }
     Ok(ExitCode::from(ended.exit_code()))
 }

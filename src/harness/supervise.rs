@@ -106,9 +106,16 @@ impl Child {
     }
 
     /// Forwards every signal in `signals` to the child until it exits, and returns its status.
-    /// A SIGTERM or SIGINT arriving `kill_timeout` or more after the first one kills the child's
-    /// whole process group instead.
-    pub async fn wait(mut self, signals: &mut Signals, kill_timeout: Duration) -> Ended {
+    /// The first SIGTERM or SIGINT runs `before_stop` (e.g. deregistration) before it is
+    /// forwarded; one arriving `kill_timeout` or more after the first kills the child's whole
+    /// process group instead.
+    pub async fn wait(
+        mut self,
+        signals: &mut Signals,
+        kill_timeout: Duration,
+        before_stop: impl Future<Output = ()>,
+    ) -> Ended {
+        let mut before_stop = Some(before_stop);
         let mut first_stop: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -121,7 +128,12 @@ impl Child {
                 sig = signals.recv() => {
                     if sig == libc::SIGTERM || sig == libc::SIGINT {
                         match first_stop {
-                            None => first_stop = Some(Instant::now()),
+                            None => {
+                                first_stop = Some(Instant::now());
+                                if let Some(before_stop) = before_stop.take() {
+                                    before_stop.await;
+                                }
+                            }
                             Some(first) if first.elapsed() >= kill_timeout => {
                                 tracing::warn!(
                                     pid = self.pid,

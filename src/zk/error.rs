@@ -69,3 +69,13 @@ impl ZkError {
         matches!(self, ZkError::AuthFailed { .. } | ZkError::NoAuth { .. })
     }
 }
+
+/// The client error that a session state reported by a watcher stands for.
+pub fn state_error(state: zk::SessionState) -> zk::Error {
+    match state {
+        zk::SessionState::Expired => zk::Error::SessionExpired,
+        zk::SessionState::AuthFailed => zk::Error::AuthFailed,
+        zk::SessionState::Closed => zk::Error::ClientClosed,
+        _ => zk::Error::ConnectionLoss,
+    }
+}

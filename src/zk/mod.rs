@@ -8,5 +8,5 @@ mod session;
 
 pub use children::list_named;
 pub use config::{ConnectString, DigestAuth, ZkConfig};
-pub use error::ZkError;
-pub use session::{Live, Session, close, connect};
+pub use error::{ZkError, state_error};
+pub use session::{Live, Session, SessionHandle, close, connect};

@@ -136,6 +136,42 @@ impl Session {
     /// The error that made the keeper give up (e.g. credentials refused after expiry), or
     /// [`ZkError::Lost`] when the session was closed.
     pub async fn renewed(&self, generation: u64) -> Result<Live, ZkError> {
+        self.handle().renewed(generation).await
+    }
+
+    /// A cheap handle for tasks: the current client and its renewals, without closing rights.
+    pub fn handle(&self) -> SessionHandle {
+        SessionHandle {
+            live: self.live.clone(),
+            failure: self.failure.clone(),
+        }
+    }
+
+    /// Stops rebuilding and closes the current session.
+    pub async fn close(self) {
+        self.cancel.cancel();
+        let _ = self.keeper.await;
+        let client = self.live.borrow().client.clone();
+        drop(self.live);
+        close(client).await;
+    }
+}
+
+/// What a task needs of a [`Session`]: the current client and a way to wait for the next one.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    live: watch::Receiver<Live>,
+    failure: Arc<Mutex<Option<ZkError>>>,
+}
+
+impl SessionHandle {
+    /// The current client.
+    pub fn live(&self) -> Live {
+        self.live.borrow().clone()
+    }
+
+    /// See [`Session::renewed`].
+    pub async fn renewed(&self, generation: u64) -> Result<Live, ZkError> {
         let mut live = self.live.clone();
         loop {
             {
@@ -153,15 +189,6 @@ impl Session {
                 }));
             }
         }
-    }
-
-    /// Stops rebuilding and closes the current session.
-    pub async fn close(self) {
-        self.cancel.cancel();
-        let _ = self.keeper.await;
-        let client = self.live.borrow().client.clone();
-        drop(self.live);
-        close(client).await;
     }
 }
 

@@ -1,0 +1,498 @@
+//! Registration against a real ZooKeeper: `herald announce` and `herald run --service`, with a
+//! second client watching the instance node throughout.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use zookeeper_client as zkc;
+
+/// A herald process whose stderr is collected in the background.
+struct Agent {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn spawn(command: &mut Command) -> Agent {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Agent { child, stderr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal);
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit.
+    async fn exited(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "herald did not exit within {DEADLINE:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(root: &str, service: &str, id: &str) -> String {
+    format!("{root}/services/{service}/{id}")
+}
+
+/// `herald announce` for `service` with a fixed id and address, plus `extra` flags.
+fn announce(root: &str, scratch: &Scratch, service: &str, id: &str, extra: &[&str]) -> Command {
+    let mut command = herald(root);
+    command
+        .args(["announce", "--service", service, "--id", id])
+        .args(["--address", "127.0.0.1", "--port", "5432"])
+        .arg("--control-dir")
+        .arg(scratch.path("control"))
+        .args(extra);
+    command
+}
+
+/// Waits (by watch, with a deadline) until `path` exists; returns its data and stat.
+async fn appears(client: &zkc::Client, path: &str) -> (Vec<u8>, zkc::Stat) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (stat, watcher) = client.check_and_watch_stat(path).await.unwrap();
+            if stat.is_some() {
+                match client.get_data(path).await {
+                    Ok(found) => return found,
+                    Err(zkc::Error::NoNode) => continue,
+                    Err(err) => panic!("read {path}: {err}"),
+                }
+            }
+            watcher.changed().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path} did not appear within {DEADLINE:?}"))
+}
+
+/// Waits (by watch, with a deadline) until `path` is gone.
+async fn vanishes(client: &zkc::Client, path: &str) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (stat, watcher) = client.check_and_watch_stat(path).await.unwrap();
+            if stat.is_none() {
+                return;
+            }
+            watcher.changed().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path} was not deleted within {DEADLINE:?}"))
+}
+
+fn document(data: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(data).expect("the instance document is JSON")
+}
+
+#[tokio::test]
+async fn lifecycle_registers_with_metadata_and_sigterm_deletes_before_exit() {
+    let root = root("lifecycle");
+    let s = Scratch::new("lifecycle");
+    let meta_file = s.path("meta.json");
+    std::fs::write(&meta_file, r#"{"password":"s3cret-meta"}"#).unwrap();
+    let path = node(&root, "pg", "db1");
+    let watcher = client().await;
+    let mut agent = Agent::spawn(
+        announce(&root, &s, "pg", "db1", &["--label", "role=primary"])
+            .args([
+                "--meta",
+                "user=app",
+                "--endpoint",
+                "metrics=9187",
+                "--weight",
+                "3",
+            ])
+            .arg("--meta-file")
+            .arg(&meta_file)
+            .arg("-vv"),
+    );
+    let (data, stat) = appears(&watcher, &path).await;
+    assert_ne!(stat.ephemeral_owner, 0, "the node is ephemeral");
+    let doc = document(&data);
+    assert_eq!(doc["name"], "pg");
+    assert_eq!(doc["id"], "db1");
+    assert_eq!(doc["address"], "127.0.0.1");
+    assert_eq!(doc["port"], 5432);
+    assert_eq!(doc["serviceType"], "DYNAMIC");
+    assert_eq!(doc["payload"]["labels"]["role"], "primary");
+    assert_eq!(doc["payload"]["meta"]["user"], "app");
+    assert_eq!(doc["payload"]["meta"]["password"], "s3cret-meta");
+    assert_eq!(doc["payload"]["endpoints"]["metrics"], 9187);
+    assert_eq!(doc["payload"]["weight"], 3);
+    assert!(doc.get("enabled").is_none(), "Curator hides enabled:null");
+
+    // SIGTERM: the node is deleted first, then herald exits 0.
+    let (_, _, deleted) = watcher.get_and_watch_data(&path).await.unwrap();
+    agent.signal(libc::SIGTERM);
+    let status = agent.exited().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", agent.stderr());
+    assert_eq!(
+        watcher.check_stat(&path).await.unwrap(),
+        None,
+        "the node is gone when herald has exited"
+    );
+    let event = tokio::time::timeout(DEADLINE, deleted.changed())
+        .await
+        .unwrap();
+    assert_eq!(event.event_type, zkc::EventType::NodeDeleted);
+    assert!(
+        !agent.stderr().contains("s3cret-meta"),
+        "metadata never reaches the logs:\n{}",
+        agent.stderr()
+    );
+}
+
+#[tokio::test]
+async fn sigkill_leaves_the_node_until_the_session_times_out() {
+    let root = root("sigkill");
+    let s = Scratch::new("sigkill");
+    let path = node(&root, "pg", "db1");
+    let watcher = client().await;
+    let mut agent =
+        Agent::spawn(announce(&root, &s, "pg", "db1", &[]).args(["--session-timeout", "1s"]));
+    let (_, stat) = appears(&watcher, &path).await;
+    agent.signal(libc::SIGKILL);
+    agent.exited().await;
+    let still = watcher.check_stat(&path).await.unwrap();
+    assert_eq!(
+        still.map(|s| s.ephemeral_owner),
+        Some(stat.ephemeral_owner),
+        "a killed agent cannot deregister: its node stays until the session expires"
+    );
+    vanishes(&watcher, &path).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_id_is_refused_and_the_first_keeps_its_node() {
+    let root = root("duplicate");
+    let s = Scratch::new("duplicate");
+    let path = node(&root, "pg", "db1");
+    let watcher = client().await;
+    let _first = Agent::spawn(&mut announce(&root, &s, "pg", "db1", &[]));
+    let (_, stat) = appears(&watcher, &path).await;
+    let other = Scratch::new("duplicate-second");
+    let mut second =
+        Agent::spawn(announce(&root, &other, "pg", "db1", &[]).args(["--session-timeout", "1s"]));
+    let status = second.exited().await;
+    assert_eq!(status.code(), Some(8), "stderr:\n{}", second.stderr());
+    let errors: Vec<String> = second
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with("herald: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {errors:?}");
+    assert!(
+        errors[0].contains("registered by another live session") && errors[0].contains("--id"),
+        "{errors:?}"
+    );
+    let (_, now) = watcher.get_data(&path).await.unwrap();
+    assert_eq!(
+        now.ephemeral_owner, stat.ephemeral_owner,
+        "never taken over"
+    );
+    assert_eq!(now.czxid, stat.czxid, "never deleted and re-created");
+}
+
+#[tokio::test]
+async fn a_node_deleted_by_someone_else_is_recreated() {
+    let root = root("recreate");
+    let s = Scratch::new("recreate");
+    let path = node(&root, "pg", "db1");
+    let watcher = client().await;
+    let _agent = Agent::spawn(&mut announce(&root, &s, "pg", "db1", &[]));
+    let (_, stat) = appears(&watcher, &path).await;
+    watcher.delete(&path, None).await.unwrap();
+    let (_, again) = appears(&watcher, &path).await;
+    assert_eq!(again.ephemeral_owner, stat.ephemeral_owner, "same session");
+    assert_ne!(again.czxid, stat.czxid, "a new node");
+}
+
+#[tokio::test]
+async fn after_a_forced_session_expiry_the_instance_is_registered_again() {
+    let root = root("expiry");
+    let s = Scratch::new("expiry");
+    let path = node(&root, "pg", "db1");
+    let proxy = Proxy::start(zk().port);
+    let watcher = client().await;
+    let _agent = Agent::spawn(
+        announce(&root, &s, "pg", "db1", &[])
+            .args(["--session-timeout", "1s"])
+            .env("HERALD_ZK", proxy.connect_string()),
+    );
+    let (_, first) = appears(&watcher, &path).await;
+    let (_, _, gone) = watcher.get_and_watch_data(&path).await.unwrap();
+    proxy.partition();
+    let event = tokio::time::timeout(DEADLINE, gone.changed())
+        .await
+        .unwrap();
+    assert_eq!(
+        event.event_type,
+        zkc::EventType::NodeDeleted,
+        "the session expired"
+    );
+    proxy.heal();
+    let (_, second) = appears(&watcher, &path).await;
+    assert_ne!(
+        second.ephemeral_owner, first.ephemeral_owner,
+        "registered again by the new session"
+    );
+}
+
+#[tokio::test]
+async fn health_checks_gate_the_registration_with_rise_and_fall() {
+    let root = root("health");
+    let s = Scratch::new("health");
+    let path = node(&root, "pg", "db1");
+    let flag = s.path("healthy");
+    let check = format!("exec:test -e {}", flag.display());
+    let watcher = client().await;
+    let _agent = Agent::spawn(&mut announce(
+        &root,
+        &s,
+        "pg",
+        "db1",
+        &[
+            "--check",
+            &check,
+            "--check-interval",
+            "50ms",
+            "--rise",
+            "2",
+            "--fall",
+            "2",
+        ],
+    ));
+    // Unhealthy from the start: the agent is up (its status says so) but not registered.
+    let status = wait_for("the agent's control socket", || {
+        let out = run(herald("/unused")
+            .arg("status")
+            .arg("--control-dir")
+            .arg(s.path("control")));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(status.trim(), "pg/db1: serving, not registered");
+    assert_eq!(watcher.check_stat(&path).await.unwrap(), None);
+
+    std::fs::write(&flag, "").unwrap();
+    appears(&watcher, &path).await;
+    std::fs::remove_file(&flag).unwrap();
+    vanishes(&watcher, &path).await;
+    std::fs::write(&flag, "").unwrap();
+    appears(&watcher, &path).await;
+}
+
+#[tokio::test]
+async fn drain_and_undrain_by_signal_and_by_command() {
+    let root = root("drain");
+    let s = Scratch::new("drain");
+    let path = node(&root, "pg", "db1");
+    let watcher = client().await;
+    let agent = Agent::spawn(&mut announce(&root, &s, "pg", "db1", &[]));
+    appears(&watcher, &path).await;
+    agent.signal(libc::SIGUSR1);
+    vanishes(&watcher, &path).await;
+    agent.signal(libc::SIGUSR2);
+    appears(&watcher, &path).await;
+
+    let control = |verb: &str| {
+        run(herald("/unused")
+            .arg(verb)
+            .arg("--control-dir")
+            .arg(s.path("control")))
+    };
+    let out = control("drain");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/db1: drained, not registered"
+    );
+    assert_eq!(
+        watcher.check_stat(&path).await.unwrap(),
+        None,
+        "`herald drain` returns once the node is gone"
+    );
+    let out = control("undrain");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/db1: serving, registered",
+        "{}",
+        describe(&out)
+    );
+    assert!(watcher.check_stat(&path).await.unwrap().is_some());
+    let out = run(herald("/unused")
+        .args(["drain", "--service", "nope", "--control-dir"])
+        .arg(s.path("control")));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+}
+
+#[tokio::test]
+async fn run_service_registers_the_child_and_deregisters_when_it_exits() {
+    let root = root("run_service");
+    let s = Scratch::new("run_service");
+    let path = node(&root, "api", "web1");
+    let env_dir = s.path("env");
+    let export_dir = s.path("export");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    std::fs::create_dir_all(&export_dir).unwrap();
+    let declaration = export_dir.join("DB_USER");
+    std::fs::write(&declaration, "#!/bin/sh\necho app\n").unwrap();
+    std::fs::set_permissions(
+        &declaration,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let done = s.path("done");
+    let body = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; exit 3",
+        done.display()
+    );
+    let watcher = client().await;
+    let mut agent = Agent::spawn(
+        herald(&root)
+            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
+            .args(["--address", "127.0.0.1", "--env-dir"])
+            .arg(&env_dir)
+            .arg("--export-dir")
+            .arg(&export_dir)
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--", "sh", "-c", &body]),
+    );
+    let (data, _) = appears(&watcher, &path).await;
+    assert_eq!(document(&data)["payload"]["meta"]["DB_USER"], "app");
+    std::fs::write(&done, "").unwrap();
+    let status = agent.exited().await;
+    assert_eq!(status.code(), Some(3), "CMD's code: {}", agent.stderr());
+    assert_eq!(
+        watcher.check_stat(&path).await.unwrap(),
+        None,
+        "deregistered before herald exits"
+    );
+}
+
+#[tokio::test]
+async fn run_service_deregisters_before_forwarding_sigterm() {
+    let root = root("run_sigterm");
+    let s = Scratch::new("run_sigterm");
+    let path = node(&root, "api", "web1");
+    let env_dir = s.path("env");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let seen = s.path("seen");
+    // On SIGTERM the command records what a client sees of its service at that moment.
+    let body = format!(
+        "trap '{herald} ls --json > {seen}; exit 0' TERM; while :; do sleep 0.02; done",
+        herald = env!("CARGO_BIN_EXE_herald"),
+        seen = seen.display()
+    );
+    let watcher = client().await;
+    let mut agent = Agent::spawn(
+        herald(&root)
+            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
+            .args(["--address", "127.0.0.1", "--env-dir"])
+            .arg(&env_dir)
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--", "sh", "-c", &body]),
+    );
+    appears(&watcher, &path).await;
+    let (_, _, deleted) = watcher.get_and_watch_data(&path).await.unwrap();
+    agent.signal(libc::SIGTERM);
+    let event = tokio::time::timeout(DEADLINE, deleted.changed())
+        .await
+        .unwrap();
+    assert_eq!(event.event_type, zkc::EventType::NodeDeleted);
+    let status = agent.exited().await;
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+    let seen: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&seen).expect("SIGTERM reached CMD")).unwrap();
+    assert_eq!(
+        seen["services"]["api"], 0,
+        "when CMD got SIGTERM its instance was already deregistered: {seen}"
+    );
+}
+
+#[test]
+fn bad_registration_flags_exit_2_naming_the_flag() {
+    let s = Scratch::new("badflags");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--service", "pg"], "--port"),
+        (&["--service", "p/g", "--port", "1"], "service name"),
+        (
+            &["--service", "pg", "--port", "1", "--meta", "novalue"],
+            "--meta",
+        ),
+        (
+            &["--service", "pg", "--port", "1", "--endpoint", "m=x"],
+            "--endpoint",
+        ),
+        (
+            &["--service", "pg", "--port", "1", "--check", "ftp://x"],
+            "--check",
+        ),
+        (
+            &["--service", "pg", "--port", "1", "--uri-spec", "{x"],
+            "--uri-spec",
+        ),
+    ];
+    for (args, named) in cases {
+        let out = run(herald("/it/badflags")
+            .arg("announce")
+            .args(["--address", "127.0.0.1", "--id", "x", "--control-dir"])
+            .arg(s.path("control"))
+            .args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.contains(named), "{args:?} names {named}: {stderr}");
+    }
+}

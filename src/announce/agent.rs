@@ -1,0 +1,187 @@
+//! A running registration: the session, the health checks, the drain switch (signals and the
+//! control socket) and the registrar, started together and stopped in order — checks stop, the
+//! node is deleted, then the session is closed.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use super::control::Control;
+use super::node::Node;
+use super::registrar::{Registered, maintain};
+use super::{AnnounceError, all_of, duplicate_wait};
+use crate::health::{self, Check, Policy, Target};
+use crate::instance::Instance;
+use crate::reaper::Reaper;
+use crate::zk::{Session, ZkConfig};
+
+/// Everything a registration needs, validated.
+pub struct Plan {
+    pub zk: ZkConfig,
+    pub instance: Instance,
+    pub node: Node,
+    pub checks: Vec<Check>,
+    pub policy: Policy,
+    /// Where the control socket goes; `None` for no socket.
+    pub control_dir: Option<PathBuf>,
+    /// The environment exec checks run with.
+    pub env: BTreeMap<OsString, OsString>,
+    /// At the first registration, give up (exit 8) when another session keeps holding the id;
+    /// otherwise wait for it as long as it takes.
+    pub give_up_on_duplicate: bool,
+}
+
+/// A session established for a plan, not yet registering.
+pub struct Connected {
+    plan: Plan,
+    session: Session,
+    cancel: CancellationToken,
+}
+
+/// A registration in progress.
+pub struct Agent {
+    session: Session,
+    /// Ends the registrar (which then deletes the node).
+    registrar_cancel: CancellationToken,
+    /// `None` once it has ended with an error (taken by [`Agent::failed`]).
+    registrar: Option<tokio::task::JoinHandle<Result<(), AnnounceError>>>,
+    /// Ends the checks and the control socket.
+    cancel: CancellationToken,
+    serving: watch::Sender<bool>,
+    registered: watch::Receiver<Registered>,
+}
+
+impl Agent {
+    /// Establishes the session (within the connect timeout); registering starts with
+    /// [`Connected::start`].
+    ///
+    /// # Notable errors
+    /// [`AnnounceError::Zk`] when ZooKeeper cannot be reached.
+    pub async fn connect(plan: Plan) -> Result<Connected, AnnounceError> {
+        let cancel = CancellationToken::new();
+        let session = Session::open(plan.zk.clone(), cancel.clone()).await?;
+        Ok(Connected {
+            plan,
+            session,
+            cancel,
+        })
+    }
+}
+
+impl Connected {
+    /// Starts the checks, the control socket and registration.
+    pub fn start(self, reaper: Arc<Reaper>) -> Agent {
+        let Connected {
+            plan,
+            session,
+            cancel,
+        } = self;
+        let span = info_span!("announce", service = %plan.instance.service, id = %plan.instance.id);
+
+        let healthy = health::monitor(
+            plan.checks,
+            Target {
+                address: plan.instance.address.clone(),
+                port: plan.instance.port.unwrap_or(0),
+            },
+            plan.policy,
+            Arc::new(plan.env),
+            reaper,
+            cancel.clone(),
+        );
+        let (serving, serving_rx) = watch::channel(true);
+        let (registered_tx, registered) = watch::channel(Registered::No);
+        if let Some(dir) = &plan.control_dir {
+            match Control::bind(dir, &plan.instance.service, &plan.instance.id) {
+                Ok(control) => {
+                    tokio::spawn(
+                        control
+                            .serve(serving.clone(), registered.clone(), cancel.clone())
+                            .instrument(span.clone()),
+                    );
+                }
+                Err(err) => warn!("{err}; `herald drain` will not reach this agent"),
+            }
+        }
+        let wanted = all_of(vec![healthy, serving_rx]);
+        let duplicate_wait = plan
+            .give_up_on_duplicate
+            .then(|| duplicate_wait(plan.zk.session_timeout));
+        let registrar_cancel = CancellationToken::new();
+        let registrar = tokio::spawn({
+            let node = plan.node;
+            let cancel = registrar_cancel.clone();
+            let session = session.handle();
+            async move {
+                let result = maintain(
+                    &session,
+                    &node,
+                    wanted,
+                    registered_tx,
+                    duplicate_wait,
+                    cancel,
+                )
+                .await;
+                if let Err(err) = &result {
+                    tracing::error!("{err}");
+                }
+                result
+            }
+            .instrument(span)
+        });
+        Agent {
+            session,
+            registrar_cancel,
+            registrar: Some(registrar),
+            cancel,
+            serving,
+            registered,
+        }
+    }
+}
+
+impl Agent {
+    /// Deregisters and keeps running (`true`), or registers again (`false`).
+    pub fn drain(&self, drained: bool) {
+        self.serving.send_replace(!drained);
+    }
+
+    /// Follows whether the node exists.
+    pub fn registered(&self) -> watch::Receiver<Registered> {
+        self.registered.clone()
+    }
+
+    /// Resolves only if registration failed for good (e.g. a duplicate id).
+    pub async fn failed(&mut self) -> AnnounceError {
+        if let Some(registrar) = &mut self.registrar {
+            let ended = registrar.await;
+            self.registrar = None;
+            if let Ok(Err(err)) = ended {
+                return err;
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// Deletes the node (before anything else: clients stop being sent here first), stops the
+    /// checks and closes the session, waiting at most `grace` for the deletion.
+    pub async fn stop(self, grace: Duration) -> Result<(), AnnounceError> {
+        self.registrar_cancel.cancel();
+        let outcome = match self.registrar {
+            Some(registrar) => tokio::time::timeout(grace, registrar).await,
+            None => Ok(Ok(Ok(()))),
+        };
+        self.cancel.cancel();
+        self.session.close().await;
+        match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+}

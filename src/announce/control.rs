@@ -1,0 +1,259 @@
+//! The local control socket of a running agent, so `herald drain` / `herald undrain` from a shell
+//! in the container can reach it: one Unix socket per instance, `<dir>/<service>.<id>.sock`, one
+//! request line and one reply line per connection.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::registrar::Registered;
+use crate::layout::{InstanceId, ServiceName};
+
+/// How long a request waits for the node to follow (drain: deleted; undrain: created).
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// What a client asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Drain,
+    Undrain,
+    Status,
+}
+
+impl Request {
+    fn as_str(self) -> &'static str {
+        match self {
+            Request::Drain => "drain",
+            Request::Undrain => "undrain",
+            Request::Status => "status",
+        }
+    }
+}
+
+/// What the agent answers: whether it is drained, and whether its node exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub drained: bool,
+    pub registered: bool,
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let drain = if self.drained { "drained" } else { "serving" };
+        let node = if self.registered {
+            "registered"
+        } else {
+            "not registered"
+        };
+        write!(f, "{drain}, {node}")
+    }
+}
+
+/// Why the control socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the control socket {}: {source}; set --control-dir to a writable directory", .path.display())]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the agent at {}: {source}", .path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent at {} gave no answer", .path.display())]
+    NoAnswer { path: PathBuf },
+}
+
+/// Where control sockets go by default: /run/herald for root, else under XDG_RUNTIME_DIR or /tmp.
+pub fn default_control_dir() -> PathBuf {
+    // SAFETY: plain syscall.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/herald");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("herald"),
+        _ => PathBuf::from(format!("/tmp/herald-{uid}")),
+    }
+}
+
+fn socket_path(dir: &Path, service: &ServiceName, id: &InstanceId) -> PathBuf {
+    dir.join(format!("{service}.{id}.sock"))
+}
+
+/// A listening control socket; removed when dropped.
+pub struct Control {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl Control {
+    /// Binds `<dir>/<service>.<id>.sock`, replacing a stale socket left by a crashed agent.
+    pub fn bind(
+        dir: &Path,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<Control, ControlError> {
+        let path = socket_path(dir, service, id);
+        let bind = || -> std::io::Result<UnixListener> {
+            std::fs::create_dir_all(dir)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            UnixListener::bind(&path)
+        };
+        let listener = bind().map_err(|source| ControlError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Control { path, listener })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answers requests until `cancel`: drain clears `serving` and waits for the node to go,
+    /// undrain sets it and waits (briefly) for the node to come back.
+    pub async fn serve(
+        self,
+        serving: watch::Sender<bool>,
+        registered: watch::Receiver<Registered>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let stream = tokio::select! {
+                _ = cancel.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        debug!(error = %err, "control socket accept failed");
+                        continue;
+                    }
+                },
+            };
+            let serving = serving.clone();
+            let registered = registered.clone();
+            tokio::spawn(async move {
+                if let Err(err) = answer(stream, serving, registered).await {
+                    debug!(error = %err, "control request failed");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn answer(
+    stream: UnixStream,
+    serving: watch::Sender<bool>,
+    mut registered: watch::Receiver<Registered>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let wanted = match line.trim() {
+        "drain" => Some(Registered::No),
+        "undrain" => Some(Registered::Yes),
+        "status" => None,
+        other => {
+            write
+                .write_all(format!("error: unknown request {other:?}\n").as_bytes())
+                .await?;
+            return Ok(());
+        }
+    };
+    if let Some(target) = wanted {
+        let drain = target == Registered::No;
+        if serving.send_replace(!drain) == drain {
+            info!(
+                "{} by a control request",
+                if drain { "drained" } else { "undrained" }
+            );
+        }
+        let _ = tokio::time::timeout(SETTLE, registered.wait_for(|r| *r == target)).await;
+    }
+    let reply = Reply {
+        drained: !*serving.borrow(),
+        registered: *registered.borrow() == Registered::Yes,
+    };
+    write
+        .write_all(
+            format!(
+                "{} {}\n",
+                if reply.drained { "drained" } else { "serving" },
+                if reply.registered {
+                    "registered"
+                } else {
+                    "unregistered"
+                }
+            )
+            .as_bytes(),
+        )
+        .await
+}
+
+/// The control sockets in `dir` as (path, service.id), sorted.
+pub fn sockets(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".sock") {
+            found.push((entry.path(), stem.to_owned()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Sends `request` to the agent at `path` and returns its reply.
+pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlError> {
+    let connect = |source| ControlError::Connect {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(connect)?;
+    stream
+        .write_all(format!("{}\n", request.as_str()).as_bytes())
+        .await
+        .map_err(connect)?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        SETTLE + Duration::from_secs(1),
+        BufReader::new(stream).read_line(&mut line),
+    )
+    .await;
+    let no_answer = || ControlError::NoAnswer {
+        path: path.to_owned(),
+    };
+    match read {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Err(no_answer()),
+    }
+    let mut words = line.split_whitespace();
+    let drained = match words.next() {
+        Some("drained") => true,
+        Some("serving") => false,
+        _ => return Err(no_answer()),
+    };
+    let registered = words.next() == Some("registered");
+    Ok(Reply {
+        drained,
+        registered,
+    })
+}

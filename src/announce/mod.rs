@@ -1,0 +1,108 @@
+//! Registration: one service process as the ephemeral znode `<root>/services/<service>/<id>`,
+//! present exactly while the process is alive, healthy and not drained.
+//!
+//! ```text
+//! health::monitor ─┐
+//! drain (signals,  ├─▶ wanted ─▶ registrar::maintain ─▶ node::claim / release ─▶ ZooKeeper
+//!  control socket) ┘                  ▲ new session (expiry), node deleted by someone
+//! ```
+
+mod agent;
+mod control;
+mod host;
+mod node;
+mod registrar;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use zookeeper_client::Acls;
+
+use crate::instance::{DocumentError, Instance};
+use crate::layout::Layout;
+use crate::zk::ZkError;
+
+pub use agent::{Agent, Plan};
+pub use control::{Control, ControlError, Reply, Request, default_control_dir, request, sockets};
+pub use host::{default_address, default_id, hostname};
+pub use node::Node;
+pub use registrar::{Registered, maintain};
+
+/// Why an instance could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error(
+        "{path} is registered by another live session (0x{owner:x}); give this instance another --id, or stop the other one"
+    )]
+    Duplicate { path: String, owner: i64 },
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    #[error(transparent)]
+    Zk(#[from] ZkError),
+}
+
+impl Node {
+    /// The node for `instance` under `layout`. With credentials the document gets the
+    /// `creator_all` ACL (its metadata may hold credentials), as values do.
+    pub fn of(
+        layout: &Layout,
+        instance: &Instance,
+        authenticated: bool,
+    ) -> Result<Node, DocumentError> {
+        Ok(Node {
+            path: layout.instance(&instance.service, &instance.id),
+            parent: layout.service(&instance.service),
+            data: instance.to_json()?,
+            acl: if authenticated {
+                Acls::creator_all()
+            } else {
+                Acls::anyone_all()
+            },
+        })
+    }
+}
+
+/// How long a first registration waits for a node held by another session: a crashed
+/// predecessor with the same id holds it until its session times out.
+pub fn duplicate_wait(session_timeout: Duration) -> Duration {
+    session_timeout + Duration::from_secs(1)
+}
+
+/// `true` while every input is `true`: the node is wanted while healthy and not drained.
+pub fn all_of(mut inputs: Vec<watch::Receiver<bool>>) -> watch::Receiver<bool> {
+    let value = |inputs: &mut Vec<watch::Receiver<bool>>| {
+        inputs.iter_mut().all(|rx| *rx.borrow_and_update())
+    };
+    let (tx, rx) = watch::channel(value(&mut inputs));
+    tokio::spawn(async move {
+        loop {
+            let changes = inputs.iter_mut().map(|rx| Box::pin(rx.changed()));
+            let (changed, _, _) = select_all(changes).await;
+            if changed.is_err() {
+                return;
+            }
+            let now = value(&mut inputs);
+            tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The first of `futures` to finish (a tiny `select_all`: the inputs are few).
+async fn select_all<F: std::future::Future + Unpin>(
+    futures: impl IntoIterator<Item = F>,
+) -> (F::Output, usize, ()) {
+    let mut futures: Vec<F> = futures.into_iter().collect();
+    std::future::poll_fn(|cx| {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready((out, i, ()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

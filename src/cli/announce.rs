@@ -1,0 +1,272 @@
+//! `herald announce --service S --port P …`: the sidecar. Registers one service process as an
+//! ephemeral instance while its checks pass, until SIGTERM/SIGINT. Also the registration flags
+//! that `herald run --service` shares.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use herald::announce::{self, Agent, Node, Plan};
+use herald::harness::{self, Limits};
+use herald::health::{Check, Policy};
+use herald::instance::{Instance, UriSpec};
+use herald::layout::{EnvKey, InstanceId, ServiceName};
+use herald::reaper::Reaper;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Outcome, ZkArgs, parse_duration};
+
+/// How long deregistration may take at shutdown before herald exits anyway (the session's close
+/// removes the node too).
+pub const DEREGISTER_GRACE: Duration = Duration::from_secs(5);
+
+/// What to register and when it is healthy.
+#[derive(Debug, Args)]
+pub struct RegistrationArgs {
+    /// Service name to register under (<root>/services/SERVICE).
+    #[arg(long, env = "HERALD_SERVICE", value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// The service's port.
+    #[arg(long, env = "HERALD_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Address clients use (default: the first non-loopback IPv4 address).
+    #[arg(long, env = "HERALD_ADDRESS", value_name = "HOST")]
+    pub address: Option<String>,
+    /// Instance id (default: HOSTNAME-PORT, stable across restarts of the container).
+    #[arg(long, env = "HERALD_ID", value_name = "ID")]
+    pub id: Option<String>,
+    /// Metadata entry (repeatable). Arguments are visible in `ps`: put secrets in --meta-file
+    /// or /export instead.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// Metadata from a JSON object of strings.
+    #[arg(long, value_name = "FILE")]
+    pub meta_file: Option<PathBuf>,
+    /// Label for selection, e.g. role=primary (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Named extra port, e.g. metrics=9187 (repeatable).
+    #[arg(long = "endpoint", value_name = "NAME=PORT")]
+    pub endpoints: Vec<String>,
+    /// Relative weight for load balancing (0: registered, but send nothing).
+    #[arg(long, default_value_t = 1)]
+    pub weight: u32,
+    /// TLS port (Curator's sslPort).
+    #[arg(long, value_name = "PORT")]
+    pub ssl_port: Option<u16>,
+    /// Curator URI template, e.g. '{scheme}://{address}:{port}'.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub uri_spec: Option<String>,
+    /// Health check (repeatable): tcp, tcp:PORT, tcp:HOST:PORT, http://HOST:PORT/PATH
+    /// [contains=TEXT], exec:COMMAND. Registered only while all pass.
+    #[arg(long = "check", value_name = "CHECK")]
+    pub checks: Vec<String>,
+    /// How often each check runs.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub check_interval: Duration,
+    /// A check running longer fails.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub check_timeout: Duration,
+    /// Consecutive passes that make a failing check healthy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rise: u32,
+    /// Consecutive failures that make a healthy check fail.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fall: u32,
+    /// Directory for the control socket `herald drain` uses (default /run/herald as root).
+    #[arg(long, env = "HERALD_CONTROL_DIR", value_name = "DIR")]
+    pub control_dir: Option<PathBuf>,
+}
+
+impl RegistrationArgs {
+    /// Validates everything into a [`Plan`] before any connection: bad input is exit 2.
+    /// `declared` is the /export metadata; flags override it.
+    pub fn plan(
+        &self,
+        zk: &ZkArgs,
+        declared: BTreeMap<EnvKey, String>,
+        env: BTreeMap<OsString, OsString>,
+    ) -> anyhow::Result<Plan> {
+        let usage = |msg: String| anyhow::Error::from(Outcome::Usage(msg));
+        let service: ServiceName = self
+            .service
+            .as_deref()
+            .ok_or_else(|| usage("give --service".to_owned()))?
+            .parse()?;
+        let port = self
+            .port
+            .ok_or_else(|| usage("give --port, the service's port".to_owned()))?;
+        let address = match &self.address {
+            Some(a) if !a.trim().is_empty() => a.trim().to_owned(),
+            Some(_) => return Err(usage("--address is empty".to_owned())),
+            None => announce::default_address()
+                .map(|ip| ip.to_string())
+                .ok_or_else(|| {
+                    usage("no non-loopback IPv4 address found; give --address".to_owned())
+                })?,
+        };
+        let id: InstanceId = match &self.id {
+            Some(id) => id.parse()?,
+            None => announce::hostname()
+                .and_then(|h| announce::default_id(&h, port))
+                .ok_or_else(|| {
+                    usage("cannot derive an id from the host name; give --id".to_owned())
+                })?,
+        };
+        let mut instance = Instance::new(service, id, address, port);
+        instance.ssl_port = self.ssl_port;
+        instance.weight = self.weight;
+        if let Some(spec) = &self.uri_spec {
+            instance.uri_spec = Some(UriSpec::parse(spec).map_err(|e| usage(e.to_string()))?);
+        }
+        instance.meta = declared
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        if let Some(file) = &self.meta_file {
+            instance.meta.extend(read_meta_file(file)?);
+        }
+        instance.meta.extend(pairs("--meta", &self.meta)?);
+        instance.labels = pairs("--label", &self.labels)?;
+        for (name, port) in pairs("--endpoint", &self.endpoints)? {
+            let port = port.parse::<u16>().map_err(|_| {
+                usage(format!(
+                    "--endpoint {name}={port}: not a port number; write NAME=PORT, e.g. metrics=9187"
+                ))
+            })?;
+            instance.endpoints.insert(name, port);
+        }
+        let checks = self
+            .checks
+            .iter()
+            .map(|c| c.parse::<Check>().map_err(|e| usage(e.to_string())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let target = zk.target()?;
+        let node = Node::of(
+            target.values.layout(),
+            &instance,
+            target.config.auth.is_some(),
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        Ok(Plan {
+            zk: target.config,
+            instance,
+            node,
+            checks,
+            policy: Policy {
+                interval: self.check_interval,
+                timeout: self.check_timeout,
+                rise: self.rise,
+                fall: self.fall,
+            },
+            control_dir: Some(
+                self.control_dir
+                    .clone()
+                    .unwrap_or_else(announce::default_control_dir),
+            ),
+            env,
+            give_up_on_duplicate: true,
+        })
+    }
+}
+
+/// `KEY=VALUE` arguments as a map; a missing `=` or empty key is a usage error naming the flag.
+fn pairs(flag: &str, args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => {
+                // Never echo the argument: it may be a secret.
+                let shown = arg.split_once('=').map_or("", |(k, _)| k);
+                Err(Outcome::Usage(format!(
+                    "{flag} needs KEY=VALUE (got an argument without a key or '=' {shown}); e.g. {flag} role=primary"
+                ))
+                .into())
+            }
+        })
+        .collect()
+}
+
+fn read_meta_file(file: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {
+    let bad = |why: String| Outcome::Usage(format!("--meta-file {}: {why}", file.display()));
+    let text = std::fs::read(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| bad(format!("not JSON ({e}); write an object of strings")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(bad("not a JSON object; write {\"key\": \"value\", …}".to_owned()).into());
+    };
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            _ => Err(bad(format!("the value of {k:?} is not a string; quote it")).into()),
+        })
+        .collect()
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  herald announce --service pg --port 5432 --check exec:'pg_isready -q' --label role=primary
+  herald announce --service api --port 8080 --check http://127.0.0.1:8080/health --meta-file meta.json
+  herald announce --service api --port 8080 --export-dir /export    (/export outputs become meta)
+
+Registers <root>/services/SERVICE/ID as an ephemeral znode while every --check passes (at once
+without checks). SIGUSR1 or `herald drain` deregisters and keeps running; SIGUSR2 or `herald
+undrain` registers again. SIGTERM/SIGINT deletes the node, then exits 0. A node with this id held by
+another live session is never taken: exit 8 after waiting one session timeout for it to go.")]
+pub struct AnnounceArgs {
+    #[command(flatten)]
+    pub registration: RegistrationArgs,
+    /// Run this /export directory first (bootstrap, then declarations); outputs become metadata.
+    #[arg(long, value_name = "DIR")]
+    pub export_dir: Option<PathBuf>,
+    /// Kill an /export script (its whole process group) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub script_timeout: Duration,
+}
+
+pub async fn run(zk: &ZkArgs, args: AnnounceArgs) -> anyhow::Result<()> {
+    // Installed first: a stop signal during start-up ends herald cleanly, never half-registered.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    let declared = match &args.export_dir {
+        Some(dir) => {
+            let limits = Limits {
+                script_timeout: args.script_timeout,
+            };
+            harness::declare(dir, true, &env, limits).await?
+        }
+        None => BTreeMap::new(),
+    };
+    let plan = args.registration.plan(zk, declared, env)?;
+    let reaper = Arc::new(Reaper::start().context("cannot watch for child processes")?);
+    let mut agent = tokio::select! {
+        connected = Agent::connect(plan) => connected?.start(reaper),
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => {
+                tracing::info!("drained by SIGUSR1");
+                agent.drain(true);
+            }
+            _ = usr2.recv() => {
+                tracing::info!("undrained by SIGUSR2");
+                agent.drain(false);
+            }
+            err = agent.failed() => return Err(err.into()),
+        }
+    }
+    agent.stop(DEREGISTER_GRACE).await?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `herald drain` / `herald undrain` / `herald status`: ask the agents running on this host (or in
+//! this container) through their control sockets to deregister, register again, or say how they
+//! are.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use herald::announce::{self, Request};
+
+use super::Outcome;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  herald drain                   deregister every agent here; returns once their nodes are gone
+  herald drain --service pg      only the pg agent
+  herald undrain                 register again (once the health checks pass)
+
+Agents are found by their control sockets in --control-dir (default /run/herald as root).
+Exit 3 when no agent matches.")]
+pub struct DrainArgs {
+    /// Only the agent of this service.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// Only the agent with this instance id.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Where the agents' control sockets are.
+    #[arg(long, env = "HERALD_CONTROL_DIR", value_name = "DIR")]
+    pub control_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
+    let dir = args
+        .control_dir
+        .clone()
+        .unwrap_or_else(announce::default_control_dir);
+    let found = announce::sockets(&dir).unwrap_or_default();
+    let matching: Vec<_> = found
+        .into_iter()
+        .filter(|(_, name)| {
+            let (service, id) = name.split_once('.').unwrap_or((name.as_str(), ""));
+            args.service.as_deref().is_none_or(|s| s == service)
+                && args.id.as_deref().is_none_or(|i| i == id)
+        })
+        .collect();
+    if matching.is_empty() {
+        return Err(Outcome::NotFound(format!(
+            "no herald agent found in {}; check --control-dir/HERALD_CONTROL_DIR and --service",
+            dir.display()
+        ))
+        .into());
+    }
+    let mut failures = 0;
+    for (path, name) in matching {
+        match announce::request(&path, request).await {
+            Ok(reply) => println!("{}: {reply}", name.replacen('.', "/", 1)),
+            Err(err) => {
+                eprintln!("herald: {err}");
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} agent(s) did not answer");
+    }
+    Ok(())
+}

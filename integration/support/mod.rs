@@ -89,10 +89,15 @@ fn remove_stale_dirs(parent: &Path) {
     }
 }
 
-/// Starts `scripts/zk serve` from a thread that lives as long as the test binary: the child
-/// gets SIGKILL from the kernel when that thread (so, the process) dies.
+/// Starts `scripts/zk serve` and waits until it serves.
 fn start_server(dir: &Path, port: u16) -> Result<u32, String> {
-    let _ = std::fs::remove_dir_all(dir);
+    let pid = spawn_server(dir, port, &[])?;
+    wait_serving(dir, port, pid)
+}
+
+/// Spawns `scripts/zk serve` (with `extra` arguments) from a thread that lives as long as the
+/// test binary: the child gets SIGKILL from the kernel when that thread (so, the process) dies.
+fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Result<u32, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let log = std::fs::File::create(dir.join("zookeeper.log")).map_err(|e| e.to_string())?;
     let mut command = Command::new(repo_dir().join("scripts/zk"));
@@ -100,6 +105,7 @@ fn start_server(dir: &Path, port: u16) -> Result<u32, String> {
         .args(["serve", "--dir"])
         .arg(dir)
         .args(["--port", &port.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
@@ -128,7 +134,11 @@ fn start_server(dir: &Path, port: u16) -> Result<u32, String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    let pid = rx.recv().map_err(|e| e.to_string())??;
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+/// Waits until the server on `port` answers `srvr` with a mode (it serves clients).
+fn wait_serving(dir: &Path, port: u16, pid: u32) -> Result<u32, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if four_letter(port, "srvr").contains("Mode:") {
@@ -145,6 +155,94 @@ fn start_server(dir: &Path, port: u16) -> Result<u32, String> {
     }
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     Err(format!("ZooKeeper on port {port} did not serve within 60s"))
+}
+
+/// A 3-server ZooKeeper ensemble on loopback for fault tests; its servers die with the test
+/// binary.
+pub struct Ensemble {
+    dir: PathBuf,
+    /// Client port, quorum port, election port of servers 1..=3.
+    ports: Vec<(u16, u16, u16)>,
+    pids: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Ensemble {
+    pub fn start(name: &str) -> Ensemble {
+        let dir = std::env::temp_dir()
+            .join("herald-it")
+            .join(std::process::id().to_string())
+            .join(name);
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let ensemble = Ensemble {
+            dir,
+            ports,
+            pids: std::sync::Mutex::new(vec![0; 3]),
+        };
+        let pids: Vec<u32> = (1..=3)
+            .map(|n| ensemble.spawn(n).expect("spawn an ensemble server"))
+            .collect();
+        for (i, pid) in pids.iter().enumerate() {
+            wait_serving(&ensemble.server_dir(i + 1), ensemble.ports[i].0, *pid)
+                .expect("the ensemble serves");
+        }
+        *ensemble.pids.lock().unwrap() = pids;
+        ensemble
+    }
+
+    fn server_dir(&self, n: usize) -> PathBuf {
+        self.dir.join(n.to_string())
+    }
+
+    fn spawn(&self, n: usize) -> Result<u32, String> {
+        let peers: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, q, e))| format!("{}=127.0.0.1:{q}:{e}", i + 1))
+            .collect();
+        let extra = [
+            "--id".to_owned(),
+            n.to_string(),
+            "--peers".to_owned(),
+            peers.join(","),
+        ];
+        spawn_server(&self.server_dir(n), self.ports[n - 1].0, &extra)
+    }
+
+    pub fn connect_string(&self) -> String {
+        self.ports
+            .iter()
+            .map(|(c, _, _)| format!("127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The number (1..=3) of the server that reports itself leader, if any.
+    pub fn leader(&self) -> Option<usize> {
+        (0..3)
+            .find(|&i| four_letter(self.ports[i].0, "srvr").contains("Mode: leader"))
+            .map(|i| i + 1)
+    }
+
+    /// SIGKILLs the leader and returns its number.
+    pub fn kill_leader(&self) -> usize {
+        let n = wait_for("an ensemble leader", || self.leader());
+        let pid = self.pids.lock().unwrap()[n - 1];
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        wait_for("the killed leader to stop serving", || {
+            (!four_letter(self.ports[n - 1].0, "srvr").contains("Mode:")).then_some(())
+        });
+        n
+    }
+
+    /// Starts server `n` again and waits until it serves.
+    pub fn restart(&self, n: usize) {
+        let pid = self.spawn(n).expect("respawn the server");
+        wait_serving(&self.server_dir(n), self.ports[n - 1].0, pid).expect("it serves again");
+        self.pids.lock().unwrap()[n - 1] = pid;
+    }
 }
 
 fn tail(s: &str, n: usize) -> &str {

@@ -2,9 +2,9 @@
 //! pass: tcp, http and exec checks, each on its own task, each with rise and fall.
 //!
 //! ```text
-//! check 1 ─every interval, bounded by timeout─▶ run ─ok/failure─▶ rise/fall ─up/down─┐
-//! check 2 ─ …                                                                         ├─▶ all up? ─▶ watch<bool>
-//! check N ─ …                                                                   ──────┘
+//! check 1 ─every interval, within timeout─▶ run ─ok?─▶ rise/fall ─up/down─┐
+//! check 2 ─ …                                                              ├─▶ all up? ─▶ watch<bool>
+//! check N ─ …                                                              ┘
 //! ```
 //!
 //! Invariants: a slow or hanging check never delays another (one task each, and every run is
@@ -106,26 +106,29 @@ pub fn monitor(
         );
     }
     drop(report);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = healthy.closed() => {
-                    stop.cancel();
-                    return;
-                }
-                // Disabled without checks: the value then stays `true` (and the sender alive).
-                change = reports.recv(), if !up.is_empty() => {
-                    let Some((index, check_up)) = change else { return };
-                    up[index] = check_up;
-                    let now = up.iter().all(|&u| u);
-                    if healthy.send_if_modified(|h| std::mem::replace(h, now) != now) {
-                        debug!(healthy = now, "health changed");
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = healthy.closed() => {
+                        stop.cancel();
+                        return;
+                    }
+                    // Disabled without checks: the value then stays `true` (and the sender alive).
+                    change = reports.recv(), if !up.is_empty() => {
+                        let Some((index, check_up)) = change else { return };
+                        up[index] = check_up;
+                        let now = up.iter().all(|&u| u);
+                        if healthy.send_if_modified(|h| std::mem::replace(h, now) != now) {
+                            debug!(healthy = now, "health changed");
+                        }
                     }
                 }
             }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
     rx
 }
 
@@ -147,7 +150,7 @@ impl Runner {
         report: mpsc::Sender<(usize, bool)>,
         stop: CancellationToken,
     ) {
-        let Policy { rise, fall, .. } = self.policy;
+        let (rise, fall) = (self.policy.rise.max(1), self.policy.fall.max(1));
         let mut state = Hysteresis::new(rise, fall);
         let mut first = true;
         let mut next = Instant::now();
@@ -157,13 +160,13 @@ impl Runner {
             };
             let change = state.observe(result.is_ok());
             match (&result, change) {
-                (Ok(()), Some(_)) => info!(rise, "check passed {rise} time(s) in a row; up"),
+                (Ok(()), Some(_)) => info!("check passed {rise} time(s) in a row: up"),
                 (Err(reason), Some(_)) => {
-                    info!(%reason, fall, "check failed {fall} time(s) in a row; down");
+                    info!(%reason, "check failed {fall} time(s) in a row: down");
                 }
                 // Said once at info, so that a check that never passes is not silent.
                 (Err(reason), None) if first => {
-                    info!(%reason, rise, "check failed; down until it passes {rise} time(s) in a row");
+                    info!(%reason, "check failed: down until it passes {rise} time(s) in a row");
                 }
                 (Err(reason), None) => debug!(%reason, up = state.is_up(), "check failed"),
                 (Ok(()), None) => {}

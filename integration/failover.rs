@@ -1,0 +1,101 @@
+//! Registration across ZooKeeper faults on a real 3-server ensemble: the leader is killed again
+//! and again, the session moves between servers, and the instance node must never disappear.
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use zookeeper_client as zkc;
+
+#[tokio::test]
+async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
+    let ensemble = Ensemble::start("failover");
+    let connect = ensemble.connect_string();
+    let path = "/it/failover/services/pg/db1";
+    let s = Scratch::new("failover");
+    let mut agent = herald("/it/failover")
+        .env("HERALD_ZK", &connect)
+        .args([
+            "announce",
+            "--service",
+            "pg",
+            "--id",
+            "db1",
+            "--address",
+            "127.0.0.1",
+        ])
+        .args(["--port", "5432", "--control-dir"])
+        .arg(s.path("control"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let watcher = zkc::Client::connector()
+        .with_session_timeout(Duration::from_secs(20))
+        .connect(&connect)
+        .await
+        .expect("connect the watching client to the ensemble");
+    let first = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (stat, w) = watcher.check_and_watch_stat(path).await.unwrap();
+            if let Some(stat) = stat {
+                return stat;
+            }
+            w.changed().await;
+        }
+    })
+    .await
+    .expect("the instance is registered");
+
+    // A watch on the node, re-armed after every event, records each event it sees.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        let watcher = watcher.clone();
+        let seen = seen.clone();
+        async move {
+            loop {
+                match watcher.check_and_watch_stat(path).await {
+                    Ok((_, w)) => {
+                        let event = w.changed().await;
+                        seen.lock().unwrap().push(event.event_type);
+                    }
+                    // Reconnecting: the client re-registers its watches; ask again.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    });
+
+    for round in 1..=3 {
+        let killed = ensemble.kill_leader();
+        wait_for("a new leader", || ensemble.leader());
+        ensemble.restart(killed);
+        let stat = watcher
+            .check_stat(path)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: the instance node is gone"));
+        assert_eq!(stat.czxid, first.czxid, "round {round}: never re-created");
+        assert_eq!(
+            stat.ephemeral_owner, first.ephemeral_owner,
+            "round {round}: the same session holds it"
+        );
+    }
+    recorder.abort();
+    let events = seen.lock().unwrap().clone();
+    assert!(
+        !events.contains(&zkc::EventType::NodeDeleted),
+        "the watcher saw the node deleted: {events:?}"
+    );
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "the agent keeps running through the faults"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

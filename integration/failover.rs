@@ -74,10 +74,8 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         let killed = ensemble.kill_leader();
         wait_for("a new leader", || ensemble.leader());
         ensemble.restart(killed);
-        let stat = watcher
-            .check_stat(path)
+        let stat = stat_of(&watcher, path)
             .await
-            .unwrap()
             .unwrap_or_else(|| panic!("round {round}: the instance node is gone"));
         assert_eq!(stat.czxid, first.czxid, "round {round}: never re-created");
         assert_eq!(
@@ -98,4 +96,21 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+/// The node's stat, asking again while the watching client itself reconnects after a fault.
+async fn stat_of(client: &zkc::Client, path: &str) -> Option<zkc::Stat> {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match client.check_stat(path).await {
+                Ok(stat) => return stat,
+                Err(zkc::Error::ConnectionLoss | zkc::Error::Timeout) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(err) => panic!("stat {path}: {err}"),
+            }
+        }
+    })
+    .await
+    .expect("the watching client reconnects")
 }

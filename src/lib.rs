@@ -15,6 +15,7 @@
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
+//! - [`watch`]: the consumer side: a value rendered into a file atomically, checked, reloaded.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
 pub mod announce;
@@ -25,4 +26,5 @@ pub mod instance;
 pub mod layout;
 pub mod reaper;
 pub mod values;
+pub mod watch;
 pub mod zk;

@@ -7,7 +7,7 @@ use tracing::debug;
 use zookeeper_client::{self as zk, Acls, CreateMode};
 
 use crate::layout::{EnvKey, Layout};
-use crate::zk::{Session, ZkError, list_named, state_error};
+use crate::zk::{SessionHandle, ZkError, list_named, state_error};
 
 /// The largest value herald writes: ZooKeeper refuses requests over `jute.maxbuffer`
 /// (1 MiB − 1 by default), and the request also carries the path and headers.
@@ -113,18 +113,44 @@ impl Values {
     ///
     /// # Cancellation safety
     /// Safe: dropping it leaves nothing behind but a one-shot watch.
-    pub async fn wait(&self, session: &Session, key: &EnvKey) -> Result<Vec<u8>, ZkError> {
+    pub async fn wait(&self, session: &SessionHandle, key: &EnvKey) -> Result<Vec<u8>, ZkError> {
+        loop {
+            if let Some(value) = self.next(session, key, None).await? {
+                return Ok(value);
+            }
+        }
+    }
+
+    /// Waits until KEY's value differs from `known` (`None`: not published) and returns the new
+    /// state: a data watch while it exists, an exists watch while it does not. Survives
+    /// reconnects and session expiry (after which the value is read again, never assumed).
+    ///
+    /// # Cancellation safety
+    /// Safe: dropping it leaves nothing behind but a one-shot watch.
+    pub async fn next(
+        &self,
+        session: &SessionHandle,
+        key: &EnvKey,
+        known: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, ZkError> {
         let path = self.layout.value(key);
         let mut live = session.live();
         loop {
-            let outcome = match live.client.check_and_watch_stat(&path).await {
-                Ok((Some(_), _)) => match live.client.get_data(&path).await {
-                    Ok((data, _)) => return Ok(data),
-                    Err(zk::Error::NoNode) => continue, // deleted in between: watch again
-                    Err(err) => err,
+            let watched = match live.client.get_and_watch_data(&path).await {
+                Ok((data, _, watcher)) => Ok((Some(data), watcher)),
+                Err(zk::Error::NoNode) => match live.client.check_and_watch_stat(&path).await {
+                    Ok((None, watcher)) => Ok((None, watcher)),
+                    Ok((Some(_), _)) => continue, // created in between: read it
+                    Err(err) => Err(err),
                 },
-                Ok((None, watcher)) => {
-                    debug!(key = %key, "waiting for the key to be published");
+                Err(err) => Err(err),
+            };
+            let outcome = match watched {
+                Ok((current, watcher)) => {
+                    if current.as_deref() != known {
+                        return Ok(current);
+                    }
+                    debug!(key = %key, "waiting for the value to change");
                     let event = watcher.changed().await;
                     if event.event_type != zk::EventType::Session {
                         continue;

@@ -12,6 +12,7 @@ mod ls;
 mod put;
 mod resolve;
 mod run;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,8 @@ pub enum Command {
     Undrain(drain::DrainArgs),
     /// Show whether the agents here are drained and registered.
     Status(drain::DrainArgs),
+    /// Follow a value: print it, or write it to a file atomically, check, and reload.
+    Watch(watch::WatchArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -177,6 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drain(args) => drain::run(args, Request::Drain).await,
         Command::Undrain(args) => drain::run(args, Request::Undrain).await,
         Command::Status(args) => drain::run(args, Request::Status).await,
+        Command::Watch(args) => watch::run(&cli.zk, args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -46,10 +46,10 @@ pub async fn run(zk_args: &ZkArgs, args: ResolveArgs) -> anyhow::Result<()> {
     let found = if args.wait {
         let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
         let waited = match args.timeout {
-            Some(limit) => tokio::time::timeout(limit, values.wait(&session, &key))
+            Some(limit) => tokio::time::timeout(limit, values.wait(&session.handle(), &key))
                 .await
                 .ok(),
-            None => Some(values.wait(&session, &key).await),
+            None => Some(values.wait(&session.handle(), &key).await),
         };
         session.close().await;
         match waited {

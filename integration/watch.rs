@@ -1,0 +1,186 @@
+//! `herald watch KEY` against a real ZooKeeper: values printed or rendered into a file
+//! atomically, checked before the swap, and reloaded once per change.
+
+mod support;
+
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use support::*;
+
+fn put(root: &str, key: &str, value: &[u8]) {
+    let out = run_with_input(herald(root).args(["put", key, "-"]), value);
+    assert!(out.status.success(), "put {key}: {}", describe(&out));
+}
+
+fn lines_of(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn prints_the_current_value_then_each_change() {
+    let root = root("watch_print");
+    put(&root, "URL", b"one");
+    let mut child = herald(&root)
+        .args(["watch", "URL"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::of(&mut child);
+    let _guard = Killed(child);
+    lines.expect("the current value", |l| l == "one");
+    put(&root, "URL", b"two");
+    lines.expect("the new value", |l| l == "two");
+}
+
+#[test]
+fn once_waits_for_the_key_and_writes_a_new_file_with_a_private_mode() {
+    let root = root("watch_once");
+    let s = Scratch::new("watch_once");
+    let out = s.path("value.conf");
+    let child = herald(&root)
+        .args(["watch", "DB", "--once", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("watch to wait on the key", || {
+        (!watchers_of(zk(), &format!("{root}/environment/DB")).is_empty()).then_some(())
+    });
+    put(&root, "DB", b"host=db1 password=x");
+    let done = wait_output(child, DEADLINE);
+    assert!(done.status.success(), "{}", describe(&done));
+    assert_eq!(std::fs::read(&out).unwrap(), b"host=db1 password=x");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "a new file is private: values may be credentials"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&s.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no staged file is left: {leftovers:?}"
+    );
+}
+
+#[test]
+fn check_runs_on_the_staged_file_and_a_refused_value_keeps_the_old_file() {
+    let root = root("watch_check");
+    let s = Scratch::new("watch_check");
+    let out = s.path("haproxy.cfg");
+    let reloads = s.path("reloads");
+    let checked = s.path("checked");
+    put(&root, "SERVERS", b"good 1");
+    // The check records what it was shown (the staged file, never the live one), then judges.
+    let check = format!(
+        "cat \"$1\" >> {checked}; echo >> {checked}; grep -q '^good' \"$1\"",
+        checked = checked.display()
+    );
+    let reload = format!("echo reloaded >> {}", reloads.display());
+    let child = herald(&root)
+        .args([
+            "watch", "SERVERS", "--check", &check, "--reload", &reload, "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(child);
+    wait_for("the first value and its reload", || {
+        (lines_of(&reloads) == 1).then_some(())
+    });
+    assert_eq!(std::fs::read(&out).unwrap(), b"good 1");
+    // A value the check refuses: the old file stays, no reload. The next good one goes through.
+    put(&root, "SERVERS", b"bad");
+    wait_for("the check to see the bad value", || {
+        std::fs::read_to_string(&checked)
+            .ok()?
+            .lines()
+            .any(|l| l == "bad")
+            .then_some(())
+    });
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"good 1",
+        "the old file stays"
+    );
+    put(&root, "SERVERS", b"good 2");
+    wait_for("the second good value", || {
+        (std::fs::read(&out).ok()? == b"good 2").then_some(())
+    });
+    wait_for("its reload", || (lines_of(&reloads) >= 2).then_some(()));
+    assert_eq!(lines_of(&reloads), 2, "no reload for the refused value");
+    // The same value again changes nothing: no reload.
+    put(&root, "SERVERS", b"good 2");
+    put(&root, "SERVERS", b"good 3");
+    wait_for("the third value", || {
+        (std::fs::read(&out).ok()? == b"good 3").then_some(())
+    });
+    wait_for("its reload", || (lines_of(&reloads) >= 3).then_some(()));
+    assert_eq!(lines_of(&reloads), 3, "one reload per change");
+}
+
+#[test]
+fn a_concurrent_reader_never_sees_a_partial_file() {
+    let root = root("watch_atomic");
+    let s = Scratch::new("watch_atomic");
+    let out = s.path("big.conf");
+    let reloads = s.path("reloads");
+    const SIZE: usize = 256 * 1024;
+    put(&root, "BIG", &vec![b'a'; SIZE]);
+    let reload = format!("echo x >> {}", reloads.display());
+    let child = herald(&root)
+        .args(["watch", "BIG", "--reload", &reload, "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(child);
+    wait_for("the first file", || (lines_of(&reloads) == 1).then_some(()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = std::thread::spawn({
+        let (stop, reads, out) = (stop.clone(), reads.clone(), out.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let content = std::fs::read(&out).expect("the file always exists");
+                assert_eq!(content.len(), SIZE, "a partial file");
+                assert!(
+                    content.iter().all(|&b| b == content[0]),
+                    "a mix of two values"
+                );
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    for (n, letter) in (b'b'..=b'k').enumerate() {
+        put(&root, "BIG", &vec![letter; SIZE]);
+        wait_for("the change to be applied", || {
+            (lines_of(&reloads) == n + 2).then_some(())
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("the reader saw only whole files");
+    assert!(reads.load(Ordering::Relaxed) > 10, "the reader really read");
+    assert_eq!(std::fs::read(&out).unwrap(), vec![b'k'; SIZE]);
+}

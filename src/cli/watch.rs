@@ -1,0 +1,131 @@
+//! `herald watch KEY`: follow a published value; print each new value, or render it into a file
+//! atomically, check it, and reload the program that reads it.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use herald::watch::{Applied, FileTarget};
+use herald::zk::Session;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::{ZkArgs, parse_duration, parse_key};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  herald watch PGPOOL_BACKENDS --out /etc/pgpool2/backends.conf --reload 'pgpool reload'
+  herald watch HAPROXY_SERVERS --out /etc/haproxy/servers.cfg \\
+      --check 'haproxy -c -f /etc/haproxy/haproxy.cfg -f \"$1\"' --reload 'systemctl reload haproxy'
+  herald watch DATABASE_URL                 print each new value, one per line (-0: NUL-separated)
+  herald watch DATABASE_URL --out db.url --once
+
+At start and on every change the value is written to a file staged beside FILE (fsynced, with
+FILE's mode and owner, or --mode when new), --check runs on it (its path is $1), and only if it
+passes does it replace FILE by rename; then --reload runs, once per change. A value that cannot be
+written or fails its check leaves FILE as it was and is reported. A deleted key keeps the last
+file. Waits for the key when it is not published yet.")]
+pub struct WatchArgs {
+    /// The key to follow.
+    pub key: String,
+    /// Write each value to this file (atomically) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Run on the staged file ($1) before it replaces FILE; non-zero keeps the old file.
+    #[arg(long, value_name = "COMMAND", requires = "out")]
+    pub check: Option<String>,
+    /// Run after FILE was replaced (once per change).
+    #[arg(long, value_name = "COMMAND", requires = "out")]
+    pub reload: Option<String>,
+    /// Bound on each --check and --reload run.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// Mode of FILE when herald creates it (an existing file keeps its own).
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Handle the current value (waiting for it if need be), then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Separate printed values with NUL instead of newline.
+    #[arg(short = '0', long = "null", conflicts_with = "out")]
+    pub null: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| "write an octal file mode such as 600 or 644".to_owned())
+}
+
+pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
+    let key = parse_key(&args.key)?;
+    let target = zk_args.target()?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    let file = args.out.as_ref().map(|path| FileTarget {
+        path: path.clone(),
+        mode: args.mode,
+        check: args.check.clone(),
+        reload: args.reload.clone(),
+        command_timeout: args.command_timeout,
+        env,
+    });
+    let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
+    let handle = session.handle();
+    let values = &target.values;
+    let mut known: Option<Vec<u8>> = None;
+    let outcome = loop {
+        let next = tokio::select! {
+            next = values.next(&handle, &key, known.as_deref()) => next,
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+        };
+        let value = match next {
+            Ok(Some(value)) => value,
+            Ok(None) => {
+                tracing::warn!(key = %key, "the key was deleted; keeping the last value");
+                known = None;
+                continue;
+            }
+            Err(err) => break Err(anyhow::Error::from(err)),
+        };
+        let delivered = deliver(file.as_ref(), &value, args.null).await;
+        known = Some(value);
+        match delivered {
+            Ok(()) if args.once => break Ok(()),
+            Ok(()) => {}
+            Err(err) if args.once => break Err(err),
+            Err(err) => tracing::error!("{err:#}"),
+        }
+    };
+    session.close().await;
+    outcome
+}
+
+/// Prints the value, or makes the file hold it.
+async fn deliver(file: Option<&FileTarget>, value: &[u8], null: bool) -> anyhow::Result<()> {
+    let Some(file) = file else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(value)
+            .and_then(|()| stdout.write_all(if null { b"\0" } else { b"\n" }))
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")?;
+        return Ok(());
+    };
+    match file.apply(value).await {
+        Ok(Applied::Written) => {
+            tracing::info!(file = %file.path.display(), bytes = value.len(), "wrote the new value");
+            Ok(())
+        }
+        Ok(Applied::Unchanged) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}

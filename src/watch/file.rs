@@ -1,0 +1,157 @@
+//! Replacing one file atomically: a staged copy in the same directory (same file system, so the
+//! rename is atomic), fsynced, given the old file's mode and owner, checked, renamed over the
+//! old file, and the directory fsynced. A concurrent reader sees the old file or the new one,
+//! never a part of either.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::command::{CommandError, run_command};
+
+/// Where and how a value is written.
+#[derive(Debug, Clone)]
+pub struct FileTarget {
+    pub path: PathBuf,
+    /// Mode of a new file (an existing file keeps its own).
+    pub mode: u32,
+    /// Run on the staged file (`$1`) before it replaces the old one; non-zero refuses it.
+    pub check: Option<String>,
+    /// Run after the file was replaced.
+    pub reload: Option<String>,
+    /// Bound on each of check and reload.
+    pub command_timeout: Duration,
+    /// The environment check and reload run with.
+    pub env: BTreeMap<OsString, OsString>,
+}
+
+/// What [`FileTarget::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The file already held exactly this content: nothing written, no reload.
+    Unchanged,
+    /// Replaced (and reloaded, if a reload command is set).
+    Written,
+}
+
+/// Why a value did not become the file. The old file is untouched in every case but `Reload`.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot write {}: {source}; check the directory's permissions", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the new {} was refused: {source}; the old file stays", .path.display())]
+    Check { path: PathBuf, source: CommandError },
+    #[error("{} was replaced, but {source}", .path.display())]
+    Reload { path: PathBuf, source: CommandError },
+}
+
+impl FileTarget {
+    /// Makes the file hold `content`: stage, check, swap, reload.
+    pub async fn apply(&self, content: &[u8]) -> Result<Applied, WatchError> {
+        if std::fs::read(&self.path).is_ok_and(|old| old == content) {
+            return Ok(Applied::Unchanged);
+        }
+        let write_err = |source| WatchError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let mut staged = Staged {
+            path: self.stage(content).map_err(write_err)?,
+            renamed: false,
+        };
+        if let Some(check) = &self.check {
+            run_command(
+                "--check",
+                check,
+                &[staged.path.as_path()],
+                &self.env,
+                self.command_timeout,
+            )
+            .await
+            .map_err(|source| WatchError::Check {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        std::fs::rename(&staged.path, &self.path).map_err(write_err)?;
+        staged.renamed = true;
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(dir) = std::fs::File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        if let Some(reload) = &self.reload {
+            run_command("--reload", reload, &[], &self.env, self.command_timeout)
+                .await
+                .map_err(|source| WatchError::Reload {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
+        Ok(Applied::Written)
+    }
+
+    /// Writes `content` to a new file beside the target, with the target's mode and owner.
+    fn stage(&self, content: &[u8]) -> std::io::Result<PathBuf> {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staged = self
+            .path
+            .with_file_name(format!(".{name}.herald-{}", std::process::id()));
+        let _ = std::fs::remove_file(&staged);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged)?;
+        let written = (|| {
+            file.write_all(content)?;
+            match std::fs::metadata(&self.path) {
+                Ok(old) => {
+                    file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
+                    if let Err(err) =
+                        std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))
+                        && err.kind() != std::io::ErrorKind::PermissionDenied
+                    {
+                        return Err(err);
+                    }
+                }
+                Err(_) => file.set_permissions(std::fs::Permissions::from_mode(self.mode))?,
+            }
+            file.sync_all()
+        })();
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&staged);
+            return Err(err);
+        }
+        Ok(staged)
+    }
+}
+
+/// A staged file, removed unless it was renamed into place.
+struct Staged {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

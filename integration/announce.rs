@@ -183,6 +183,11 @@ async fn lifecycle_registers_with_metadata_and_sigterm_deletes_before_exit() {
         .unwrap();
     assert_eq!(event.event_type, zkc::EventType::NodeDeleted);
     assert!(
+        agent.stderr().contains("deregistered"),
+        "deleted explicitly, not only by the session's close:\n{}",
+        agent.stderr()
+    );
+    assert!(
         !agent.stderr().contains("s3cret-meta"),
         "metadata never reaches the logs:\n{}",
         agent.stderr()
@@ -292,7 +297,14 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
     let s = Scratch::new("health");
     let path = node(&root, "pg", "db1");
     let flag = s.path("healthy");
-    let check = format!("exec:test -e {}", flag.display());
+    let runs = s.path("runs");
+    // Each run of the check records its verdict, so the test can count them.
+    let check = format!(
+        "exec:if test -e {flag}; then echo pass >> {runs}; else echo fail >> {runs}; exit 1; fi",
+        flag = flag.display(),
+        runs = runs.display()
+    );
+    let verdicts = || std::fs::read_to_string(&runs).unwrap_or_default();
     let watcher = client().await;
     let _agent = Agent::spawn(&mut announce(
         &root,
@@ -303,11 +315,11 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
             "--check",
             &check,
             "--check-interval",
-            "50ms",
+            "200ms",
             "--rise",
-            "2",
+            "3",
             "--fall",
-            "2",
+            "3",
         ],
     ));
     // Unhealthy from the start: the agent is up (its status says so) but not registered.
@@ -323,10 +335,25 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
     assert_eq!(status.trim(), "pg/db1: serving, not registered");
     assert_eq!(watcher.check_stat(&path).await.unwrap(), None);
 
+    // Runs are 200ms apart, so when the node appears (or goes) the verdicts that caused it are
+    // the last ones written: three passes (rise) or three failures (fall).
+    let trailing = |word: &str| verdicts().lines().rev().take_while(|l| *l == word).count();
     std::fs::write(&flag, "").unwrap();
     appears(&watcher, &path).await;
+    assert_eq!(
+        trailing("pass"),
+        3,
+        "registered after --rise 3 passes: {}",
+        verdicts()
+    );
     std::fs::remove_file(&flag).unwrap();
     vanishes(&watcher, &path).await;
+    assert_eq!(
+        trailing("fail"),
+        3,
+        "deregistered after --fall 3 failures: {}",
+        verdicts()
+    );
     std::fs::write(&flag, "").unwrap();
     appears(&watcher, &path).await;
 }
@@ -418,6 +445,11 @@ async fn run_service_registers_the_child_and_deregisters_when_it_exits() {
         None,
         "deregistered before herald exits"
     );
+    assert!(
+        agent.stderr().contains("deregistered"),
+        "{}",
+        agent.stderr()
+    );
 }
 
 #[tokio::test]
@@ -427,16 +459,16 @@ async fn run_service_deregisters_before_forwarding_sigterm() {
     let path = node(&root, "api", "web1");
     let env_dir = s.path("env");
     std::fs::create_dir_all(&env_dir).unwrap();
-    let seen = s.path("seen");
-    // On SIGTERM the command records what a client sees of its service at that moment.
+    let got_term = s.path("got-term");
     let body = format!(
-        "trap '{herald} ls --json > {seen}; exit 0' TERM; while :; do sleep 0.02; done",
-        herald = env!("CARGO_BIN_EXE_herald"),
-        seen = seen.display()
+        "trap 'touch {got}; exit 0' TERM; while :; do sleep 0.01; done",
+        got = got_term.display()
     );
+    let proxy = Proxy::start(zk().port);
     let watcher = client().await;
     let mut agent = Agent::spawn(
         herald(&root)
+            .env("HERALD_ZK", proxy.connect_string())
             .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
             .args(["--address", "127.0.0.1", "--env-dir"])
             .arg(&env_dir)
@@ -445,20 +477,23 @@ async fn run_service_deregisters_before_forwarding_sigterm() {
             .args(["--", "sh", "-c", &body]),
     );
     appears(&watcher, &path).await;
-    let (_, _, deleted) = watcher.get_and_watch_data(&path).await.unwrap();
+    // Hold herald's requests: its delete cannot complete, so CMD must not hear of the SIGTERM.
+    proxy.hold();
     agent.signal(libc::SIGTERM);
-    let event = tokio::time::timeout(DEADLINE, deleted.changed())
-        .await
-        .unwrap();
-    assert_eq!(event.event_type, zkc::EventType::NodeDeleted);
+    let window = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < window {
+        assert!(
+            !got_term.exists(),
+            "CMD got SIGTERM while its instance was still registered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(watcher.check_stat(&path).await.unwrap().is_some());
+    proxy.release();
+    vanishes(&watcher, &path).await;
     let status = agent.exited().await;
     assert_eq!(status.code(), Some(0), "{}", agent.stderr());
-    let seen: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&seen).expect("SIGTERM reached CMD")).unwrap();
-    assert_eq!(
-        seen["services"]["api"], 0,
-        "when CMD got SIGTERM its instance was already deregistered: {seen}"
-    );
+    assert!(got_term.exists(), "SIGTERM reached CMD after the deletion");
 }
 
 #[test]

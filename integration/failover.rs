@@ -30,9 +30,32 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         .args(["--port", "5432", "--control-dir"])
         .arg(s.path("control"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    std::thread::spawn({
+        let mut pipe = agent.stderr.take().unwrap();
+        let log = log.clone();
+        move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                log.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    let reconnects = || {
+        log.lock()
+            .unwrap()
+            .matches("reconnected to ZooKeeper")
+            .count()
+    };
 
     let watcher = zkc::Client::connector()
         .with_session_timeout(Duration::from_secs(20))
@@ -70,10 +93,29 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         }
     });
 
+    let ensemble = Arc::new(ensemble);
     for round in 1..=3 {
-        let killed = ensemble.kill_leader();
-        wait_for("a new leader", || ensemble.leader());
-        ensemble.restart(killed);
+        // The ensemble is driven from a blocking thread, so this runtime keeps serving the
+        // watching client meanwhile.
+        let driver = ensemble.clone();
+        tokio::task::spawn_blocking(move || {
+            let killed = driver.kill_leader();
+            wait_for("a new leader", || driver.leader());
+            driver.restart(killed);
+        })
+        .await
+        .unwrap();
+        // herald lost its server (every follower drops its clients when the leader goes) and
+        // is back on the same session.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while reconnects() < round {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: herald did not reconnect:\n{}",
+                log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let stat = stat_of(&watcher, path)
             .await
             .unwrap_or_else(|| panic!("round {round}: the instance node is gone"));
@@ -93,6 +135,12 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         agent.try_wait().unwrap(),
         None,
         "the agent keeps running through the faults"
+    );
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log.matches("registered path=").count() - log.matches("deregistered path=").count(),
+        1,
+        "registered once, never again:\n{log}"
     );
     let _ = agent.kill();
     let _ = agent.wait();

@@ -45,6 +45,13 @@ pub async fn instances(
         let data = match read.await {
             Ok((data, _)) => data,
             Err(zk::Error::NoNode) => continue,
+            Err(zk::Error::NoAuth) => {
+                warn!(
+                    path,
+                    "skipping an instance this identity may not read (its ACL)"
+                );
+                continue;
+            }
             Err(err) => return Err(ZkError::op("read", path, err)),
         };
         let Some(id) = id else {

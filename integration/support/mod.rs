@@ -421,6 +421,7 @@ pub async fn client() -> zookeeper_client::Client {
 pub struct Proxy {
     pub port: u16,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+    held: Held,
 }
 
 #[derive(Default)]
@@ -429,12 +430,17 @@ struct ProxyState {
     live: Vec<TcpStream>,
 }
 
+/// While set, bytes from clients to the server are held back (not dropped).
+type Held = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
 impl Proxy {
     pub fn start(upstream: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
         let shared = state.clone();
+        let held = Held::default();
+        let hold = held.clone();
         std::thread::spawn(move || {
             for downstream in listener.incoming().flatten() {
                 let mut state = shared.lock().unwrap();
@@ -450,11 +456,25 @@ impl Proxy {
                         state.live.push(clone);
                     }
                 }
-                pipe(downstream.try_clone().unwrap(), up.try_clone().unwrap());
-                pipe(up, downstream);
+                pipe(
+                    downstream.try_clone().unwrap(),
+                    up.try_clone().unwrap(),
+                    Some(hold.clone()),
+                );
+                pipe(up, downstream, None);
             }
         });
-        Proxy { port, state }
+        Proxy { port, state, held }
+    }
+
+    /// Holds back every request (connections stay open, nothing is lost) until
+    /// [`Proxy::release`].
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn connect_string(&self) -> String {
@@ -475,9 +495,24 @@ impl Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            while held
+                .as_ref()
+                .is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
 }

@@ -14,7 +14,7 @@ use tracing::{Instrument, info_span, warn};
 
 use super::control::Control;
 use super::node::Node;
-use super::registrar::{Registered, maintain};
+use super::registrar::{Registered, Status, maintain};
 use super::{AnnounceError, all_of, duplicate_wait};
 use crate::health::{self, Check, Policy, Target};
 use crate::instance::Instance;
@@ -54,7 +54,7 @@ pub struct Agent {
     /// Ends the checks and the control socket.
     cancel: CancellationToken,
     serving: watch::Sender<bool>,
-    registered: watch::Receiver<Registered>,
+    status: watch::Receiver<Status>,
 }
 
 impl Agent {
@@ -96,13 +96,16 @@ impl Connected {
             cancel.clone(),
         );
         let (serving, serving_rx) = watch::channel(true);
-        let (registered_tx, registered) = watch::channel(Registered::No);
+        let (status_tx, status) = watch::channel(Status {
+            registered: Registered::No,
+            wanted: false,
+        });
         if let Some(dir) = &plan.control_dir {
             match Control::bind(dir, &plan.instance.service, &plan.instance.id) {
                 Ok(control) => {
                     tokio::spawn(
                         control
-                            .serve(serving.clone(), registered.clone(), cancel.clone())
+                            .serve(serving.clone(), status.clone(), cancel.clone())
                             .instrument(span.clone()),
                     );
                 }
@@ -110,24 +113,18 @@ impl Connected {
             }
         }
         let wanted = all_of(vec![healthy, serving_rx]);
+        let negotiated = session.live().client.session_timeout();
         let duplicate_wait = plan
             .give_up_on_duplicate
-            .then(|| duplicate_wait(plan.zk.session_timeout));
+            .then(|| duplicate_wait(plan.zk.session_timeout.max(negotiated)));
         let registrar_cancel = CancellationToken::new();
         let registrar = tokio::spawn({
             let node = plan.node;
             let cancel = registrar_cancel.clone();
             let session = session.handle();
             async move {
-                let result = maintain(
-                    &session,
-                    &node,
-                    wanted,
-                    registered_tx,
-                    duplicate_wait,
-                    cancel,
-                )
-                .await;
+                let result =
+                    maintain(&session, &node, wanted, status_tx, duplicate_wait, cancel).await;
                 if let Err(err) = &result {
                     tracing::error!("{err}");
                 }
@@ -141,7 +138,7 @@ impl Connected {
             registrar: Some(registrar),
             cancel,
             serving,
-            registered,
+            status,
         }
     }
 }
@@ -153,8 +150,28 @@ impl Agent {
     }
 
     /// Follows whether the node exists.
-    pub fn registered(&self) -> watch::Receiver<Registered> {
-        self.registered.clone()
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Deletes the node for good (no re-registration after this), waiting at most `grace`.
+    /// Used before a stop signal is passed on, so no client is sent here once it stops.
+    pub async fn deregister(&mut self, grace: Duration) -> Result<(), AnnounceError> {
+        self.registrar_cancel.cancel();
+        let Some(registrar) = self.registrar.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(grace, registrar).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                warn!(
+                    "the instance node was not confirmed deleted within {}; it goes when the session ends",
+                    humantime::format_duration(grace)
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Resolves only if registration failed for good (e.g. a duplicate id).
@@ -171,17 +188,10 @@ impl Agent {
 
     /// Deletes the node (before anything else: clients stop being sent here first), stops the
     /// checks and closes the session, waiting at most `grace` for the deletion.
-    pub async fn stop(self, grace: Duration) -> Result<(), AnnounceError> {
-        self.registrar_cancel.cancel();
-        let outcome = match self.registrar {
-            Some(registrar) => tokio::time::timeout(grace, registrar).await,
-            None => Ok(Ok(Ok(()))),
-        };
+    pub async fn stop(mut self, grace: Duration) -> Result<(), AnnounceError> {
+        let outcome = self.deregister(grace).await;
         self.cancel.cancel();
         self.session.close().await;
-        match outcome {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Ok(()),
-        }
+        outcome
     }
 }

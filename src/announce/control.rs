@@ -1,17 +1,17 @@
 //! The local control socket of a running agent, so `herald drain` / `herald undrain` from a shell
-//! in the container can reach it: one Unix socket per instance, `<dir>/<service>.<id>.sock`, one
-//! request line and one reply line per connection.
+//! in the container can reach it: one Unix socket per instance, `<dir>/<service>@<id>.sock` (`@`
+//! is in neither name), one request line and one reply line per connection.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::registrar::Registered;
+use super::registrar::{Registered, Status};
 use crate::layout::{InstanceId, ServiceName};
 
 /// How long a request waits for the node to follow (drain: deleted; undrain: created).
@@ -69,6 +69,8 @@ pub enum ControlError {
     },
     #[error("the agent at {} gave no answer", .path.display())]
     NoAnswer { path: PathBuf },
+    #[error("another live agent answers on {}; give this instance another --id or --control-dir", .path.display())]
+    InUse { path: PathBuf },
 }
 
 /// Where control sockets go by default: /run/herald for root, else under XDG_RUNTIME_DIR or /tmp.
@@ -85,7 +87,7 @@ pub fn default_control_dir() -> PathBuf {
 }
 
 fn socket_path(dir: &Path, service: &ServiceName, id: &InstanceId) -> PathBuf {
-    dir.join(format!("{service}.{id}.sock"))
+    dir.join(format!("{service}@{id}.sock"))
 }
 
 /// A listening control socket; removed when dropped.
@@ -95,13 +97,17 @@ pub struct Control {
 }
 
 impl Control {
-    /// Binds `<dir>/<service>.<id>.sock`, replacing a stale socket left by a crashed agent.
+    /// Binds `<dir>/<service>@<id>.sock`, replacing a stale socket left by a crashed agent, but
+    /// never one a live agent still answers on.
     pub fn bind(
         dir: &Path,
         service: &ServiceName,
         id: &InstanceId,
     ) -> Result<Control, ControlError> {
         let path = socket_path(dir, service, id);
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(ControlError::InUse { path });
+        }
         let bind = || -> std::io::Result<UnixListener> {
             std::fs::create_dir_all(dir)?;
             match std::fs::remove_file(&path) {
@@ -127,7 +133,7 @@ impl Control {
     pub async fn serve(
         self,
         serving: watch::Sender<bool>,
-        registered: watch::Receiver<Registered>,
+        status: watch::Receiver<Status>,
         cancel: CancellationToken,
     ) {
         loop {
@@ -136,15 +142,17 @@ impl Control {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(err) => {
+                        // E.g. out of file descriptors: do not spin.
                         debug!(error = %err, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
             };
             let serving = serving.clone();
-            let registered = registered.clone();
+            let status = status.clone();
             tokio::spawn(async move {
-                if let Err(err) = answer(stream, serving, registered).await {
+                if let Err(err) = answer(stream, serving, status).await {
                     debug!(error = %err, "control request failed");
                 }
             });
@@ -161,11 +169,18 @@ impl Drop for Control {
 async fn answer(
     stream: UnixStream,
     serving: watch::Sender<bool>,
-    mut registered: watch::Receiver<Registered>,
+    mut status: watch::Receiver<Status>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    // One short line, promptly: an idle or endless client must not hold the task.
+    let mut reader = BufReader::new(read.take(64));
+    if tokio::time::timeout(Duration::from_secs(1), reader.read_line(&mut line))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
     let wanted = match line.trim() {
         "drain" => Some(Registered::No),
         "undrain" => Some(Registered::Yes),
@@ -185,11 +200,13 @@ async fn answer(
                 if drain { "drained" } else { "undrained" }
             );
         }
-        let _ = tokio::time::timeout(SETTLE, registered.wait_for(|r| *r == target)).await;
+        // Done when the registrar has acted on the change: the node is gone (drain) or back.
+        let done = |s: &Status| s.wanted != drain && s.registered == target;
+        let _ = tokio::time::timeout(SETTLE, status.wait_for(done)).await;
     }
     let reply = Reply {
         drained: !*serving.borrow(),
-        registered: *registered.borrow() == Registered::Yes,
+        registered: status.borrow().registered == Registered::Yes,
     };
     write
         .write_all(

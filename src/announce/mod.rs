@@ -26,7 +26,7 @@ pub use agent::{Agent, Plan};
 pub use control::{Control, ControlError, Reply, Request, default_control_dir, request, sockets};
 pub use host::{default_address, default_id, hostname};
 pub use node::Node;
-pub use registrar::{Registered, maintain};
+pub use registrar::{Registered, Status, maintain};
 
 /// Why an instance could not be registered.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +63,10 @@ impl Node {
 }
 
 /// How long a first registration waits for a node held by another session: a crashed
-/// predecessor with the same id holds it until its session times out.
+/// predecessor with the same id holds it until its session times out (counted from its last
+/// heartbeat, by the server, with up to a tick of slack).
 pub fn duplicate_wait(session_timeout: Duration) -> Duration {
-    session_timeout + Duration::from_secs(1)
+    session_timeout.saturating_mul(2)
 }
 
 /// `true` while every input is `true`: the node is wanted while healthy and not drained.

@@ -1,10 +1,10 @@
 //! One instance's ephemeral znode: creating it, recognising it as ours by its ephemeral owner,
 //! and removing it. The owner check (as Finagle does) makes every step safe to retry after a
-//! connection loss, and means a plain reconnect never deletes and re-creates the node.
+//! connection loss, and means a plain reconnect never deletes and re-creates the node. Ownership
+//! is read from the node's `Stat` (no READ permission needed), and a delete is only ever issued
+//! for a node our session owns, at the version just read.
 
-use zookeeper_client::{self as zk, Acls, CreateMode};
-
-use crate::zk::ZkError;
+use zookeeper_client::{self as zk, Acls, CreateMode, Stat};
 
 /// Where the instance lives and what it says.
 #[derive(Debug, Clone)]
@@ -16,14 +16,21 @@ pub struct Node {
     pub acl: Acls<'static>,
 }
 
+/// Which node of ours: its creation zxid tells it from a later node at the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owned {
+    pub czxid: i64,
+    pub version: i32,
+}
+
 /// Who holds the node after [`Node::claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Our session owns it, at this data version.
-    Ours { version: i32 },
+    /// Our session owns it.
+    Ours(Owned),
     /// Another session owns it (or it is not ephemeral: owner 0).
     Foreign { owner: i64 },
-    /// It vanished between create and check: try again.
+    /// It vanished or changed between two steps: try again.
     Gone,
 }
 
@@ -33,22 +40,16 @@ impl Node {
     pub async fn claim(&self, client: &zk::Client) -> Result<Claim, zk::Error> {
         let mode = CreateMode::Ephemeral.with_acls(self.acl);
         match client.create(&self.path, &self.data, &mode).await {
-            Ok((stat, _)) => {
-                return Ok(Claim::Ours {
-                    version: stat.version,
-                });
-            }
+            Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
             Err(zk::Error::NodeExists) => {}
             Err(zk::Error::NoNode) => {
                 let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());
                 client.mkdir(&self.parent, &dir).await?;
-                return match client.create(&self.path, &self.data, &mode).await {
-                    Ok((stat, _)) => Ok(Claim::Ours {
-                        version: stat.version,
-                    }),
-                    Err(zk::Error::NodeExists) => self.recognise(client).await,
-                    Err(err) => Err(err),
-                };
+                match client.create(&self.path, &self.data, &mode).await {
+                    Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
+                    Err(zk::Error::NodeExists) => {}
+                    Err(err) => return Err(err),
+                }
             }
             Err(err) => return Err(err),
         }
@@ -56,52 +57,58 @@ impl Node {
     }
 
     async fn recognise(&self, client: &zk::Client) -> Result<Claim, zk::Error> {
-        let (data, stat) = match client.get_data(&self.path).await {
-            Ok(found) => found,
-            Err(zk::Error::NoNode) => return Ok(Claim::Gone),
-            Err(err) => return Err(err),
+        let Some(stat) = client.check_stat(&self.path).await? else {
+            return Ok(Claim::Gone);
         };
         if stat.ephemeral_owner != client.session_id().0 {
             return Ok(Claim::Foreign {
                 owner: stat.ephemeral_owner,
             });
         }
+        let (data, stat) = match client.get_data(&self.path).await {
+            Ok(found) => found,
+            Err(zk::Error::NoNode) => return Ok(Claim::Gone),
+            Err(err) => return Err(err),
+        };
         if data == self.data {
-            return Ok(Claim::Ours {
-                version: stat.version,
-            });
+            return Ok(Claim::Ours(owned(&stat)));
         }
         match client
             .set_data(&self.path, &self.data, Some(stat.version))
             .await
         {
-            Ok(stat) => Ok(Claim::Ours {
-                version: stat.version,
-            }),
+            Ok(stat) => Ok(Claim::Ours(owned(&stat))),
             // Changed again or deleted meanwhile: look again on the next round.
             Err(zk::Error::BadVersion | zk::Error::NoNode) => Ok(Claim::Gone),
             Err(err) => Err(err),
         }
     }
 
-    /// Deletes the node if our session owns it. A node that is already gone is fine.
-    pub async fn release(&self, client: &zk::Client, version: i32) -> Result<(), ZkError> {
-        match client.delete(&self.path, Some(version)).await {
-            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
-            // Our data was changed by someone: check ownership before deleting.
-            Err(zk::Error::BadVersion) => match client.check_stat(&self.path).await {
-                Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => client
-                    .delete(&self.path, None)
-                    .await
-                    .or_else(|err| match err {
-                        zk::Error::NoNode => Ok(()),
-                        err => Err(err),
-                    })
-                    .map_err(|err| ZkError::op("delete", &self.path, err)),
-                Ok(_) => Ok(()),
-                Err(err) => Err(ZkError::op("delete", &self.path, err)),
-            },
-            Err(err) => Err(ZkError::op("delete", &self.path, err)),
+    /// Deletes the node if our session owns it — and, when `czxid` is given, only that very
+    /// node. Anything else at the path is left alone. Connection errors are returned so the
+    /// caller can retry: the node may still be there.
+    pub async fn release(&self, client: &zk::Client, czxid: Option<i64>) -> Result<(), zk::Error> {
+        loop {
+            let Some(stat) = client.check_stat(&self.path).await? else {
+                return Ok(());
+            };
+            if stat.ephemeral_owner != client.session_id().0
+                || czxid.is_some_and(|c| c != stat.czxid)
+            {
+                return Ok(());
+            }
+            match client.delete(&self.path, Some(stat.version)).await {
+                Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+                Err(zk::Error::BadVersion) => continue,
+                Err(err) => return Err(err),
+            }
         }
+    }
+}
+
+fn owned(stat: &Stat) -> Owned {
+    Owned {
+        czxid: stat.czxid,
+        version: stat.version,
     }
 }

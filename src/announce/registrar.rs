@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use super::AnnounceError;
-use super::node::{Claim, Node};
+use super::node::{Claim, Node, Owned};
 use crate::zk::{Live, SessionHandle, ZkError, state_error};
 
 /// Whether the node exists, for drain feedback and status.
@@ -22,11 +22,19 @@ pub enum Registered {
     Yes,
 }
 
+/// What the registrar last converged to: the node's state, and the wanted state it acted on
+/// (so a caller that changed "wanted" knows when its change has been carried out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub registered: Registered,
+    pub wanted: bool,
+}
+
 /// How long to wait before retrying after a connection loss (the client reconnects meanwhile).
 const RETRY: Duration = Duration::from_millis(100);
 
 /// Keeps `node` registered while `want` is true, until `cancel`; then deletes it (if ours) and
-/// returns. `registered` follows the node's state.
+/// returns. `status` follows what was carried out.
 ///
 /// At the first registration a node held by another session is waited for up to
 /// `duplicate_wait` (a crashed predecessor's session expires by then), then refused as a
@@ -40,73 +48,23 @@ pub async fn maintain(
     session: &SessionHandle,
     node: &Node,
     mut want: watch::Receiver<bool>,
-    registered: watch::Sender<Registered>,
+    status: watch::Sender<Status>,
     duplicate_wait: Option<Duration>,
     cancel: CancellationToken,
 ) -> Result<(), AnnounceError> {
     let mut live = session.live();
-    // Our node's version while it is registered in `live`'s session.
-    let mut ours: Option<i32> = None;
-    let mut ever_registered = false;
-    let mut duplicate_deadline: Option<Instant> = None;
-    let set = |state: Registered| {
-        registered.send_if_modified(|s| std::mem::replace(s, state) != state);
+    let mut reg = Registrar {
+        node,
+        ours: None,
+        maybe: false,
+        ever_registered: false,
+        duplicate_deadline: None,
+        duplicate_wait,
     };
     loop {
         let wanted = *want.borrow_and_update();
-        // What to wait for after this round besides cancel, want and a new session.
-        let mut watcher: Option<zk::OneshotWatcher> = None;
-        let mut retry_at: Option<Instant> = None;
-        let outcome: Result<(), zk::Error> = async {
-            if !wanted {
-                if let Some(version) = ours.take() {
-                    release(node, &live, version).await;
-                    set(Registered::No);
-                }
-                return Ok(());
-            }
-            match node.claim(&live.client).await? {
-                Claim::Ours { version } => {
-                    let (stat, w) = live.client.check_and_watch_stat(&node.path).await?;
-                    match stat {
-                        Some(stat) if stat.ephemeral_owner == live.client.session_id().0 => {
-                            if ours.is_none() {
-                                info!(path = %node.path, session = %live.client.session_id(), "registered");
-                            }
-                            ours = Some(stat.version.max(version));
-                            ever_registered = true;
-                            duplicate_deadline = None;
-                            set(Registered::Yes);
-                            watcher = Some(w);
-                        }
-                        // Deleted or taken over just now: go round again.
-                        _ => retry_at = Some(Instant::now()),
-                    }
-                }
-                Claim::Foreign { owner } => {
-                    ours = None;
-                    set(Registered::No);
-                    let deadline = duplicate_wait
-                        .filter(|_| !ever_registered)
-                        .map(|wait| *duplicate_deadline.get_or_insert_with(|| Instant::now() + wait));
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(zk::Error::NodeExists);
-                    }
-                    warn!(path = %node.path, owner = format_args!("{owner:#x}"), "the instance id is registered by another session; waiting for it to go away");
-                    let (stat, w) = live.client.check_and_watch_stat(&node.path).await?;
-                    if stat.is_none() {
-                        retry_at = Some(Instant::now());
-                    } else {
-                        watcher = Some(w);
-                        retry_at = deadline;
-                    }
-                }
-                Claim::Gone => retry_at = Some(Instant::now()),
-            }
-            Ok(())
-        }
-        .await;
-        match outcome {
+        let mut next = Next::default();
+        match reg.round(&live, wanted, &mut next).await {
             Ok(()) => {}
             Err(zk::Error::NodeExists) => {
                 let owner = match live.client.check_stat(&node.path).await {
@@ -118,66 +76,189 @@ pub async fn maintain(
                     owner,
                 });
             }
-            Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
-                ours = None;
-                set(Registered::No);
-            }
+            Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => reg.session_ended(),
             Err(zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionMoved) => {
                 debug!(path = %node.path, "connection lost; retrying");
-                retry_at = Some(Instant::now() + RETRY);
+                next.retry_at = Some(Instant::now() + RETRY);
             }
             Err(err) => return Err(ZkError::op("register", &node.path, err).into()),
         }
+        let now = Status {
+            registered: if reg.ours.is_some() {
+                Registered::Yes
+            } else {
+                Registered::No
+            },
+            wanted,
+        };
+        status.send_if_modified(|s| std::mem::replace(s, now) != now);
 
         let generation = live.generation;
         tokio::select! {
             _ = cancel.cancelled() => {
-                if let Some(version) = ours.take() {
-                    release(node, &live, version).await;
-                    set(Registered::No);
-                }
+                reg.release_before_exit(&live).await;
                 return Ok(());
             }
             changed = want.changed() => {
                 // Nobody decides any more: stop as if cancelled.
                 if changed.is_err() {
-                    if let Some(version) = ours.take() {
-                        release(node, &live, version).await;
-                        set(Registered::No);
-                    }
+                    reg.release_before_exit(&live).await;
                     return Ok(());
                 }
             }
             renewed = session.renewed(generation) => {
                 live = renewed?;
-                if ours.take().is_some() {
-                    set(Registered::No);
-                }
+                reg.session_ended();
                 debug!(generation = live.generation, "new session; registering again");
             }
-            event = wait_event(watcher) => {
+            event = wait_event(next.watcher) => {
                 if let Some(event) = event {
                     if event.event_type == zk::EventType::Session {
                         if matches!(state_error(event.session_state), zk::Error::SessionExpired | zk::Error::ClientClosed) {
-                            ours = None;
-                            set(Registered::No);
+                            reg.session_ended();
                         }
                     } else {
                         debug!(path = %node.path, event = ?event.event_type, "our node changed");
                     }
                 }
             }
-            _ = sleep_until(retry_at) => {}
+            _ = sleep_until(next.retry_at) => {}
         }
     }
 }
 
-/// Deletes our node; failures are logged (the session's end removes it anyway).
-async fn release(node: &Node, live: &Live, version: i32) {
-    match node.release(&live.client, version).await {
-        Ok(()) => info!(path = %node.path, "deregistered"),
-        Err(err) => {
-            warn!(error = %err, "could not delete the instance node; it goes when the session ends")
+/// What to wait for after a round, besides cancel, "wanted" and a new session.
+#[derive(Default)]
+struct Next {
+    watcher: Option<zk::OneshotWatcher>,
+    retry_at: Option<Instant>,
+}
+
+struct Registrar<'a> {
+    node: &'a Node,
+    /// Our node, confirmed, in the current session.
+    ours: Option<Owned>,
+    /// A create was sent whose outcome is unknown (its reply was lost): the node may be ours.
+    maybe: bool,
+    ever_registered: bool,
+    duplicate_deadline: Option<Instant>,
+    duplicate_wait: Option<Duration>,
+}
+
+impl Registrar<'_> {
+    /// One step towards `wanted`.
+    async fn round(&mut self, live: &Live, wanted: bool, next: &mut Next) -> Result<(), zk::Error> {
+        let client = &live.client;
+        let path = &self.node.path;
+        if !wanted {
+            if self.ours.is_some() || self.maybe {
+                self.node
+                    .release(client, self.ours.map(|o| o.czxid))
+                    .await?;
+                if self.ours.take().is_some() {
+                    info!(path = %path, "deregistered");
+                }
+                self.maybe = false;
+            }
+            return Ok(());
+        }
+        self.maybe = true;
+        match self.node.claim(client).await? {
+            Claim::Ours(claimed) => {
+                let (stat, watcher) = client.check_and_watch_stat(path).await?;
+                match stat {
+                    Some(stat)
+                        if stat.ephemeral_owner == client.session_id().0
+                            && stat.czxid == claimed.czxid =>
+                    {
+                        if self.ours.is_none() {
+                            info!(path = %path, session = %client.session_id(), "registered");
+                        }
+                        // Rewritten by someone between the claim and the watch: claim again.
+                        if stat.version != claimed.version {
+                            next.retry_at = Some(Instant::now());
+                        }
+                        self.ours = Some(Owned {
+                            czxid: stat.czxid,
+                            version: stat.version,
+                        });
+                        self.ever_registered = true;
+                        self.duplicate_deadline = None;
+                        next.watcher = Some(watcher);
+                    }
+                    // Deleted or taken over just now: go round again.
+                    _ => {
+                        self.ours = None;
+                        self.maybe = false;
+                        next.retry_at = Some(Instant::now());
+                    }
+                }
+            }
+            Claim::Foreign { owner } => {
+                self.ours = None;
+                self.maybe = false;
+                let deadline = self
+                    .duplicate_wait
+                    .filter(|_| !self.ever_registered)
+                    .map(|wait| {
+                        *self
+                            .duplicate_deadline
+                            .get_or_insert_with(|| Instant::now() + wait)
+                    });
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(zk::Error::NodeExists);
+                }
+                warn!(path = %path, owner = format_args!("{owner:#x}"), "the instance id is registered by another session; waiting for it to go away");
+                let (stat, watcher) = client.check_and_watch_stat(path).await?;
+                if stat.is_none() {
+                    next.retry_at = Some(Instant::now());
+                } else {
+                    next.watcher = Some(watcher);
+                    next.retry_at = deadline;
+                }
+            }
+            Claim::Gone => {
+                self.ours = None;
+                self.maybe = false;
+                next.retry_at = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// The session's ephemeral nodes went with it.
+    fn session_ended(&mut self) {
+        self.ours = None;
+        self.maybe = false;
+    }
+
+    /// Deletes our node before stopping, retrying through connection losses (the caller bounds
+    /// the whole stop with a grace period; the session's close removes the node anyway).
+    async fn release_before_exit(&mut self, live: &Live) {
+        if self.ours.is_none() && !self.maybe {
+            return;
+        }
+        loop {
+            match self
+                .node
+                .release(&live.client, self.ours.map(|o| o.czxid))
+                .await
+            {
+                Ok(()) => {
+                    if self.ours.take().is_some() {
+                        info!(path = %self.node.path, "deregistered");
+                    }
+                    self.maybe = false;
+                    return;
+                }
+                Err(zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionMoved) => {
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(err) => {
+                    warn!(error = %err, "could not delete the instance node; it goes when the session ends");
+                    return;
+                }
+            }
         }
     }
 }

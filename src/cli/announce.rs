@@ -168,7 +168,11 @@ impl RegistrationArgs {
                     .clone()
                     .unwrap_or_else(announce::default_control_dir),
             ),
-            env,
+            // Checks need no ZooKeeper credentials.
+            env: env
+                .into_iter()
+                .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
+                .collect(),
             give_up_on_duplicate: true,
         })
     }

@@ -17,7 +17,7 @@ Examples:
   herald undrain                 register again (once the health checks pass)
 
 Agents are found by their control sockets in --control-dir (default /run/herald as root).
-Exit 3 when no agent matches.")]
+Exit 3 when no agent matches; `drain` exits 4 when a node was not confirmed gone within 5s.")]
 pub struct DrainArgs {
     /// Only the agent of this service.
     #[arg(long, value_name = "SERVICE")]
@@ -39,7 +39,7 @@ pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
     let matching: Vec<_> = found
         .into_iter()
         .filter(|(_, name)| {
-            let (service, id) = name.split_once('.').unwrap_or((name.as_str(), ""));
+            let (service, id) = name.split_once('@').unwrap_or((name.as_str(), ""));
             args.service.as_deref().is_none_or(|s| s == service)
                 && args.id.as_deref().is_none_or(|i| i == id)
         })
@@ -52,9 +52,15 @@ pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
         .into());
     }
     let mut failures = 0;
+    let mut unsettled = 0;
     for (path, name) in matching {
         match announce::request(&path, request).await {
-            Ok(reply) => println!("{}: {reply}", name.replacen('.', "/", 1)),
+            Ok(reply) => {
+                println!("{}: {reply}", name.replacen('@', "/", 1));
+                if request == Request::Drain && reply.registered {
+                    unsettled += 1;
+                }
+            }
             Err(err) => {
                 eprintln!("herald: {err}");
                 failures += 1;
@@ -63,6 +69,12 @@ pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
     }
     if failures > 0 {
         anyhow::bail!("{failures} agent(s) did not answer");
+    }
+    if unsettled > 0 {
+        return Err(Outcome::TimedOut(format!(
+            "{unsettled} agent(s) still registered after the drain's wait; check ZooKeeper, then run herald drain again"
+        ))
+        .into());
     }
     Ok(())
 }

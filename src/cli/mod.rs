@@ -106,12 +106,19 @@ pub struct ZkArgs {
     pub zk_auth_file: Option<PathBuf>,
 }
 
-/// A duration like `10s`, `500ms`, `1m 30s`; zero is refused.
+/// The longest duration accepted anywhere: far beyond any sensible timeout, and far from the
+/// overflows of instant arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration like `10s`, `500ms`, `1m 30s`; zero and more than 30 days are refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 10s, 500ms or 2m)"))?;
     if d.is_zero() {
         return Err("must be more than zero".to_owned());
+    }
+    if d > MAX_DURATION {
+        return Err("must be at most 30 days".to_owned());
     }
     Ok(d)
 }
@@ -214,6 +221,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("500000000000y").is_err());
         assert!(parse_duration("soon").is_err());
     }
 }

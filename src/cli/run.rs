@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use herald::announce::{Agent, Registered};
+use herald::announce::Agent;
 use herald::harness::{self, Dir, Limits, Resolved};
 use herald::layout::EnvKey;
 use herald::reaper::Reaper;
@@ -159,22 +159,21 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let reaper = Arc::new(Reaper::start()?);
     tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
     let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.env)?;
-    let agent = connected.map(|connected| connected.start(reaper.clone()));
+    let mut agent = connected.map(|connected| connected.start(reaper.clone()));
     let deregister = async {
-        if let Some(agent) = &agent {
-            agent.drain(true);
-            let mut registered = agent.registered();
-            let _ = tokio::time::timeout(
-                DEREGISTER_GRACE,
-                registered.wait_for(|r| *r == Registered::No),
-            )
-            .await;
+        if let Some(agent) = &mut agent
+            && let Err(err) = agent.deregister(DEREGISTER_GRACE).await
+        {
+            tracing::warn!("{err}");
         }
     };
     let ended = child.wait(signals, args.kill_timeout, deregister).await;
     tracing::debug!(?ended, "the command ended");
-    if let Some(agent) = agent {
-        agent.stop(DEREGISTER_GRACE).await?;
+    // Whatever happened to the registration, herald exits with CMD's code.
+    if let Some(agent) = agent
+        && let Err(err) = agent.stop(DEREGISTER_GRACE).await
+    {
+        tracing::warn!("{err}");
     }
     Ok(ExitCode::from(ended.exit_code()))
 }

@@ -62,6 +62,8 @@ impl Signals {
 pub struct Child {
     pid: libc::pid_t,
     exited: oneshot::Receiver<ExitStatus>,
+    /// The status, when [`Child::running`] took it from `exited`.
+    ended: Option<Ended>,
 }
 
 /// Starts `cmd args…` with exactly `env`, in its own process group, which also becomes the
@@ -97,12 +99,31 @@ pub fn spawn(
     Ok(Child {
         pid: spawned.pid,
         exited: spawned.exited,
+        ended: None,
     })
 }
 
 impl Child {
     pub fn pid(&self) -> libc::pid_t {
         self.pid
+    }
+
+    /// Not reaped yet (its status has not arrived), so its pid is still its own.
+    fn running(&mut self) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        match self.exited.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            Ok(status) => {
+                self.ended = Some(Ended::from(status));
+                false
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {
+                self.ended = Some(Ended::Lost);
+                false
+            }
+        }
     }
 
     /// Forwards every signal in `signals` to the child until it exits, and returns its status.
@@ -118,7 +139,13 @@ impl Child {
         let mut before_stop = Some(before_stop);
         let mut first_stop: Option<Instant> = None;
         loop {
+            if let Some(ended) = self.ended {
+                return ended;
+            }
             tokio::select! {
+                // The exit first: a signal must never go to a pid that was already reaped (it
+                // may belong to someone else by now).
+                biased;
                 status = &mut self.exited => {
                     return match status {
                         Ok(status) => Ended::from(status),
@@ -140,16 +167,20 @@ impl Child {
                                     "the command is still running {} after the first stop signal; killing its process group",
                                     humantime::format_duration(kill_timeout)
                                 );
-                                // SAFETY: plain syscall; the group is the child's own.
-                                unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+                                if self.running() {
+                                    // SAFETY: plain syscall; the group is the child's own.
+                                    unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+                                }
                                 continue;
                             }
                             Some(_) => {}
                         }
                     }
-                    tracing::debug!(pid = self.pid, signal = sig, "forwarding a signal");
-                    // SAFETY: plain syscall. The pid is still ours: it is not reaped yet.
-                    unsafe { libc::kill(self.pid, sig) };
+                    if self.running() {
+                        tracing::debug!(pid = self.pid, signal = sig, "forwarding a signal");
+                        // SAFETY: plain syscall. The pid is still ours: it is not reaped yet.
+                        unsafe { libc::kill(self.pid, sig) };
+                    }
                 }
             }
         }

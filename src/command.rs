@@ -1,5 +1,6 @@
-//! Running a user's check or reload command: `/bin/sh -c COMMAND` in its own process group,
-//! stdin from /dev/null, stdout and stderr passed through, the group killed after a timeout.
+//! Running a user's command (a `--check`, a `--reload`): `/bin/sh -c COMMAND` in its own process
+//! group, stdin from the given bytes or /dev/null, stdout and stderr passed through, the group
+//! killed after a timeout.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -23,11 +24,12 @@ pub enum CommandError {
     TimedOut { role: &'static str, after: Duration },
 }
 
-/// Runs `command` with `args` as `$1…` and exactly `env`; Ok on exit 0.
+/// Runs `command` with `args` as `$1…`, `input` on stdin and exactly `env`; Ok on exit 0.
 pub async fn run_command(
     role: &'static str,
     command: &str,
     args: &[&std::path::Path],
+    input: Option<&[u8]>,
     env: &BTreeMap<OsString, OsString>,
     timeout: Duration,
 ) -> Result<(), CommandError> {
@@ -38,12 +40,27 @@ pub async fn run_command(
         .args(args)
         .env_clear()
         .envs(env)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| CommandError::Spawn { role, source })?;
     let pgid = child.id().map(|id| id as libc::pid_t);
+    // Written while waiting, so a command that does not read its input cannot block herald.
+    let feed = child
+        .stdin
+        .take()
+        .zip(input.map(<[u8]>::to_vec))
+        .map(|(mut stdin, input)| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&input).await;
+            })
+        });
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => status,
         Ok(Err(source)) => return Err(CommandError::Spawn { role, source }),
@@ -59,6 +76,9 @@ pub async fn run_command(
             });
         }
     };
+    if let Some(feed) = feed {
+        feed.abort();
+    }
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),

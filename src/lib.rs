@@ -11,15 +11,19 @@
 //! - [`values`]: published values under `<root>/environment`: put, get, wait, delete, list.
 //! - [`announce`]: registration: the ephemeral instance znode, kept while healthy and not
 //!   drained, re-created after expiry or deletion, never taken from another session.
+//! - [`director`]: instances → derived value → fenced publish, with leader election per output.
 //! - [`catalog`]: the registered services and their instance counts.
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
 //! - [`watch`]: the consumer side: a value rendered into a file atomically, checked, reloaded.
+//! - [`command`]: running a user's shell command (check, reload) with a timeout.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
 pub mod announce;
 pub mod catalog;
+pub mod command;
+pub mod director;
 pub mod harness;
 pub mod health;
 pub mod instance;

@@ -58,6 +58,11 @@ impl Values {
         &self.layout
     }
 
+    /// The ACL value znodes are created with.
+    pub fn value_acl(&self) -> Acls<'static> {
+        self.value_acl
+    }
+
     /// Writes `value` as KEY, creating the znode and its parents when needed.
     pub async fn put(
         &self,

@@ -4,6 +4,7 @@
 
 mod announce;
 mod delete;
+mod director;
 mod drain;
 mod env;
 mod exit;
@@ -79,6 +80,8 @@ pub enum Command {
     Status(drain::DrainArgs),
     /// Follow a value: print it, or write it to a file atomically, check, and reload.
     Watch(watch::WatchArgs),
+    /// Derive values from the live instances and publish them (one fenced leader per output).
+    Director(director::DirectorArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -188,6 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Undrain(args) => drain::run(args, Request::Undrain).await,
         Command::Status(args) => drain::run(args, Request::Status).await,
         Command::Watch(args) => watch::run(&cli.zk, args).await,
+        Command::Director(args) => director::run(&cli.zk, args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::command::{CommandError, run_command};
+use crate::command::{CommandError, run_command};
 
 /// Where and how a value is written.
 #[derive(Debug, Clone)]
@@ -70,6 +70,7 @@ impl FileTarget {
                 "--check",
                 check,
                 &[staged.path.as_path()],
+                None,
                 &self.env,
                 self.command_timeout,
             )
@@ -92,12 +93,19 @@ impl FileTarget {
             }
         }
         if let Some(reload) = &self.reload {
-            run_command("--reload", reload, &[], &self.env, self.command_timeout)
-                .await
-                .map_err(|source| WatchError::Reload {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            run_command(
+                "--reload",
+                reload,
+                &[],
+                None,
+                &self.env,
+                self.command_timeout,
+            )
+            .await
+            .map_err(|source| WatchError::Reload {
+                path: self.path.clone(),
+                source,
+            })?;
         }
         Ok(Applied::Written)
     }

@@ -3,8 +3,6 @@
 //! checked by the user's command, then renamed over the old one — and the program is reloaded
 //! once per change. A value that cannot be written or fails its check leaves the old file alone.
 
-mod command;
 mod file;
 
-pub use command::{CommandError, run_command};
 pub use file::{Applied, FileTarget, WatchError};

@@ -1,0 +1,438 @@
+//! `herald director` against a real ZooKeeper: instances (written as documents by a plain
+//! client, as herald and Curator write them) in, derived values out, one fenced leader.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use zookeeper_client as zkc;
+
+/// How a publish shows in the log (not to be confused with "nothing published").
+const PUBLISHED: &str = "published old=";
+
+/// A director process with its stderr collected.
+struct Director {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Director {
+    fn spawn(command: &mut Command) -> Director {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald director");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Director { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.stderr().matches(needle).count()
+    }
+
+    /// Waits until stderr holds `needle` at least `n` times.
+    async fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.count(needle) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {n}× {needle:?} in the director's log within {DEADLINE:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `herald director` for one output over `service`, plus `extra` flags.
+fn director(root: &str, key: &str, service: &str, extra: &[&str]) -> Command {
+    let mut command = herald(root);
+    command
+        .args(["director", "--key", key, "--service", service])
+        .args(extra);
+    command
+}
+
+/// Writes an instance document the way herald does.
+async fn register(client: &zkc::Client, root: &str, service: &str, id: &str, port: u16) {
+    let doc = format!(
+        r#"{{"name":"{service}","id":"{id}","address":"10.0.0.{port_lo}","port":{port},"sslPort":null,"payload":{{"labels":{{}},"meta":{{}},"endpoints":{{}},"weight":1}},"registrationTimeUTC":1,"serviceType":"DYNAMIC","uriSpec":null}}"#,
+        port_lo = port % 250
+    );
+    put_node(
+        client,
+        &format!("{root}/services/{service}/{id}"),
+        doc.as_bytes(),
+    )
+    .await;
+}
+
+async fn put_node(client: &zkc::Client, path: &str, data: &[u8]) {
+    let dir = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    let parent = &path[..path.rfind('/').unwrap()];
+    client.mkdir(parent, &dir).await.unwrap();
+    match client.create(path, data, &dir).await {
+        Ok(_) => {}
+        Err(zkc::Error::NodeExists) => {
+            client.set_data(path, data, None).await.unwrap();
+        }
+        Err(err) => panic!("create {path}: {err}"),
+    }
+}
+
+/// Waits (by watch) until the value at `path` is `expected`; returns its stat.
+async fn value_becomes(client: &zkc::Client, path: &str, expected: &str) -> zkc::Stat {
+    let mut last = None;
+    let waited = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match client.get_and_watch_data(path).await {
+                Ok((data, stat, watcher)) => {
+                    if data == expected.as_bytes() {
+                        return stat;
+                    }
+                    last = Some(String::from_utf8_lossy(&data).into_owned());
+                    watcher.changed().await;
+                }
+                Err(zkc::Error::NoNode) => {
+                    let (stat, watcher) = client.check_and_watch_stat(path).await.unwrap();
+                    if stat.is_none() {
+                        watcher.changed().await;
+                    }
+                }
+                Err(err) => panic!("read {path}: {err}"),
+            }
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("{path} did not become {expected:?}; last {last:?}"))
+}
+
+fn value_path(root: &str, key: &str) -> String {
+    format!("{root}/environment/{key}")
+}
+
+#[tokio::test]
+async fn publishes_on_add_remove_and_data_change() {
+    let root = root("dir_basic");
+    let client = client().await;
+    let path = value_path(&root, "BACKENDS");
+    let _d = Director::spawn(&mut director(
+        &root,
+        "BACKENDS",
+        "pg",
+        &["--preset", "hostports"],
+    ));
+    register(&client, &root, "pg", "a", 5432).await;
+    value_becomes(&client, &path, "10.0.0.182:5432").await;
+    register(&client, &root, "pg", "b", 5433).await;
+    value_becomes(&client, &path, "10.0.0.182:5432,10.0.0.183:5433").await;
+    // A data change counts: the weight drops to 0, so hostports leaves it out.
+    let doc = r#"{"address":"10.0.0.183","port":5433,"payload":{"weight":0}}"#;
+    put_node(&client, &format!("{root}/services/pg/b"), doc.as_bytes()).await;
+    value_becomes(&client, &path, "10.0.0.182:5432").await;
+    client
+        .delete(&format!("{root}/services/pg/a"), None)
+        .await
+        .unwrap();
+    // min_instances (1) counts selected instances: b is still registered.
+    value_becomes(&client, &path, "").await;
+}
+
+#[tokio::test]
+async fn curator_written_instances_are_included() {
+    let root = root("dir_curator");
+    let client = client().await;
+    let path = value_path(&root, "CACHE");
+    let _d = Director::spawn(&mut director(
+        &root,
+        "CACHE",
+        "cache",
+        &["--preset", "hostports"],
+    ));
+    // Exactly what Curator 5.4 writes (payload with "@class").
+    let doc = r#"{"name":"cache","id":"java-1","address":"10.0.0.9","port":11211,"sslPort":null,"payload":{"@class":"java.util.LinkedHashMap","zone":"a"},"registrationTimeUTC":1795639892542,"serviceType":"DYNAMIC","uriSpec":null}"#;
+    put_node(
+        &client,
+        &format!("{root}/services/cache/java-1"),
+        doc.as_bytes(),
+    )
+    .await;
+    register(&client, &root, "cache", "herald-1", 11212).await;
+    value_becomes(&client, &path, "10.0.0.212:11212,10.0.0.9:11211").await;
+}
+
+#[tokio::test]
+async fn min_instances_holds_the_last_value_and_allow_empty_opts_out() {
+    let root = root("dir_min");
+    let client = client().await;
+    let path = value_path(&root, "HELD");
+    let d = Director::spawn(&mut director(
+        &root,
+        "HELD",
+        "svc",
+        &["--preset", "hostports", "--min-instances", "2"],
+    ));
+    register(&client, &root, "svc", "a", 1001).await;
+    register(&client, &root, "svc", "b", 1002).await;
+    let stat = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    client
+        .delete(&format!("{root}/services/svc/a"), None)
+        .await
+        .unwrap();
+    d.wait_log("keeping the last value", 1).await;
+    let (data, now) = client.get_data(&path).await.unwrap();
+    assert_eq!(data, b"10.0.0.1:1001,10.0.0.2:1002", "held");
+    assert_eq!(now.version, stat.version, "not rewritten");
+
+    let root2 = support::root("dir_allow_empty");
+    let path2 = value_path(&root2, "EMPTY");
+    let _d2 = Director::spawn(&mut director(
+        &root2,
+        "EMPTY",
+        "svc",
+        &["--preset", "hostports", "--allow-empty"],
+    ));
+    register(&client, &root2, "svc", "a", 1001).await;
+    value_becomes(&client, &path2, "10.0.0.1:1001").await;
+    client
+        .delete(&format!("{root2}/services/svc/a"), None)
+        .await
+        .unwrap();
+    value_becomes(&client, &path2, "").await;
+}
+
+#[tokio::test]
+async fn template_and_exec_errors_publish_nothing() {
+    let root = root("dir_errors");
+    let client = client().await;
+    let d = Director::spawn(&mut director(
+        &root,
+        "BROKEN",
+        "svc",
+        &["--template", "{{ instances[0].no_such_field }}"],
+    ));
+    let d2 = Director::spawn(&mut director(
+        &root,
+        "FAILING",
+        "svc",
+        &["--exec", "echo partial; exit 3"],
+    ));
+    register(&client, &root, "svc", "a", 1001).await;
+    d.wait_log("nothing published", 1).await;
+    d2.wait_log("nothing published", 1).await;
+    for key in ["BROKEN", "FAILING"] {
+        assert_eq!(
+            client.check_stat(&value_path(&root, key)).await.unwrap(),
+            None,
+            "{key} was never published"
+        );
+    }
+    assert!(
+        !d2.stderr().contains("partial"),
+        "the exec output is not logged"
+    );
+}
+
+#[tokio::test]
+async fn exec_and_template_derive_values() {
+    let root = root("dir_derive");
+    let client = client().await;
+    let _t = Director::spawn(&mut director(
+        &root,
+        "FIRST",
+        "svc",
+        &[
+            "--template",
+            "{% for i in instances %}{{ i.id }}={{ i.port }};{% endfor %}",
+        ],
+    ));
+    let _e = Director::spawn(&mut director(
+        &root,
+        "COUNT",
+        "svc",
+        &[
+            "--exec",
+            "python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'",
+        ],
+    ));
+    register(&client, &root, "svc", "a", 1001).await;
+    register(&client, &root, "svc", "b", 1002).await;
+    value_becomes(&client, &value_path(&root, "FIRST"), "a=1001;b=1002;").await;
+    value_becomes(&client, &value_path(&root, "COUNT"), "2").await;
+}
+
+#[tokio::test]
+async fn debounce_publishes_a_burst_once() {
+    let root = root("dir_debounce");
+    let client = client().await;
+    let path = value_path(&root, "BURST");
+    let d = Director::spawn(&mut director(
+        &root,
+        "BURST",
+        "svc",
+        &["--preset", "hostports", "--wait", "1s:5s"],
+    ));
+    d.wait_log("leading", 1).await;
+    for (id, port) in [("a", 1001), ("b", 1002), ("c", 1003)] {
+        register(&client, &root, "svc", id, port).await;
+    }
+    let stat = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002,10.0.0.3:1003").await;
+    assert_eq!(
+        stat.version, 0,
+        "one write for the whole burst (created once, never set)"
+    );
+    assert_eq!(d.count(PUBLISHED), 1, "{}", d.stderr());
+}
+
+#[tokio::test]
+async fn two_directors_one_writer_and_the_standby_takes_over() {
+    let root = root("dir_ha");
+    let client = client().await;
+    let path = value_path(&root, "HA");
+    let args = ["--preset", "hostports", "--session-timeout", "1s"];
+    let first = Director::spawn(&mut director(&root, "HA", "svc", &args));
+    first.wait_log("leading", 1).await;
+    let second = Director::spawn(&mut director(&root, "HA", "svc", &args));
+    let election = format!("{root}/directors/HA");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while client.list_children(&election).await.map_or(0, |c| c.len()) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both directors campaign"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    register(&client, &root, "svc", "a", 1001).await;
+    value_becomes(&client, &path, "10.0.0.1:1001").await;
+    register(&client, &root, "svc", "b", 1002).await;
+    value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    assert_eq!(second.count(PUBLISHED), 0, "the standby never writes");
+    assert_eq!(
+        second.count("election: leading"),
+        0,
+        "the standby never leads"
+    );
+
+    // Kill the leader: the standby leads within the session timeout and publishes changes.
+    let mut first = first;
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    second.wait_log("leading", 1).await;
+    register(&client, &root, "svc", "c", 1003).await;
+    value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002,10.0.0.3:1003").await;
+}
+
+#[tokio::test]
+async fn a_paused_leader_never_overwrites_after_it_resumes() {
+    let root = root("dir_fence");
+    let client = client().await;
+    let path = value_path(&root, "FENCED");
+    let args = ["--preset", "hostports", "--session-timeout", "1s"];
+    let old = Director::spawn(&mut director(&root, "FENCED", "svc", &args));
+    old.wait_log("leading", 1).await;
+    let standby = Director::spawn(&mut director(&root, "FENCED", "svc", &args));
+    register(&client, &root, "svc", "a", 1001).await;
+    value_becomes(&client, &path, "10.0.0.1:1001").await;
+
+    // Freeze the leader past its session timeout; the standby takes over.
+    send_signal(old.child.id(), libc::SIGSTOP);
+    standby.wait_log("leading", 1).await;
+    register(&client, &root, "svc", "b", 1002).await;
+    let stat = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    // The old leader wakes with a stale view and a dead session: it must not write.
+    send_signal(old.child.id(), libc::SIGCONT);
+    old.wait_log("no longer leading", 1).await;
+    client
+        .delete(&format!("{root}/services/svc/b"), None)
+        .await
+        .unwrap();
+    let after = value_becomes(&client, &path, "10.0.0.1:1001").await;
+    assert_eq!(
+        after.version,
+        stat.version + 1,
+        "exactly one write after the handover: the standby's"
+    );
+    assert_eq!(
+        old.count(PUBLISHED),
+        1,
+        "the old leader wrote only before the pause"
+    );
+}
+
+#[tokio::test]
+async fn after_a_reconnect_the_director_lists_again() {
+    let root = root("dir_relist");
+    let client = client().await;
+    let path = value_path(&root, "RELIST");
+    let proxy = Proxy::start(zk().port);
+    let d = Director::spawn(
+        director(&root, "RELIST", "svc", &["--preset", "hostports"])
+            .env("HERALD_ZK", proxy.connect_string()),
+    );
+    register(&client, &root, "svc", "a", 1001).await;
+    value_becomes(&client, &path, "10.0.0.1:1001").await;
+    // Changes made while the director is cut off (its session survives) are seen after.
+    proxy.partition();
+    register(&client, &root, "svc", "b", 1002).await;
+    proxy.heal();
+    value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    assert!(d.count(PUBLISHED) >= 2);
+}
+
+#[test]
+fn bad_configs_exit_2_naming_the_line() {
+    let s = Scratch::new("dir_config");
+    let file = s.path("herald.toml");
+    std::fs::write(
+        &file,
+        "[[output]]\nkey = \"A\"\nservice = \"pg\"\npreset = \"pgpol\"\n",
+    )
+    .unwrap();
+    let out = run(herald("/unused")
+        .args(["director", "--check-config", "--config"])
+        .arg(&file));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("pgpol"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &file,
+        "[[output]]\nkey = \"A\"\nservice = \"pg\"\npreset = \"pgpool\"\n",
+    )
+    .unwrap();
+    let out = run(herald("/unused")
+        .args(["director", "--check-config", "--config"])
+        .arg(&file));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}

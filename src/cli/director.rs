@@ -1,0 +1,176 @@
+//! `herald director`: derive values from the live instances and publish them, as one of any
+//! number of directors (one leader per output).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use herald::director::config::{self, Output, OutputSpec};
+use herald::director::run::{Director, run as run_director};
+use herald::zk::Session;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::{Outcome, ZkArgs};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  herald director --config /etc/herald/director.toml
+  herald director --config director.toml --check-config      validate and exit
+  herald director --service pg --key PGPOOL_BACKENDS --preset pgpool
+  herald director --service memcache --key MEMCACHE_SERVERS --preset hostports --wait 100ms:1s
+  herald director --service pg --key DATABASE_URL --preset url \\
+      --url 'postgresql://app@{address}:{port}/app' --select role=primary
+  herald director --service api --key API_HOSTS --template '{% for i in instances %}{{ i.address }} {% endfor %}'
+
+Every output is led by one director at a time (ephemeral-sequential election under
+<root>/directors/KEY); its writes are fenced, so a paused old leader can never overwrite. A value
+is published only when its bytes change. Fewer instances than --min-instances (default 1) keep the
+last value unless --allow-empty. Logs name the key and a digest of the value, never the value.")]
+pub struct DirectorArgs {
+    /// Configuration file (TOML) with one [[output]] table per published key.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "service"])]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// One output: the key to publish.
+    #[arg(long, value_name = "KEY", requires = "service")]
+    pub key: Option<String>,
+    /// One output: a service to read (repeatable).
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Vec<String>,
+    /// One output: only instances with this label (repeatable, all must match).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub select: Vec<String>,
+    /// One output: a minijinja template over `instances`.
+    #[arg(long, value_name = "TEMPLATE", group = "derivation")]
+    pub template: Option<String>,
+    /// One output: a template file.
+    #[arg(long, value_name = "FILE", group = "derivation")]
+    pub template_file: Option<PathBuf>,
+    /// One output: hostports, url, json, pgpool or haproxy.
+    #[arg(long, value_name = "PRESET", group = "derivation")]
+    pub preset: Option<String>,
+    /// With --preset url: the URL, e.g. 'postgresql://app@{address}:{port}/app'.
+    #[arg(long, value_name = "FORMAT")]
+    pub url: Option<String>,
+    /// One output: a program that reads the instances (JSON) on stdin and prints the value.
+    #[arg(long, value_name = "COMMAND", group = "derivation")]
+    pub exec: Option<String>,
+    /// Bound on --exec.
+    #[arg(long, value_name = "DURATION")]
+    pub exec_timeout: Option<String>,
+    /// Keep the last value while fewer instances are registered.
+    #[arg(long, value_name = "N")]
+    pub min_instances: Option<usize>,
+    /// Publish even with no instances.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// A program that gets the new value on stdin and must exit 0 for it to be published.
+    #[arg(long, value_name = "COMMAND")]
+    pub check: Option<String>,
+    /// Debounce: quiet period, or QUIET:MAX (e.g. 100ms:1s). Default 0: publish at once.
+    #[arg(long, value_name = "DURATION[:DURATION]")]
+    pub wait: Option<String>,
+    /// Re-list every instance this often, under the watches, as a safety net.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::parse_duration)]
+    pub reconcile: Duration,
+}
+
+impl DirectorArgs {
+    /// The outputs, validated: from --config, or the one output the flags describe.
+    fn outputs(&self) -> anyhow::Result<Vec<Output>> {
+        let usage = |e: config::ConfigError| anyhow::Error::from(Outcome::Usage(e.to_string()));
+        if let Some(file) = &self.config {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Outcome::Usage(format!(
+                    "cannot read --config {}: {e}; check the path",
+                    file.display()
+                ))
+            })?;
+            return config::parse(&text, file).map_err(usage);
+        }
+        let Some(key) = &self.key else {
+            return Err(Outcome::Usage(
+                "give --config FILE, or --key KEY --service SERVICE and one of --template, --template-file, --preset, --exec".to_owned(),
+            )
+            .into());
+        };
+        let mut select = BTreeMap::new();
+        for pair in &self.select {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(Outcome::Usage(format!(
+                    "--select {pair:?}: write LABEL=VALUE, e.g. --select role=primary"
+                ))
+                .into());
+            };
+            select.insert(k.to_owned(), v.to_owned());
+        }
+        let spec = OutputSpec {
+            key: key.clone(),
+            service: None,
+            services: Some(self.service.clone()),
+            select,
+            template: self.template.clone(),
+            template_file: self.template_file.clone(),
+            preset: self.preset.clone(),
+            exec: self.exec.clone(),
+            url: self.url.clone(),
+            exec_timeout: self.exec_timeout.clone(),
+            min_instances: self.min_instances,
+            allow_empty: Some(self.allow_empty),
+            check: self.check.clone(),
+            wait: self.wait.clone(),
+        };
+        Ok(vec![
+            spec.validate(Path::new("the command line"))
+                .map_err(usage)?,
+        ])
+    }
+}
+
+pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
+    let outputs = args.outputs()?;
+    if args.check_config {
+        for output in &outputs {
+            println!("{}: ok", output.key);
+        }
+        return Ok(());
+    }
+    let target = zk_args.target()?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
+        .collect();
+    let identity = format!(
+        "{} {}",
+        herald::announce::hostname().unwrap_or_default(),
+        std::process::id()
+    );
+    let cancel = CancellationToken::new();
+    let session = Session::open(target.config.clone(), cancel.clone()).await?;
+    let director = Director {
+        outputs,
+        values: target.values.clone(),
+        env,
+        identity,
+        reconcile: args.reconcile,
+    };
+    let running = run_director(session.handle(), director, cancel.clone());
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    // Leaders resign, so standbys take over at once rather than after a session timeout.
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
+    session.close().await;
+    Ok(())
+}

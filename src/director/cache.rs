@@ -1,0 +1,299 @@
+//! A local copy of the instances of some services, kept current from one persistent recursive
+//! watch on `<root>/services`: an event costs one read of the znode it names (never a re-read of
+//! every child), instance data changes count, and everything is re-listed after a reconnect
+//! (events can be lost across one: ZOOKEEPER-4698), after a new session, and on a slow timer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use zookeeper_client::{self as zk, AddWatchMode, EventType, SessionState};
+
+use crate::catalog;
+use crate::instance::Instance;
+use crate::layout::{InstanceId, Layout, ServiceName};
+use crate::zk::{SessionHandle, ZkError};
+
+/// The instances of one service, by id.
+pub type Instances = Arc<BTreeMap<InstanceId, Instance>>;
+
+/// What the cache knows at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub services: BTreeMap<ServiceName, Instances>,
+    /// False until the first full listing is done.
+    pub ready: bool,
+    /// When the event that produced this snapshot arrived (for latency reports).
+    pub changed_at: Instant,
+}
+
+impl Snapshot {
+    /// The instances of `services`, sorted by (service, id).
+    pub fn instances_of<'a>(
+        &'a self,
+        services: &'a [ServiceName],
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        services
+            .iter()
+            .filter_map(|s| self.services.get(s))
+            .flat_map(|m| m.values())
+    }
+}
+
+/// Starts following `services`; the receiver sees every change.
+pub fn follow(
+    session: SessionHandle,
+    layout: Layout,
+    services: BTreeSet<ServiceName>,
+    reconcile: Duration,
+    cancel: CancellationToken,
+) -> watch::Receiver<Snapshot> {
+    let (tx, rx) = watch::channel(Snapshot {
+        services: services
+            .iter()
+            .map(|s| (s.clone(), Instances::default()))
+            .collect(),
+        ready: false,
+        changed_at: Instant::now(),
+    });
+    tokio::spawn(async move {
+        let mut cache = Follower {
+            session,
+            layout,
+            services,
+            tx,
+            reconcile,
+        };
+        cache.run(cancel).await;
+    });
+    rx
+}
+
+struct Follower {
+    session: SessionHandle,
+    layout: Layout,
+    services: BTreeSet<ServiceName>,
+    tx: watch::Sender<Snapshot>,
+    reconcile: Duration,
+}
+
+/// Why a session's round ended.
+enum Ended {
+    Cancelled,
+    /// The session expired or closed: wait for the next one.
+    SessionGone,
+}
+
+impl Follower {
+    async fn run(&mut self, cancel: CancellationToken) {
+        let mut live = self.session.live();
+        loop {
+            match self.follow_session(&live.client, &cancel).await {
+                Ok(Ended::Cancelled) => return,
+                Ok(Ended::SessionGone) => {}
+                Err(err) if err.is_unreachable() => {
+                    debug!(error = %err, "following instances: connection lost");
+                }
+                Err(err) => {
+                    warn!(error = %err, "following instances failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            }
+            if live.client.state().is_terminated() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    renewed = self.session.renewed(live.generation) => match renewed {
+                        Ok(renewed) => live = renewed,
+                        Err(err) => {
+                            warn!(error = %err, "no new ZooKeeper session; instances are no longer followed");
+                            return;
+                        }
+                    },
+                }
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+
+    /// Follows on one client until its session ends, or an operation fails.
+    async fn follow_session(
+        &mut self,
+        client: &zk::Client,
+        cancel: &CancellationToken,
+    ) -> Result<Ended, ZkError> {
+        let root = self.layout.services();
+        let mut watcher = client
+            .watch(&root, AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(|err| ZkError::op("watch", &root, err))?;
+        self.relist_all(client, Instant::now()).await?;
+        let mut disconnected = false;
+        let mut reconcile =
+            tokio::time::interval_at(Instant::now() + self.reconcile, self.reconcile);
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Ended::Cancelled),
+                _ = reconcile.tick() => {
+                    debug!("reconciling the instance cache");
+                    self.relist_all(client, Instant::now()).await?;
+                    continue;
+                }
+                event = watcher.changed() => event,
+            };
+            let at = Instant::now();
+            match event.event_type {
+                EventType::Session => match event.session_state {
+                    SessionState::Disconnected => disconnected = true,
+                    SessionState::SyncConnected if disconnected => {
+                        disconnected = false;
+                        info!("reconnected; listing the instances again");
+                        self.relist_all(client, at).await?;
+                    }
+                    state if state.is_terminated() => return Ok(Ended::SessionGone),
+                    _ => {}
+                },
+                EventType::NodeCreated | EventType::NodeDataChanged | EventType::NodeDeleted => {
+                    self.apply(client, &event.path, event.event_type, at)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Applies one node event: one read at most.
+    async fn apply(
+        &mut self,
+        client: &zk::Client,
+        path: &str,
+        kind: EventType,
+        at: Instant,
+    ) -> Result<(), ZkError> {
+        let Some(rest) = path
+            .strip_prefix(&self.layout.services())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return Ok(());
+        };
+        let (service, id) = match rest.split_once('/') {
+            Some((service, id)) if !id.contains('/') => (service, Some(id)),
+            Some(_) => return Ok(()),
+            None => (rest, None),
+        };
+        let Ok(service) = service.parse::<ServiceName>() else {
+            return Ok(());
+        };
+        if !self.services.contains(&service) {
+            return Ok(());
+        }
+        let Some(id) = id else {
+            // The service node itself was created or deleted: list it.
+            return self.relist(client, &service, at).await;
+        };
+        let Ok(id) = id.parse::<InstanceId>() else {
+            debug!(path, "skipping a child whose name is not an instance id");
+            return Ok(());
+        };
+        let instance = if kind == EventType::NodeDeleted {
+            None
+        } else {
+            match client.get_data(path).await {
+                Ok((data, _)) => match Instance::from_json(service.clone(), id.clone(), &data) {
+                    Ok(instance) => Some(instance),
+                    Err(err) => {
+                        warn!(path, error = %err, "skipping a child that is not an instance document");
+                        None
+                    }
+                },
+                Err(zk::Error::NoNode) => None,
+                Err(err) => return Err(ZkError::op("read", path, err)),
+            }
+        };
+        self.tx.send_if_modified(|snapshot| {
+            let instances = snapshot.services.entry(service).or_default();
+            let changed = match &instance {
+                Some(new) => instances.get(&id) != Some(new),
+                None => instances.contains_key(&id),
+            };
+            if changed {
+                let map = Arc::make_mut(instances);
+                match instance {
+                    Some(new) => map.insert(id, new),
+                    None => map.remove(&id),
+                };
+                snapshot.changed_at = at;
+            }
+            changed
+        });
+        Ok(())
+    }
+
+    async fn relist_all(&mut self, client: &zk::Client, at: Instant) -> Result<(), ZkError> {
+        // All listings are requested before any is awaited.
+        let services: Vec<ServiceName> = self.services.iter().cloned().collect();
+        let layout = &self.layout;
+        let listings: Vec<_> = services
+            .iter()
+            .map(|s| catalog::instances(client, layout, s))
+            .collect();
+        let mut fresh = BTreeMap::new();
+        for (service, listing) in services.iter().zip(listings) {
+            let found = listing.await?;
+            fresh.insert(
+                service.clone(),
+                found
+                    .into_iter()
+                    .map(|i| (i.id.clone(), i))
+                    .collect::<BTreeMap<_, _>>(),
+            );
+        }
+        self.tx.send_if_modified(|snapshot| {
+            let mut changed = !snapshot.ready;
+            for (service, instances) in fresh {
+                let slot = snapshot.services.entry(service).or_default();
+                if **slot != instances {
+                    *slot = Arc::new(instances);
+                    changed = true;
+                }
+            }
+            snapshot.ready = true;
+            if changed {
+                snapshot.changed_at = at;
+            }
+            changed
+        });
+        Ok(())
+    }
+
+    async fn relist(
+        &mut self,
+        client: &zk::Client,
+        service: &ServiceName,
+        at: Instant,
+    ) -> Result<(), ZkError> {
+        let found = catalog::instances(client, &self.layout, service).await?;
+        let fresh: BTreeMap<_, _> = found.into_iter().map(|i| (i.id.clone(), i)).collect();
+        self.tx.send_if_modified(|snapshot| {
+            let slot = snapshot.services.entry(service.clone()).or_default();
+            if **slot == fresh {
+                return false;
+            }
+            *slot = Arc::new(fresh);
+            snapshot.changed_at = at;
+            true
+        });
+        Ok(())
+    }
+}

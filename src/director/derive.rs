@@ -1,0 +1,451 @@
+//! Derivation: the instances of an output turned into the bytes of its value — by a template, a
+//! preset, or an external program (`exec`). Pure except for `exec`, which runs `/bin/sh -c`.
+//!
+//! Every derivation sees the instances already filtered by the output's selector and sorted by
+//! (service, id); it sorts them again itself, so its result never depends on the caller's order.
+//! Errors say why a value could not be made but never quote instance metadata or the value:
+//! either may hold credentials.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::instance::Instance;
+
+pub use super::preset::Preset;
+pub use super::template::Template;
+
+/// The largest value a derivation may produce (and the most an `exec` program may print): about
+/// what fits in a znode.
+pub const MAX_VALUE: usize = 1024 * 1024;
+
+/// How long to keep reading a finished program's stdout: a background child it left behind may
+/// hold the pipe open forever, and what the program itself wrote is already in the pipe.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+
+/// What an output's value is made from: the instances (already filtered by the output's label
+/// selector), sorted by (service, id).
+#[derive(Debug, Clone)]
+pub enum Derivation {
+    /// A compiled minijinja template; see [`Template`] for its context and helpers.
+    Template(Template),
+    /// A built-in format; see [`Preset`].
+    Preset(Preset),
+    /// `/bin/sh -c command` with the instances as JSON on stdin; see [`derive_exec`].
+    Exec { command: String, timeout: Duration },
+}
+
+/// Why a value could not be derived. Messages never include instance metadata values or the
+/// (partly) rendered value.
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    #[error("template line {line}: {message}")]
+    Template { line: usize, message: String },
+    #[error("template: {message}")]
+    TemplateNoLine { message: String },
+    #[error("url: placeholder {{{placeholder}}}: {reason}")]
+    Placeholder { placeholder: String, reason: String },
+    #[error("url: {reason}; write placeholders like {{address}}, {{port}} or {{meta.KEY}}")]
+    UrlFormat { reason: String },
+    #[error("{preset}: instance {instance}: {reason}")]
+    Instance {
+        preset: &'static str,
+        /// `service/id`.
+        instance: String,
+        reason: String,
+    },
+    #[error("the value would be {len} bytes, over the {MAX_VALUE}-byte limit")]
+    TooLarge { len: usize },
+    #[error("an exec derivation runs a program: call derive_exec instead of derive")]
+    NeedsExec,
+    #[error("exec: cannot run /bin/sh: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("exec: the command exited with status {code}; see its stderr above")]
+    Failed { code: i32 },
+    #[error("exec: the command was killed by signal {signal}")]
+    Killed { signal: i32 },
+    #[error(
+        "exec: the command ran longer than {}; its process group was killed (raise exec_timeout?)",
+        humantime::format_duration(*after)
+    )]
+    TimedOut { after: Duration },
+    #[error("exec: the command printed more than {MAX_VALUE} bytes")]
+    OutputTooLarge,
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Derivation {
+    /// Derives the value of a template or a preset. `Exec` returns [`DeriveError::NeedsExec`]:
+    /// run it with [`derive_exec`].
+    pub fn derive(&self, instances: &[Instance]) -> Result<Vec<u8>, DeriveError> {
+        let sorted = sorted(instances);
+        let value = match self {
+            Derivation::Template(template) => template.render(&sorted)?,
+            Derivation::Preset(preset) => preset.render(&sorted)?,
+            Derivation::Exec { .. } => return Err(DeriveError::NeedsExec),
+        };
+        if value.len() > MAX_VALUE {
+            return Err(DeriveError::TooLarge { len: value.len() });
+        }
+        Ok(value)
+    }
+}
+
+/// The instances by (service, id). Callers usually pass them sorted already, which makes this
+/// a linear pass.
+pub(super) fn sorted(instances: &[Instance]) -> Vec<&Instance> {
+    let mut sorted: Vec<&Instance> = instances.iter().collect();
+    sorted.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    sorted
+}
+
+/// One instance as templates, the `json` preset and `exec` programs see it:
+///
+/// ```json
+/// {"address":"10.0.0.5","endpoints":{"metrics":9187},"id":"db1-5432","labels":{"role":"primary"},
+///  "meta":{"user":"app"},"port":5432,"registered":1764100000000,"service":"pg","sslPort":null,"weight":1}
+/// ```
+///
+/// `registered` is in milliseconds since the Unix epoch; `port` and `sslPort` may be null.
+pub fn instance_json(i: &Instance) -> serde_json::Value {
+    json!({
+        "service": i.service.as_str(),
+        "id": i.id.as_str(),
+        "address": i.address,
+        "port": i.port,
+        "sslPort": i.ssl_port,
+        "labels": i.labels,
+        "meta": i.meta,
+        "endpoints": i.endpoints,
+        "weight": i.weight,
+        "registered": i.registered_ms,
+    })
+}
+
+/// The `exec` derivation: runs `/bin/sh -c command` with exactly `env`, the instances on stdin
+/// as a JSON array of [`instance_json`] objects (sorted by service, id), stderr passed through.
+/// Its stdout is the value, exactly, except that one trailing `'\n'` is removed (as for
+/// /environment scripts).
+///
+/// Notable errors: a non-zero exit ([`DeriveError::Failed`]), a signal, more than
+/// [`MAX_VALUE`] bytes of output, or running past `timeout` (the program's whole process group
+/// is killed).
+///
+/// Cancellation safety: dropping the future kills the program's process group.
+pub async fn derive_exec(
+    command: &str,
+    timeout: Duration,
+    env: &BTreeMap<OsString, OsString>,
+    instances: &[Instance],
+) -> Result<Vec<u8>, DeriveError> {
+    let list: Vec<serde_json::Value> = sorted(instances).into_iter().map(instance_json).collect();
+    let input = serde_json::to_vec(&list)
+        .map_err(|e| DeriveError::Io(format!("exec: cannot encode the instances as JSON: {e}")))?;
+    let mut value = run_shell(command, timeout, env, &input).await?;
+    if value.last() == Some(&b'\n') {
+        value.pop();
+    }
+    Ok(value)
+}
+
+/// Runs `/bin/sh -c command` in its own process group with exactly `env`, `stdin` written to
+/// it, stderr passed through, and returns its raw stdout.
+///
+/// Notable errors and cancellation safety: as [`derive_exec`].
+async fn run_shell(
+    command: &str,
+    timeout: Duration,
+    env: &BTreeMap<OsString, OsString>,
+    stdin: &[u8],
+) -> Result<Vec<u8>, DeriveError> {
+    let deadline = Instant::now() + timeout;
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(DeriveError::Spawn)?;
+    let mut group = GroupGuard(child.id().map(|id| id as libc::pid_t));
+
+    // Written from a task so a program that prints before reading all its input cannot
+    // deadlock with us; a program that does not read stdin at all makes this fail with EPIPE,
+    // which is its business.
+    let writer = child.stdin.take().map(|mut pipe| {
+        let input = stdin.to_vec();
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&input).await;
+        })
+    });
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let reader = child
+        .stdout
+        .take()
+        .map(|pipe| tokio::spawn(read_limited(pipe, stdout.clone(), MAX_VALUE + 1)));
+
+    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(DeriveError::Spawn(e)),
+        Err(_elapsed) => {
+            group.kill();
+            let _ = child.wait().await;
+            if let Some(writer) = writer {
+                writer.abort();
+            }
+            if let Some(reader) = reader {
+                reader.abort();
+            }
+            return Err(DeriveError::TimedOut { after: timeout });
+        }
+    };
+    // Reaped: the group id may be reused from now on, so it must not be signalled.
+    group.disarm();
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+    if let Some(reader) = reader {
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
+            abort.abort();
+        }
+    }
+    let stdout = std::mem::take(
+        &mut *stdout
+            .lock()
+            .map_err(|_| DeriveError::Io("exec: the output could not be collected".to_owned()))?,
+    );
+    // Reading stopped at the limit, so the program may have died of SIGPIPE: the size is the news.
+    if stdout.len() > MAX_VALUE {
+        return Err(DeriveError::OutputTooLarge);
+    }
+    if let Some(signal) = status.signal() {
+        return Err(DeriveError::Killed { signal });
+    }
+    match status.code() {
+        Some(0) => Ok(stdout),
+        code => Err(DeriveError::Failed {
+            code: code.unwrap_or(-1),
+        }),
+    }
+}
+
+/// Reads `pipe` into `into` to its end, or until `limit` bytes (then drops it: the writer gets
+/// SIGPIPE). Kept outside the task so what was read survives the task being aborted.
+async fn read_limited(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>, limit: usize) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let Ok(mut out) = into.lock() else { return };
+        out.extend_from_slice(&buf[..n]);
+        if out.len() >= limit {
+            out.truncate(limit);
+            return;
+        }
+    }
+}
+
+/// Kills a running program's process group when dropped (cancellation) or on timeout, unless
+/// disarmed once the program has been reaped.
+struct GroupGuard(Option<libc::pid_t>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: plain syscall; the group is the program's own (process_group(0)) and its
+            // leader has not been reaped, so the id cannot have been reused.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> BTreeMap<OsString, OsString> {
+        BTreeMap::from([("PATH".into(), std::env::var_os("PATH").unwrap_or_default())])
+    }
+
+    fn sample() -> Vec<Instance> {
+        let mut b = Instance::new(
+            "pg".parse().unwrap(),
+            "b".parse().unwrap(),
+            "10.0.0.2".into(),
+            5432,
+        );
+        b.meta.insert("user".into(), "app".into());
+        b.registered_ms = 7;
+        let mut a = Instance::new(
+            "pg".parse().unwrap(),
+            "a".parse().unwrap(),
+            "10.0.0.1".into(),
+            5432,
+        );
+        a.registered_ms = 9;
+        vec![b, a]
+    }
+
+    async fn exec(command: &str, timeout: Duration) -> Result<Vec<u8>, DeriveError> {
+        derive_exec(command, timeout, &env(), &sample()).await
+    }
+
+    #[tokio::test]
+    async fn exec_gets_the_instances_as_json_and_prints_the_value() {
+        let echoed = exec("cat", Duration::from_secs(10)).await.unwrap();
+        let expected: Vec<serde_json::Value> = {
+            let all = sample();
+            vec![instance_json(&all[1]), instance_json(&all[0])]
+        };
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&echoed).unwrap(),
+            serde_json::Value::from(expected)
+        );
+        assert_eq!(
+            Derivation::Preset(Preset::Json).derive(&sample()).unwrap(),
+            echoed,
+            "exec programs see what the json preset prints"
+        );
+        for (command, expected) in [
+            ("echo hi", &b"hi"[..]),
+            ("printf 'a\\n\\n'", b"a\n"),
+            ("printf 'a'", b"a"),
+            ("true", b""),
+            ("echo \"$PATH\" >/dev/null; echo ${HOME:-unset}", b"unset"),
+            ("echo oops >&2; echo ok", b"ok"),
+        ] {
+            assert_eq!(
+                exec(command, Duration::from_secs(10)).await.unwrap(),
+                expected,
+                "{command}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_failures() {
+        let e = exec("cat >/dev/null; exit 3", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DeriveError::Failed { code: 3 }), "{e:?}");
+        let e = exec("kill -TERM $$", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DeriveError::Killed { signal: 15 }), "{e:?}");
+        let e = exec("head -c 2097152 /dev/zero", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DeriveError::OutputTooLarge), "{e:?}");
+        // Exactly the limit is fine.
+        let at_limit = exec("head -c 1048576 /dev/zero", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(at_limit.len(), MAX_VALUE);
+        assert!(matches!(
+            Derivation::Exec {
+                command: "cat".into(),
+                timeout: Duration::from_secs(1)
+            }
+            .derive(&sample()),
+            Err(DeriveError::NeedsExec)
+        ));
+    }
+
+    #[tokio::test]
+    async fn exec_timeout_kills_the_process_group() {
+        let started = std::time::Instant::now();
+        // The background sleep shares stdout: only killing the group ends it.
+        let e = exec("sleep 5 & sleep 5", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DeriveError::TimedOut { .. }), "{e:?}");
+        assert!(e.to_string().contains("200ms"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_stdout_does_not_block() {
+        let started = std::time::Instant::now();
+        let out = exec("echo value; sleep 5 &", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out, b"value");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_exec_kills_the_process_group() {
+        let dir = std::env::temp_dir().join(format!("herald-derive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        // A background child in the program's group: only killing the group ends it.
+        let command = format!(
+            "sleep 30 & echo $! > {}.tmp && mv {0}.tmp {0}; wait",
+            pidfile.display()
+        );
+        let run = tokio::spawn(async move { exec(&command, Duration::from_secs(60)).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let pid = loop {
+            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+                break pid.trim().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the program never started"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        run.abort();
+        let _ = run.await;
+        // Dead: gone, or a zombie waiting for its new parent to reap it.
+        let dead = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !dead() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background child {pid} outlived the dropped future"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

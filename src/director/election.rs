@@ -1,0 +1,164 @@
+//! One leader per output: each director creates an ephemeral-sequential node under
+//! `<root>/directors/<KEY>/`; the lowest sequence leads, every other watches only its
+//! predecessor (no herd). The leader's own node is its fencing token: a publish is one multi-op
+//! that checks the node's version and writes the value, so a leader whose session has ended
+//! (say, paused past its timeout) can never write.
+
+use std::time::Duration;
+
+use tracing::{debug, info};
+use zookeeper_client::{self as zk, Acls, CreateMode, EventType};
+
+use crate::zk::{Live, SessionHandle, ZkError, state_error};
+
+/// A won election: valid while `node` exists in `live`'s session.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub live: Live,
+    /// Our election node.
+    pub node: String,
+    /// Its data version, checked by every fenced write.
+    pub version: i32,
+}
+
+/// Sequence number of an election node name `n_0000000012`.
+fn sequence(name: &str) -> Option<u64> {
+    name.rsplit('_').next()?.parse().ok()
+}
+
+/// Campaigns until this director leads `dir` (the output's election directory).
+///
+/// # Notable errors
+/// Only what cannot be retried: credentials refused, ACLs. Connection losses and expired
+/// sessions are waited out.
+pub async fn campaign(
+    session: &SessionHandle,
+    dir: &str,
+    identity: &[u8],
+) -> Result<Leadership, ZkError> {
+    let mut live = session.live();
+    let mut ours: Option<(String, u64)> = None;
+    loop {
+        match attempt(&live, dir, identity, &mut ours).await {
+            Ok(Some(leadership)) => return Ok(leadership),
+            Ok(None) => {}
+            Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
+                ours = None;
+                live = session.renewed(live.generation).await?;
+            }
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionMoved) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(ZkError::op("campaign in", dir, err)),
+        }
+    }
+}
+
+/// One round: make sure we have a node, then lead or wait for the predecessor to go.
+async fn attempt(
+    live: &Live,
+    dir: &str,
+    identity: &[u8],
+    ours: &mut Option<(String, u64)>,
+) -> Result<Option<Leadership>, zk::Error> {
+    let client = &live.client;
+    let children = match client.list_children(dir).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(err) => return Err(err),
+    };
+    // After a connection loss during create, our node may exist without our knowing its name:
+    // recognise it by its owner rather than creating a second one.
+    if ours.is_none() {
+        for name in &children {
+            let path = format!("{dir}/{name}");
+            if let Ok(Some(stat)) = client.check_stat(&path).await
+                && stat.ephemeral_owner == client.session_id().0
+                && let Some(seq) = sequence(name)
+            {
+                *ours = Some((path, seq));
+                break;
+            }
+        }
+    }
+    if ours.is_none() {
+        let mode = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let prefix = format!("{dir}/n_");
+        let created = match client.create(&prefix, identity, &mode).await {
+            Ok((_, seq)) => seq,
+            Err(zk::Error::NoNode) => {
+                let parent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+                client.mkdir(dir, &parent).await?;
+                client.create(&prefix, identity, &mode).await?.1
+            }
+            Err(err) => return Err(err),
+        };
+        let seq = created.into_i64() as u64;
+        let path = format!("{prefix}{created}");
+        debug!(node = %path, "joined the election");
+        *ours = Some((path, seq));
+        return Ok(None); // list again, now with our node
+    }
+    let Some((node, seq)) = ours.clone() else {
+        return Ok(None);
+    };
+    let predecessor = children
+        .iter()
+        .filter_map(|name| Some((sequence(name)?, name)))
+        .filter(|(s, _)| *s < seq)
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, name)| format!("{dir}/{name}"));
+    if !children.iter().any(|name| sequence(name) == Some(seq)) {
+        // Our node is gone (deleted by someone): join again.
+        *ours = None;
+        return Ok(None);
+    }
+    let Some(predecessor) = predecessor else {
+        let Some(stat) = client.check_stat(&node).await? else {
+            *ours = None;
+            return Ok(None);
+        };
+        info!(node = %node, "leading");
+        return Ok(Some(Leadership {
+            live: live.clone(),
+            node,
+            version: stat.version,
+        }));
+    };
+    let (stat, watcher) = client.check_and_watch_stat(&predecessor).await?;
+    if stat.is_none() {
+        return Ok(None);
+    }
+    debug!(waiting_for = %predecessor, "standing by");
+    let event = watcher.changed().await;
+    if event.event_type == EventType::Session {
+        return Err(state_error(event.session_state));
+    }
+    Ok(None)
+}
+
+impl Leadership {
+    /// Resolves when this leadership has ended: our node was deleted, or the session ended.
+    pub async fn lost(&self) {
+        loop {
+            match self.live.client.check_and_watch_stat(&self.node).await {
+                Ok((Some(_), watcher)) => {
+                    let event = watcher.changed().await;
+                    match event.event_type {
+                        EventType::NodeDeleted => return,
+                        EventType::Session if event.session_state.is_terminated() => return,
+                        _ => {}
+                    }
+                }
+                Ok((None, _)) => return,
+                Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Steps down: deletes our election node so a standby takes over at once.
+    pub async fn resign(self) {
+        let _ = self.live.client.delete(&self.node, None).await;
+    }
+}

@@ -1,0 +1,615 @@
+//! Built-in derivations (presets): the common formats, so most outputs need no template.
+//! Every preset gives empty output for an empty instance list; the caller decides whether an
+//! empty value may be published. Instances without a plain `port` (Curator allows that) are
+//! skipped by the presets that need one.
+
+use super::derive::{DeriveError, instance_json};
+use crate::instance::Instance;
+
+/// A built-in format. The examples below are over two instances `db1` (10.0.0.5:5432, weight 1,
+/// registered first) and `db2` (10.0.0.6:5432, weight 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preset {
+    /// `hostports`: `host:port` of every instance with weight > 0, comma-separated, in order.
+    /// IPv6 addresses are bracketed (`[::1]:5432`).
+    ///
+    /// ```text
+    /// 10.0.0.5:5432
+    /// ```
+    HostPorts,
+    /// `url`: one instance — the oldest with weight > 0 (registered first; ties: smallest id) —
+    /// written into `format`, e.g. `postgresql://{meta.user}@{address}:{port}/app`:
+    ///
+    /// ```text
+    /// postgresql://app@10.0.0.5:5432/app
+    /// ```
+    ///
+    /// Placeholders: `{address}` (bracketed when IPv6), `{port}`, `{sslPort}`, `{id}`,
+    /// `{service}`, `{meta.KEY}`, `{label.KEY}`, `{endpoint.NAME}`. Values are inserted as they
+    /// are, not percent-encoded. A placeholder the instance has no value for is an error. No
+    /// instance with weight > 0 gives an empty value.
+    Url { format: String },
+    /// `json`: the instances as one compact JSON array of [`instance_json`] objects, no
+    /// trailing newline.
+    ///
+    /// ```text
+    /// [{"address":"10.0.0.5","endpoints":{},"id":"db1",…,"weight":1},{…,"weight":0}]
+    /// ```
+    Json,
+    /// `pgpool`: the backend block of pgpool.conf, numbered from 0 in order. The data directory
+    /// is the instance's meta `data_directory` (default `/var/lib/postgresql/data`), the flag its
+    /// meta `pgpool_flag` (default `ALLOW_TO_FAILOVER`); the weight is as registered (0 kept).
+    /// A value that would break the file (a quote, a backslash, a newline) is an error.
+    ///
+    /// ```text
+    /// backend_hostname0 = '10.0.0.5'
+    /// backend_port0 = 5432
+    /// backend_weight0 = 1
+    /// backend_data_directory0 = '/var/lib/postgresql/data'
+    /// backend_flag0 = 'ALLOW_TO_FAILOVER'
+    /// backend_hostname1 = '10.0.0.6'
+    /// …
+    /// ```
+    Pgpool,
+    /// `haproxy`: one `server` line per instance, for a backend section; weight 0 is kept
+    /// (HAProxy sends such a server nothing). An address with whitespace is an error.
+    ///
+    /// ```text
+    /// server db1 10.0.0.5:5432 weight 1 check
+    /// server db2 10.0.0.6:5432 weight 0 check
+    /// ```
+    Haproxy,
+}
+
+/// The preset names, for error messages.
+pub const PRESET_NAMES: &str = "hostports, url, json, pgpool or haproxy";
+
+const DEFAULT_DATA_DIRECTORY: &str = "/var/lib/postgresql/data";
+const DEFAULT_PGPOOL_FLAG: &str = "ALLOW_TO_FAILOVER";
+
+impl Preset {
+    /// The preset called `name`; `url` needs its format. `None` for an unknown name.
+    pub fn from_name(name: &str, url: Option<String>) -> Option<Result<Preset, DeriveError>> {
+        Some(Ok(match name {
+            "hostports" => Preset::HostPorts,
+            "json" => Preset::Json,
+            "pgpool" => Preset::Pgpool,
+            "haproxy" => Preset::Haproxy,
+            "url" => {
+                let Some(format) = url else {
+                    return Some(Err(DeriveError::UrlFormat {
+                        reason: "preset \"url\" needs a url format".to_owned(),
+                    }));
+                };
+                if let Err(e) = parse_url_format(&format) {
+                    return Some(Err(e));
+                }
+                Preset::Url { format }
+            }
+            _ => return None,
+        }))
+    }
+
+    /// The name as written in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Preset::HostPorts => "hostports",
+            Preset::Url { .. } => "url",
+            Preset::Json => "json",
+            Preset::Pgpool => "pgpool",
+            Preset::Haproxy => "haproxy",
+        }
+    }
+
+    /// The value over `instances` (sorted by service, id).
+    pub(super) fn render(&self, instances: &[&Instance]) -> Result<Vec<u8>, DeriveError> {
+        if instances.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = match self {
+            Preset::HostPorts => hostports(instances)?,
+            Preset::Url { format } => url(format, instances)?,
+            Preset::Json => {
+                let list: Vec<serde_json::Value> =
+                    instances.iter().map(|i| instance_json(i)).collect();
+                return serde_json::to_vec(&list).map_err(|e| {
+                    DeriveError::Io(format!("json: cannot encode the instances: {e}"))
+                });
+            }
+            Preset::Pgpool => pgpool(instances)?,
+            Preset::Haproxy => haproxy(instances)?,
+        };
+        Ok(out.into_bytes())
+    }
+}
+
+fn instance_error(preset: &'static str, i: &Instance, reason: impl Into<String>) -> DeriveError {
+    DeriveError::Instance {
+        preset,
+        instance: format!("{}/{}", i.service, i.id),
+        reason: reason.into(),
+    }
+}
+
+/// Refuses an address that would break a line- or list-oriented format.
+fn check_address(preset: &'static str, i: &Instance, also: &[char]) -> Result<(), DeriveError> {
+    if i.address
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || also.contains(&c))
+    {
+        let mut reason = "its address contains whitespace or a control character".to_owned();
+        if !also.is_empty() {
+            let listed: Vec<String> = also.iter().map(|c| format!("{c:?}")).collect();
+            reason = format!(
+                "its address contains whitespace, a control character or one of {}",
+                listed.join(" ")
+            );
+        }
+        return Err(instance_error(preset, i, reason));
+    }
+    Ok(())
+}
+
+/// `host` for a `host:port` pair: IPv6 addresses in brackets.
+fn host(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    }
+}
+
+fn hostports(instances: &[&Instance]) -> Result<String, DeriveError> {
+    let mut parts = Vec::new();
+    for i in instances {
+        let Some(port) = i.port else { continue };
+        if i.weight == 0 {
+            continue;
+        }
+        check_address("hostports", i, &[','])?;
+        parts.push(format!("{}:{port}", host(&i.address)));
+    }
+    Ok(parts.join(","))
+}
+
+/// A piece of a url format.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Literal(&'a str),
+    Address,
+    Port,
+    SslPort,
+    Id,
+    Service,
+    Meta(&'a str),
+    Label(&'a str),
+    Endpoint(&'a str),
+}
+
+/// Parses a url format. Errors name the placeholder but never quote the format: it may carry
+/// a password.
+fn parse_url_format(format: &str) -> Result<Vec<Piece<'_>>, DeriveError> {
+    let syntax = |reason: &str| DeriveError::UrlFormat {
+        reason: reason.to_owned(),
+    };
+    let mut pieces = Vec::new();
+    let mut rest = format;
+    while !rest.is_empty() {
+        let Some(open) = rest.find(['{', '}']) else {
+            pieces.push(Piece::Literal(rest));
+            break;
+        };
+        if rest.as_bytes()[open] == b'}' {
+            return Err(syntax("a '}' without '{'"));
+        }
+        if open > 0 {
+            pieces.push(Piece::Literal(&rest[..open]));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find(['{', '}'])
+            .filter(|&c| after.as_bytes()[c] == b'}')
+            .ok_or_else(|| syntax("a '{' without '}'"))?;
+        let name = &after[..close];
+        let keyed = |prefix: &str| name.strip_prefix(prefix).filter(|k| !k.is_empty());
+        pieces.push(match name {
+            "address" => Piece::Address,
+            "port" => Piece::Port,
+            "sslPort" => Piece::SslPort,
+            "id" => Piece::Id,
+            "service" => Piece::Service,
+            _ => {
+                if let Some(key) = keyed("meta.") {
+                    Piece::Meta(key)
+                } else if let Some(key) = keyed("label.") {
+                    Piece::Label(key)
+                } else if let Some(key) = keyed("endpoint.") {
+                    Piece::Endpoint(key)
+                } else {
+                    return Err(DeriveError::Placeholder {
+                        placeholder: name.to_owned(),
+                        reason: "unknown; use address, port, sslPort, id, service, meta.KEY, label.KEY or endpoint.NAME".to_owned(),
+                    });
+                }
+            }
+        });
+        rest = &after[close + 1..];
+    }
+    if pieces.is_empty() {
+        return Err(syntax("the format is empty"));
+    }
+    Ok(pieces)
+}
+
+fn url(format: &str, instances: &[&Instance]) -> Result<String, DeriveError> {
+    let pieces = parse_url_format(format)?;
+    let Some(i) = instances
+        .iter()
+        .filter(|i| i.weight > 0)
+        .min_by(|a, b| (a.registered_ms, &a.id).cmp(&(b.registered_ms, &b.id)))
+    else {
+        return Ok(String::new());
+    };
+    let missing = |placeholder: String, what: &str| DeriveError::Placeholder {
+        placeholder,
+        reason: format!("instance {}/{} has no {what}", i.service, i.id),
+    };
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Literal(text) => out.push_str(text),
+            Piece::Address => {
+                check_address("url", i, &['/', '@', '?', '#'])?;
+                out.push_str(&host(&i.address));
+            }
+            Piece::Port => match i.port {
+                Some(port) => out.push_str(&port.to_string()),
+                None => return Err(missing("port".into(), "port")),
+            },
+            Piece::SslPort => match i.ssl_port {
+                Some(port) => out.push_str(&port.to_string()),
+                None => return Err(missing("sslPort".into(), "sslPort")),
+            },
+            Piece::Id => out.push_str(i.id.as_str()),
+            Piece::Service => out.push_str(i.service.as_str()),
+            Piece::Meta(key) => match i.meta.get(key) {
+                Some(value) => out.push_str(value),
+                None => return Err(missing(format!("meta.{key}"), "such meta")),
+            },
+            Piece::Label(key) => match i.labels.get(key) {
+                Some(value) => out.push_str(value),
+                None => return Err(missing(format!("label.{key}"), "such label")),
+            },
+            Piece::Endpoint(name) => match i.endpoints.get(name) {
+                Some(port) => out.push_str(&port.to_string()),
+                None => return Err(missing(format!("endpoint.{name}"), "such endpoint")),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that `url` is a usable format for preset `url` (at config time).
+pub fn check_url_format(format: &str) -> Result<(), DeriveError> {
+    parse_url_format(format).map(|_| ())
+}
+
+/// A value pgpool.conf can hold in single quotes.
+fn pgpool_quotable(value: &str) -> bool {
+    !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c == '\'' || c == '\\' || c.is_control())
+}
+
+fn pgpool(instances: &[&Instance]) -> Result<String, DeriveError> {
+    let mut out = String::new();
+    let mut n = 0;
+    for i in instances {
+        let Some(port) = i.port else { continue };
+        check_address("pgpool", i, &['\'', '\\'])?;
+        let data_directory = i
+            .meta
+            .get("data_directory")
+            .map_or(DEFAULT_DATA_DIRECTORY, String::as_str);
+        if !pgpool_quotable(data_directory) {
+            return Err(instance_error(
+                "pgpool",
+                i,
+                "its meta data_directory is empty or contains a quote, a backslash or a control character",
+            ));
+        }
+        let flag = i
+            .meta
+            .get("pgpool_flag")
+            .map_or(DEFAULT_PGPOOL_FLAG, String::as_str);
+        if flag.is_empty()
+            || !flag
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_' || c == '|')
+        {
+            return Err(instance_error(
+                "pgpool",
+                i,
+                "its meta pgpool_flag is not like ALLOW_TO_FAILOVER, DISALLOW_TO_FAILOVER or ALWAYS_PRIMARY (upper case, '_', '|')",
+            ));
+        }
+        out.push_str(&format!(
+            "backend_hostname{n} = '{address}'\n\
+             backend_port{n} = {port}\n\
+             backend_weight{n} = {weight}\n\
+             backend_data_directory{n} = '{data_directory}'\n\
+             backend_flag{n} = '{flag}'\n",
+            address = i.address,
+            weight = i.weight,
+        ));
+        n += 1;
+    }
+    Ok(out)
+}
+
+/// Instance ids cannot contain whitespace (`InstanceId` allows letters, digits, `.`, `_`, `-`),
+/// so only the address is checked.
+fn haproxy(instances: &[&Instance]) -> Result<String, DeriveError> {
+    let mut out = String::new();
+    for i in instances {
+        let Some(port) = i.port else { continue };
+        check_address("haproxy", i, &['#'])?;
+        out.push_str(&format!(
+            "server {} {}:{port} weight {} check\n",
+            i.id, i.address, i.weight
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::derive::Derivation;
+    use super::*;
+
+    fn instance(
+        id: &str,
+        address: &str,
+        port: Option<u16>,
+        weight: u32,
+        registered: u64,
+    ) -> Instance {
+        let mut i = Instance::new(
+            "pg".parse().unwrap(),
+            id.parse().unwrap(),
+            address.into(),
+            1,
+        );
+        i.port = port;
+        i.weight = weight;
+        i.registered_ms = registered;
+        i
+    }
+
+    /// db1 (weight 1, registered at 20), db2 (weight 0, registered first), db3 (IPv6, weight 2,
+    /// registered at 20), db4 (no port, registered last): unsorted.
+    fn sample() -> Vec<Instance> {
+        let mut db1 = instance("db1", "10.0.0.5", Some(5432), 1, 20);
+        db1.meta.insert("user".into(), "app".into());
+        db1.labels.insert("role".into(), "primary".into());
+        db1.endpoints.insert("metrics".into(), 9187);
+        let db2 = instance("db2", "10.0.0.6", Some(5432), 0, 10);
+        let mut db3 = instance("db3", "::1", Some(5433), 2, 20);
+        db3.meta.insert("data_directory".into(), "/srv/pg".into());
+        db3.meta.insert(
+            "pgpool_flag".into(),
+            "DISALLOW_TO_FAILOVER|ALWAYS_PRIMARY".into(),
+        );
+        let db4 = instance("db4", "10.0.0.8", None, 1, 30);
+        vec![db4, db3, db2, db1]
+    }
+
+    fn derive(preset: Preset, instances: &[Instance]) -> Result<String, DeriveError> {
+        Derivation::Preset(preset)
+            .derive(instances)
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    fn url(format: &str) -> Preset {
+        Preset::from_name("url", Some(format.into()))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn presets() {
+        let all = sample();
+        for (preset, expected) in [
+            (Preset::HostPorts, "10.0.0.5:5432,[::1]:5433"),
+            (
+                url("postgresql://{meta.user}@{address}:{port}/app"),
+                "postgresql://app@10.0.0.5:5432/app",
+            ),
+            (
+                url("{service}/{id} {label.role} {endpoint.metrics}"),
+                "pg/db1 primary 9187",
+            ),
+            (url("x"), "x"),
+            (
+                Preset::Pgpool,
+                "backend_hostname0 = '10.0.0.5'\n\
+                 backend_port0 = 5432\n\
+                 backend_weight0 = 1\n\
+                 backend_data_directory0 = '/var/lib/postgresql/data'\n\
+                 backend_flag0 = 'ALLOW_TO_FAILOVER'\n\
+                 backend_hostname1 = '10.0.0.6'\n\
+                 backend_port1 = 5432\n\
+                 backend_weight1 = 0\n\
+                 backend_data_directory1 = '/var/lib/postgresql/data'\n\
+                 backend_flag1 = 'ALLOW_TO_FAILOVER'\n\
+                 backend_hostname2 = '::1'\n\
+                 backend_port2 = 5433\n\
+                 backend_weight2 = 2\n\
+                 backend_data_directory2 = '/srv/pg'\n\
+                 backend_flag2 = 'DISALLOW_TO_FAILOVER|ALWAYS_PRIMARY'\n",
+            ),
+            (
+                Preset::Haproxy,
+                "server db1 10.0.0.5:5432 weight 1 check\n\
+                 server db2 10.0.0.6:5432 weight 0 check\n\
+                 server db3 ::1:5433 weight 2 check\n",
+            ),
+        ] {
+            assert_eq!(
+                derive(preset.clone(), &all).unwrap(),
+                expected,
+                "{preset:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_is_one_compact_line() {
+        let all = sample();
+        let out = derive(Preset::Json, &all[3..]).unwrap();
+        assert_eq!(
+            out,
+            r#"[{"address":"10.0.0.5","endpoints":{"metrics":9187},"id":"db1","labels":{"role":"primary"},"meta":{"user":"app"},"port":5432,"registered":20,"service":"pg","sslPort":null,"weight":1}]"#
+        );
+        let ids: Vec<String> =
+            serde_json::from_str::<Vec<serde_json::Value>>(&derive(Preset::Json, &all).unwrap())
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_owned())
+                .collect();
+        assert_eq!(ids, ["db1", "db2", "db3", "db4"]);
+    }
+
+    #[test]
+    fn empty_input_gives_empty_output() {
+        for preset in [
+            Preset::HostPorts,
+            url("{address}"),
+            Preset::Json,
+            Preset::Pgpool,
+            Preset::Haproxy,
+        ] {
+            assert_eq!(derive(preset.clone(), &[]).unwrap(), "", "{preset:?}");
+        }
+        // Nothing with weight > 0: hostports and url have nothing to say either.
+        let drained = [instance("db2", "10.0.0.6", Some(5432), 0, 10)];
+        assert_eq!(derive(Preset::HostPorts, &drained).unwrap(), "");
+        assert_eq!(derive(url("{address}"), &drained).unwrap(), "");
+    }
+
+    #[test]
+    fn url_picks_the_oldest_weighted_instance_ties_by_id() {
+        let all = [
+            instance("b", "10.0.0.2", Some(1), 1, 5),
+            instance("a", "10.0.0.1", Some(1), 1, 5),
+            instance("z", "10.0.0.9", Some(1), 0, 1),
+            instance("c", "10.0.0.3", Some(1), 1, 7),
+        ];
+        assert_eq!(derive(url("{id}"), &all).unwrap(), "a");
+    }
+
+    #[test]
+    fn preset_errors() {
+        let secret = |mut i: Instance, key: &str, value: &str| {
+            i.meta.insert(key.into(), value.into());
+            i
+        };
+        let base = || instance("db1", "10.0.0.5", Some(5432), 1, 1);
+        let no_port = instance("db1", "10.0.0.5", None, 1, 1);
+        for (preset, instances, contains) in [
+            (
+                url("{meta.password}"),
+                vec![base()],
+                "{meta.password}: instance pg/db1 has no such meta",
+            ),
+            (url("{label.role}"), vec![base()], "{label.role}"),
+            (url("{endpoint.admin}"), vec![base()], "{endpoint.admin}"),
+            (
+                url("{port}"),
+                vec![no_port.clone()],
+                "{port}: instance pg/db1 has no port",
+            ),
+            (url("{sslPort}"), vec![base()], "{sslPort}"),
+            (
+                url("{address}"),
+                vec![instance("db1", "a b", Some(1), 1, 1)],
+                "address",
+            ),
+            (
+                url("{address}"),
+                vec![instance("db1", "evil@host", Some(1), 1, 1)],
+                "address",
+            ),
+            (
+                Preset::HostPorts,
+                vec![instance("db1", "a,b", Some(1), 1, 1)],
+                "hostports: instance pg/db1",
+            ),
+            (
+                Preset::Haproxy,
+                vec![instance("db1", "10.0.0.5 backup", Some(1), 1, 1)],
+                "whitespace",
+            ),
+            (
+                Preset::Haproxy,
+                vec![instance("db1", "10.0.0.5\nserver x", Some(1), 1, 1)],
+                "whitespace",
+            ),
+            (
+                Preset::Pgpool,
+                vec![instance("db1", "x'y", Some(1), 1, 1)],
+                "pgpool: instance pg/db1",
+            ),
+            (
+                Preset::Pgpool,
+                vec![secret(base(), "data_directory", "/srv/it's")],
+                "data_directory",
+            ),
+            (
+                Preset::Pgpool,
+                vec![secret(base(), "data_directory", "/srv\n/x")],
+                "data_directory",
+            ),
+            (
+                Preset::Pgpool,
+                vec![secret(base(), "data_directory", "C:\\pg")],
+                "data_directory",
+            ),
+            (
+                Preset::Pgpool,
+                vec![secret(base(), "pgpool_flag", "ALLOW'; x")],
+                "pgpool_flag",
+            ),
+        ] {
+            let e = derive(preset.clone(), &instances).unwrap_err().to_string();
+            assert!(e.contains(contains), "{preset:?}: {e}");
+            for i in &instances {
+                for value in i.meta.values() {
+                    assert!(!e.contains(value.as_str()), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn url_formats_are_checked_without_quoting_them() {
+        for (format, contains) in [
+            (
+                "postgresql://app:s3cret@{adress}:{port}",
+                "{adress}: unknown",
+            ),
+            ("postgresql://app:s3cret@{address", "'{' without '}'"),
+            ("s3cret}", "'}' without '{'"),
+            ("{meta.}", "{meta.}: unknown"),
+            ("{a{b}}", "'{' without '}'"),
+            ("", "empty"),
+        ] {
+            let e = check_url_format(format).unwrap_err().to_string();
+            assert!(e.contains(contains), "{format}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        assert!(Preset::from_name("url", None).unwrap().is_err());
+        assert!(Preset::from_name("pgpol", None).is_none());
+    }
+}

@@ -1,0 +1,294 @@
+//! Running the director: one instance cache for every service the outputs read, and per output a
+//! task that campaigns, and while it leads, derives the value after every (debounced) change and
+//! publishes it fenced when the bytes differ. Safety first: fewer instances than `min_instances`
+//! keep the last value, failed derivations and checks publish nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::cache::{self, Snapshot};
+use super::config::Output;
+use super::derive::{Derivation, derive_exec};
+use super::election::{self, Leadership};
+use super::publish::{Fenced, publish};
+use crate::command::run_command;
+use crate::instance::Instance;
+use crate::values::Values;
+use crate::zk::SessionHandle;
+
+/// Everything a director process runs.
+pub struct Director {
+    pub outputs: Vec<Output>,
+    pub values: Values,
+    /// The environment exec derivations and checks run with.
+    pub env: BTreeMap<OsString, OsString>,
+    /// Written into election nodes, for operators: host and pid.
+    pub identity: String,
+    /// Full re-listing interval, the safety net under the watch.
+    pub reconcile: Duration,
+}
+
+/// Runs every output until `cancel`; leaders resign on the way out.
+pub async fn run(session: SessionHandle, director: Director, cancel: CancellationToken) {
+    let services: BTreeSet<_> = director
+        .outputs
+        .iter()
+        .flat_map(|o| o.services.iter().cloned())
+        .collect();
+    let snapshots = cache::follow(
+        session.clone(),
+        director.values.layout().clone(),
+        services,
+        director.reconcile,
+        cancel.child_token(),
+    );
+    let shared = Arc::new(Shared {
+        values: director.values,
+        env: director.env,
+        identity: director.identity,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for output in director.outputs {
+        let span = info_span!("director", key = %output.key);
+        tasks.spawn(
+            lead(
+                session.clone(),
+                shared.clone(),
+                output,
+                snapshots.clone(),
+                cancel.child_token(),
+            )
+            .instrument(span),
+        );
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+struct Shared {
+    values: Values,
+    env: BTreeMap<OsString, OsString>,
+    identity: String,
+}
+
+/// Why leading ended.
+enum Ended {
+    Cancelled,
+    Deposed,
+}
+
+/// Campaigns, leads until deposed, campaigns again; resigns when cancelled.
+async fn lead(
+    session: SessionHandle,
+    shared: Arc<Shared>,
+    output: Output,
+    snapshots: watch::Receiver<Snapshot>,
+    cancel: CancellationToken,
+) {
+    let dir = shared.values.layout().directors(&output.key);
+    loop {
+        let won = tokio::select! {
+            _ = cancel.cancelled() => return,
+            won = election::campaign(&session, &dir, shared.identity.as_bytes()) => won,
+        };
+        let leadership = match won {
+            Ok(leadership) => leadership,
+            Err(err) => {
+                error!(error = %err, "cannot campaign; retrying in 1s");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        match serve(&leadership, &shared, &output, snapshots.clone(), &cancel).await {
+            Ended::Cancelled => {
+                leadership.resign().await;
+                return;
+            }
+            Ended::Deposed => warn!("no longer leading; campaigning again"),
+        }
+    }
+}
+
+/// While leading: derive and publish after every change.
+async fn serve(
+    lead: &Leadership,
+    shared: &Shared,
+    output: &Output,
+    mut snapshots: watch::Receiver<Snapshot>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let key = &output.key;
+    // What is published now: only different bytes are written.
+    let mut published = match shared.values.get(&lead.live.client, key).await {
+        Ok(value) => value,
+        Err(err) => {
+            warn!(error = %err, "cannot read the current value");
+            return Ended::Deposed;
+        }
+    };
+    let lost = lead.lost();
+    tokio::pin!(lost);
+    let mut held = false;
+    let mut first = true;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        if !first {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ended::Cancelled,
+                _ = &mut lost => return Ended::Deposed,
+                _ = sleep_until(retry_at) => {}
+                changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
+                    if !changed {
+                        return Ended::Cancelled;
+                    }
+                }
+            }
+        }
+        first = false;
+        retry_at = None;
+        let snapshot = snapshots.borrow_and_update().clone();
+        if !snapshot.ready {
+            continue;
+        }
+        let instances: Vec<Instance> = snapshot
+            .instances_of(&output.services)
+            .filter(|i| output.selects(i))
+            .cloned()
+            .collect();
+        if !output.allow_empty && instances.len() < output.min_instances {
+            if !held {
+                warn!(
+                    instances = instances.len(),
+                    min_instances = output.min_instances,
+                    value = %digest(published.as_deref()),
+                    "fewer instances than min_instances: keeping the last value"
+                );
+                held = true;
+            }
+            continue;
+        }
+        held = false;
+        let derived = match &output.derivation {
+            Derivation::Exec { command, timeout } => {
+                derive_exec(command, *timeout, &shared.env, &instances).await
+            }
+            derivation => derivation.derive(&instances),
+        };
+        let value = match derived {
+            Ok(value) => value,
+            Err(err) => {
+                error!(error = %err, "the derivation failed; nothing published");
+                continue;
+            }
+        };
+        if published.as_deref() == Some(value.as_slice()) {
+            debug!(instances = instances.len(), "the value is unchanged");
+            continue;
+        }
+        if let Some(check) = &output.check
+            && let Err(err) = run_command(
+                "check",
+                check,
+                &[],
+                Some(&value),
+                &shared.env,
+                CHECK_TIMEOUT,
+            )
+            .await
+        {
+            error!(error = %err, value = %digest(Some(&value)), "the new value failed its check; nothing published");
+            continue;
+        }
+        match publish(lead, &shared.values, key, &value).await {
+            Ok(Fenced::Published) => {
+                info!(
+                    old = %digest(published.as_deref()),
+                    new = %digest(Some(&value)),
+                    instances = instances.len(),
+                    latency_ms = snapshot.changed_at.elapsed().as_secs_f64() * 1000.0,
+                    "published"
+                );
+                published = Some(value);
+            }
+            Ok(Fenced::Deposed) => return Ended::Deposed,
+            Err(err) => {
+                error!(error = %err, "cannot publish; retrying in 1s");
+                retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Bound on an output's `check` program.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits for a change, then for quiet: `wait_min` without another change, but no longer than
+/// `wait_max` after the first (consul-template's `wait`). `false` when the cache is gone.
+async fn settled(
+    snapshots: &mut watch::Receiver<Snapshot>,
+    wait_min: Duration,
+    wait_max: Duration,
+) -> bool {
+    if snapshots.changed().await.is_err() {
+        return false;
+    }
+    if wait_min.is_zero() {
+        return true;
+    }
+    let deadline = Instant::now() + wait_max.max(wait_min);
+    loop {
+        let quiet = (Instant::now() + wait_min).min(deadline);
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+                if Instant::now() >= deadline {
+                    return true;
+                }
+            }
+            _ = tokio::time::sleep_until(quiet) => return true,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A short, safe name for a value in logs: the first 12 hex digits of its SHA-256
+/// (`herald resolve KEY | sha256sum` gives the same), or `none`.
+pub fn digest(value: Option<&[u8]>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(value) => Sha256::digest(value)
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_sha256_prefixes() {
+        assert_eq!(digest(None), "none");
+        // printf '' | sha256sum → e3b0c44298fc…
+        assert_eq!(digest(Some(b"")), "e3b0c44298fc");
+    }
+}

@@ -33,9 +33,11 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut pipe = agent.stderr.take().unwrap();
+    // Killed however the test ends.
+    let mut agent = KillOnDrop(agent);
     let log = Arc::new(Mutex::new(String::new()));
     std::thread::spawn({
-        let mut pipe = agent.stderr.take().unwrap();
         let log = log.clone();
         move || {
             use std::io::Read;
@@ -132,7 +134,7 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         "the watcher saw the node deleted: {events:?}"
     );
     assert_eq!(
-        agent.try_wait().unwrap(),
+        agent.0.try_wait().unwrap(),
         None,
         "the agent keeps running through the faults"
     );
@@ -142,8 +144,15 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         1,
         "registered once, never again:\n{log}"
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The node's stat, asking again while the watching client itself reconnects after a fault.

@@ -82,6 +82,8 @@ struct Shared {
 enum Ended {
     Cancelled,
     Deposed,
+    /// Leading is not possible right now (e.g. the value cannot be read): wait, then again.
+    Failed,
 }
 
 /// Campaigns, leads until deposed, campaigns again; resigns when cancelled.
@@ -114,6 +116,15 @@ async fn lead(
                 return;
             }
             Ended::Deposed => warn!("no longer leading; campaigning again"),
+            Ended::Failed => {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        leadership.resign().await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
 }
@@ -131,8 +142,8 @@ async fn serve(
     let mut published = match shared.values.get(&lead.live.client, key).await {
         Ok(value) => value,
         Err(err) => {
-            warn!(error = %err, "cannot read the current value");
-            return Ended::Deposed;
+            warn!(error = %err, "cannot read the current value; trying again in 1s");
+            return Ended::Failed;
         }
     };
     let lost = lead.lost();

@@ -184,3 +184,27 @@ fn a_concurrent_reader_never_sees_a_partial_file() {
     assert!(reads.load(Ordering::Relaxed) > 10, "the reader really read");
     assert_eq!(std::fs::read(&out).unwrap(), vec![b'k'; SIZE]);
 }
+
+#[test]
+fn template_embeds_the_value_in_a_larger_file() {
+    let root = root("watch_template");
+    let s = Scratch::new("watch_template");
+    let template = s.path("pgpool.conf.j2");
+    std::fs::write(
+        &template,
+        "listen_addresses = '*'\n{{ value }}\n# from {{ key }}\n",
+    )
+    .unwrap();
+    let out = s.path("pgpool.conf");
+    put(&root, "BACKENDS", b"backend_hostname0 = 'db1'");
+    let done = run(herald(&root)
+        .args(["watch", "BACKENDS", "--once", "--template"])
+        .arg(&template)
+        .arg("--out")
+        .arg(&out));
+    assert!(done.status.success(), "{}", describe(&done));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "listen_addresses = '*'\nbackend_hostname0 = 'db1'\n# from BACKENDS\n"
+    );
+}

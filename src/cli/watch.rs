@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use herald::watch::{Applied, FileTarget};
+use herald::watch::{Applied, Embed, FileTarget};
 use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::{ZkArgs, parse_duration, parse_key};
+use super::{Outcome, ZkArgs, parse_duration, parse_key};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -24,6 +24,7 @@ Examples:
       --check 'haproxy -c -f /etc/haproxy/haproxy.cfg -f \"$1\"' --reload 'systemctl reload haproxy'
   herald watch DATABASE_URL                 print each new value, one per line (-0: NUL-separated)
   herald watch DATABASE_URL --out db.url --once
+  herald watch PGPOOL_BACKENDS --out pgpool.conf --template pgpool.conf.j2   ({{ value }} inside)
 
 At start and on every change the value is written to a file staged beside FILE (fsynced, with
 FILE's mode and owner, or --mode when new), --check runs on it (its path is $1), and only if it
@@ -48,6 +49,9 @@ pub struct WatchArgs {
     /// Mode of FILE when herald creates it (an existing file keeps its own).
     #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
+    /// Embed the value in this minijinja template ({{ value }}, {{ key }}) before writing FILE.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub template: Option<PathBuf>,
     /// Handle the current value (waiting for it if need be), then exit.
     #[arg(long)]
     pub once: bool,
@@ -68,7 +72,22 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let target = zk_args.target()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    let env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
+        .collect();
+    let embed = match &args.template {
+        Some(file) => {
+            let origin = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Outcome::Usage(format!(
+                    "cannot read --template {origin}: {e}; check the path"
+                ))
+            })?;
+            let embed = Embed::compile(text, &origin).map_err(|e| Outcome::Usage(e.to_string()))?;
+            Some((embed, origin))
+        }
+        None => None,
+    };
     let file = args.out.as_ref().map(|path| FileTarget {
         path: path.clone(),
         mode: args.mode,
@@ -96,7 +115,13 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             }
             Err(err) => break Err(anyhow::Error::from(err)),
         };
-        let delivered = deliver(file.as_ref(), &value, args.null).await;
+        let delivered = match &embed {
+            Some((embed, origin)) => match embed.render(key.as_str(), &value, origin) {
+                Ok(content) => deliver(file.as_ref(), &content, args.null).await,
+                Err(err) => Err(err.into()),
+            },
+            None => deliver(file.as_ref(), &value, args.null).await,
+        };
         known = Some(value);
         match delivered {
             Ok(()) if args.once => break Ok(()),

@@ -49,6 +49,8 @@ pub enum WatchError {
     Check { path: PathBuf, source: CommandError },
     #[error("{} was replaced, but {source}", .path.display())]
     Reload { path: PathBuf, source: CommandError },
+    #[error("--template {origin}: {reason}; the old file stays")]
+    Template { origin: String, reason: String },
 }
 
 impl FileTarget {

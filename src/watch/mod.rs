@@ -3,6 +3,8 @@
 //! checked by the user's command, then renamed over the old one — and the program is reloaded
 //! once per change. A value that cannot be written or fails its check leaves the old file alone.
 
+mod embed;
 mod file;
 
+pub use embed::Embed;
 pub use file::{Applied, FileTarget, WatchError};

@@ -145,7 +145,7 @@ async fn publishes_on_add_remove_and_data_change() {
     let root = root("dir_basic");
     let client = client().await;
     let path = value_path(&root, "BACKENDS");
-    let _d = Director::spawn(&mut director(
+    let d = Director::spawn(&mut director(
         &root,
         "BACKENDS",
         "pg",
@@ -158,13 +158,21 @@ async fn publishes_on_add_remove_and_data_change() {
     // A data change counts: the weight drops to 0, so hostports leaves it out.
     let doc = r#"{"address":"10.0.0.183","port":5433,"payload":{"weight":0}}"#;
     put_node(&client, &format!("{root}/services/pg/b"), doc.as_bytes()).await;
-    value_becomes(&client, &path, "10.0.0.182:5432").await;
+    let stat = value_becomes(&client, &path, "10.0.0.182:5432").await;
+    // Only the weight-0 instance left: the derived value would be empty, so it is held.
+    let held = d.count("keeping the last value");
     client
         .delete(&format!("{root}/services/pg/a"), None)
         .await
         .unwrap();
-    // min_instances (1) counts selected instances: b is still registered.
-    value_becomes(&client, &path, "").await;
+    d.wait_log("the derived value is empty: keeping the last value", 1)
+        .await;
+    assert_eq!(d.count("keeping the last value"), held + 1);
+    let (data, now) = client.get_data(&path).await.unwrap();
+    assert_eq!(data, b"10.0.0.182:5432", "never empty by accident");
+    assert_eq!(now.version, stat.version);
+    register(&client, &root, "pg", "c", 5434).await;
+    value_becomes(&client, &path, "10.0.0.184:5434").await;
 }
 
 #[tokio::test]
@@ -204,11 +212,13 @@ async fn min_instances_holds_the_last_value_and_allow_empty_opts_out() {
     register(&client, &root, "svc", "a", 1001).await;
     register(&client, &root, "svc", "b", 1002).await;
     let stat = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    let held = d.count("fewer instances than min_instances");
     client
         .delete(&format!("{root}/services/svc/a"), None)
         .await
         .unwrap();
-    d.wait_log("keeping the last value", 1).await;
+    d.wait_log("fewer instances than min_instances", held + 1)
+        .await;
     let (data, now) = client.get_data(&path).await.unwrap();
     assert_eq!(data, b"10.0.0.1:1001,10.0.0.2:1002", "held");
     assert_eq!(now.version, stat.version, "not rewritten");
@@ -389,6 +399,55 @@ async fn a_paused_leader_never_overwrites_after_it_resumes() {
 }
 
 #[tokio::test]
+async fn a_leader_whose_election_node_is_gone_never_writes() {
+    let root = root("dir_fence_node");
+    let client = client().await;
+    let path = value_path(&root, "FENCE2");
+    let started = s_path(&root);
+    // The check announces that it runs, then takes its time: the election node is deleted
+    // meanwhile, while the leader's session stays alive.
+    let check = format!("touch {started}; sleep 1");
+    let d = Director::spawn(&mut director(
+        &root,
+        "FENCE2",
+        "svc",
+        &["--preset", "hostports", "--check", &check],
+    ));
+    d.wait_log("election: leading", 1).await;
+    register(&client, &root, "svc", "a", 1001).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !std::path::Path::new(&started).exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let election = format!("{root}/directors/FENCE2");
+    for node in client.list_children(&election).await.unwrap() {
+        client
+            .delete(&format!("{election}/{node}"), None)
+            .await
+            .unwrap();
+    }
+    d.wait_log("no longer leading", 1).await;
+    // It campaigns again, wins (it is alone) and publishes then — but not before.
+    value_becomes(&client, &path, "10.0.0.1:1001").await;
+    let log = d.stderr();
+    let deposed = log.find("no longer leading").unwrap();
+    let published = log.find(PUBLISHED).unwrap();
+    assert!(deposed < published, "the stale leadership wrote:\n{log}");
+}
+
+fn s_path(root: &str) -> String {
+    let dir = std::env::temp_dir().join("herald-it-fence");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}-{}", std::process::id(), root.replace('/', "_")));
+    let _ = std::fs::remove_file(&file);
+    file.display().to_string()
+}
+
+#[tokio::test]
 async fn after_a_reconnect_the_director_lists_again() {
     let root = root("dir_relist");
     let client = client().await;
@@ -405,7 +464,11 @@ async fn after_a_reconnect_the_director_lists_again() {
     register(&client, &root, "svc", "b", 1002).await;
     proxy.heal();
     value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
-    assert!(d.count(PUBLISHED) >= 2);
+    assert!(
+        d.count("listing the instances again") >= 1,
+        "{}",
+        d.stderr()
+    );
 }
 
 #[test]

@@ -85,6 +85,9 @@ fn check_runs_on_the_staged_file_and_a_refused_value_keeps_the_old_file() {
     let root = root("watch_check");
     let s = Scratch::new("watch_check");
     let out = s.path("haproxy.cfg");
+    // An existing file whose mode must survive every replacement.
+    std::fs::write(&out, "old").unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     let reloads = s.path("reloads");
     let checked = s.path("checked");
     put(&root, "SERVERS", b"good 1");
@@ -135,7 +138,19 @@ fn check_runs_on_the_staged_file_and_a_refused_value_keeps_the_old_file() {
         (std::fs::read(&out).ok()? == b"good 3").then_some(())
     });
     wait_for("its reload", || (lines_of(&reloads) >= 3).then_some(()));
-    assert_eq!(lines_of(&reloads), 3, "one reload per change");
+    // A last, different value: once its reload is seen, every earlier reload has happened.
+    put(&root, "SERVERS", b"good 4");
+    wait_for("the sentinel's reload", || {
+        (std::fs::read(&out).ok()? == b"good 4" && lines_of(&reloads) >= 4).then_some(())
+    });
+    assert_eq!(
+        lines_of(&reloads),
+        4,
+        "one reload per change, none for a repeat"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the existing file's mode is kept");
 }
 
 #[test]

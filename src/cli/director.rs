@@ -163,14 +163,19 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
     };
     let running = run_director(session.handle(), director, cancel.clone());
     tokio::pin!(running);
-    tokio::select! {
-        _ = &mut running => {}
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let ended = tokio::select! {
+        ended = &mut running => Some(ended),
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+    };
     // Leaders resign, so standbys take over at once rather than after a session timeout.
     cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
+    let outcome = match ended {
+        Some(ended) => ended,
+        None => tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap_or(Ok(())),
+    };
     session.close().await;
-    Ok(())
+    Ok(outcome?)
 }

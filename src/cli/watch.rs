@@ -88,8 +88,9 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // A symlink is followed once, here: the file it points to is the one replaced.
     let file = args.out.as_ref().map(|path| FileTarget {
-        path: path.clone(),
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
         mode: args.mode,
         check: args.check.clone(),
         reload: args.reload.clone(),
@@ -100,11 +101,14 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let handle = session.handle();
     let values = &target.values;
     let mut known: Option<Vec<u8>> = None;
+    // After a failed delivery: the same value is tried again after a pause (a new one at once).
+    let mut failures: u32 = 0;
+    let mut delivered_any = false;
     let outcome = loop {
         let next = tokio::select! {
             next = values.next(&handle, &key, known.as_deref()) => next,
-            _ = term.recv() => break Ok(()),
-            _ = int.recv() => break Ok(()),
+            _ = term.recv() => break stopped(args.once && !delivered_any, &key),
+            _ = int.recv() => break stopped(args.once && !delivered_any, &key),
         };
         let value = match next {
             Ok(Some(value)) => value,
@@ -115,23 +119,53 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             }
             Err(err) => break Err(anyhow::Error::from(err)),
         };
-        let delivered = match &embed {
-            Some((embed, origin)) => match embed.render(key.as_str(), &value, origin) {
-                Ok(content) => deliver(file.as_ref(), &content, args.null).await,
-                Err(err) => Err(err.into()),
-            },
-            None => deliver(file.as_ref(), &value, args.null).await,
+        let delivery = async {
+            match &embed {
+                Some((embed, origin)) => {
+                    let content = embed.render(key.as_str(), &value, origin)?;
+                    deliver(file.as_ref(), &content, args.null).await
+                }
+                None => deliver(file.as_ref(), &value, args.null).await,
+            }
         };
-        known = Some(value);
+        let delivered = tokio::select! {
+            delivered = delivery => delivered,
+            _ = term.recv() => break stopped(args.once && !delivered_any, &key),
+            _ = int.recv() => break stopped(args.once && !delivered_any, &key),
+        };
         match delivered {
-            Ok(()) if args.once => break Ok(()),
-            Ok(()) => {}
+            Ok(()) => {
+                known = Some(value);
+                failures = 0;
+                delivered_any = true;
+                if args.once {
+                    break Ok(());
+                }
+            }
             Err(err) if args.once => break Err(err),
-            Err(err) => tracing::error!("{err:#}"),
+            Err(err) => {
+                failures += 1;
+                let pause = Duration::from_secs(1u64 << failures.min(6).saturating_sub(1));
+                tracing::error!("{err:#}; trying again in {}s", pause.as_secs());
+                // Known stays the old value, so the same value comes back after the pause.
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = term.recv() => break Ok(()),
+                    _ = int.recv() => break Ok(()),
+                }
+            }
         }
     };
     session.close().await;
     outcome
+}
+
+/// The outcome of a stop signal: an error for `--once` before anything was delivered.
+fn stopped(nothing_delivered: bool, key: &herald::layout::EnvKey) -> anyhow::Result<()> {
+    if nothing_delivered {
+        anyhow::bail!("stopped before {key} was published");
+    }
+    Ok(())
 }
 
 /// Prints the value, or makes the file hold it.

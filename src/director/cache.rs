@@ -89,10 +89,20 @@ enum Ended {
 }
 
 impl Follower {
+    /// The view may be stale until the next full listing: leaders must not publish from it.
+    fn unready(&self) {
+        self.tx
+            .send_if_modified(|s| std::mem::replace(&mut s.ready, false));
+    }
+
     async fn run(&mut self, cancel: CancellationToken) {
         let mut live = self.session.live();
         loop {
-            match self.follow_session(&live.client, &cancel).await {
+            let round = self.follow_session(&live.client, &cancel).await;
+            if !matches!(round, Ok(Ended::Cancelled)) {
+                self.unready();
+            }
+            match round {
                 Ok(Ended::Cancelled) => return,
                 Ok(Ended::SessionGone) => {}
                 Err(err) if err.is_unreachable() => {
@@ -155,7 +165,10 @@ impl Follower {
             let at = Instant::now();
             match event.event_type {
                 EventType::Session => match event.session_state {
-                    SessionState::Disconnected => disconnected = true,
+                    SessionState::Disconnected => {
+                        disconnected = true;
+                        self.unready();
+                    }
                     SessionState::SyncConnected if disconnected => {
                         disconnected = false;
                         info!("reconnected; listing the instances again");
@@ -218,6 +231,13 @@ impl Follower {
                     }
                 },
                 Err(zk::Error::NoNode) => None,
+                Err(zk::Error::NoAuth) => {
+                    warn!(
+                        path,
+                        "skipping an instance this identity may not read (its ACL)"
+                    );
+                    None
+                }
                 Err(err) => return Err(ZkError::op("read", path, err)),
             }
         };
@@ -250,7 +270,15 @@ impl Follower {
             .collect();
         let mut fresh = BTreeMap::new();
         for (service, listing) in services.iter().zip(listings) {
-            let found = listing.await?;
+            let found = match listing.await {
+                Ok(found) => found,
+                // One unreadable service must not keep every output from publishing.
+                Err(err) if err.is_denied() => {
+                    warn!(service = %service, error = %err, "cannot list this service's instances");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             fresh.insert(
                 service.clone(),
                 found

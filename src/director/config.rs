@@ -31,6 +31,9 @@ use super::preset::PRESET_NAMES;
 use crate::instance::Instance;
 use crate::layout::{EnvKey, ServiceName};
 
+/// The longest duration accepted (far from the overflows of instant arithmetic).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// `exec_timeout` when none is given.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -374,12 +377,12 @@ impl OutputSpec {
         }
         let exec_timeout = match &self.exec_timeout {
             Some(text) => match humantime::parse_duration(text) {
-                Ok(d) if !d.is_zero() => d,
+                Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
                 _ => {
                     return Err(field_error(
                         "exec_timeout",
                         format!(
-                            "exec_timeout {text:?} is not a positive duration; write e.g. \"10s\" or \"500ms\""
+                            "exec_timeout {text:?} is not a positive duration of at most 30 days; write e.g. \"10s\" or \"500ms\""
                         ),
                     ));
                 }
@@ -512,8 +515,11 @@ fn parse_wait(text: &str) -> Result<(Duration, Duration), String> {
             "wait {text:?}: {why}; write \"0s\", \"100ms\" (quiet period) or \"100ms:1s\" (quiet period:max wait)"
         )
     };
-    let duration =
-        |part: &str| humantime::parse_duration(part.trim()).map_err(|_| bad("not a duration"));
+    let duration = |part: &str| match humantime::parse_duration(part.trim()) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(bad("longer than 30 days")),
+        Err(_) => Err(bad("not a duration")),
+    };
     match text.split_once(':') {
         Some((min, max)) => {
             let (min, max) = (duration(min)?, duration(max)?);

@@ -69,15 +69,19 @@ async fn attempt(
     };
     // After a connection loss during create, our node may exist without our knowing its name:
     // recognise it by its owner rather than creating a second one.
+    // A failed stat must not read as "not ours": that would create a second node of ours.
     if ours.is_none() {
         for name in &children {
             let path = format!("{dir}/{name}");
-            if let Ok(Some(stat)) = client.check_stat(&path).await
-                && stat.ephemeral_owner == client.session_id().0
-                && let Some(seq) = sequence(name)
-            {
-                *ours = Some((path, seq));
-                break;
+            match client.check_stat(&path).await {
+                Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
+                    if let Some(seq) = sequence(name) {
+                        *ours = Some((path, seq));
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => return Err(err),
             }
         }
     }
@@ -126,8 +130,17 @@ async fn attempt(
         }));
     };
     let (stat, watcher) = client.check_and_watch_stat(&predecessor).await?;
-    if stat.is_none() {
+    let Some(stat) = stat else {
         return Ok(None);
+    };
+    // A node of our own session ahead of ours (left by an earlier round): remove it, or nobody
+    // would ever lead.
+    if stat.ephemeral_owner == client.session_id().0 {
+        debug!(node = %predecessor, "removing an older election node of ours");
+        match client.delete(&predecessor, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => return Ok(None),
+            Err(err) => return Err(err),
+        }
     }
     debug!(waiting_for = %predecessor, "standing by");
     let event = watcher.changed().await;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::cache::{self, Snapshot};
+use super::cache::{self, Instances, Snapshot};
 use super::config::Output;
 use super::derive::{Derivation, derive_exec};
 use super::election::{self, Leadership};
@@ -36,8 +36,24 @@ pub struct Director {
     pub reconcile: Duration,
 }
 
-/// Runs every output until `cancel`; leaders resign on the way out.
-pub async fn run(session: SessionHandle, director: Director, cancel: CancellationToken) {
+/// Why a director stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectorError {
+    #[error(
+        "the ZooKeeper session could not be kept (e.g. credentials refused); the director stopped"
+    )]
+    CacheGone,
+    #[error("an output's task failed: {0}")]
+    Task(String),
+}
+
+/// Runs every output until `cancel`; leaders resign on the way out. If any output stops on its
+/// own, everything stops (so no election node outlives a dead task) and the error is returned.
+pub async fn run(
+    session: SessionHandle,
+    director: Director,
+    cancel: CancellationToken,
+) -> Result<(), DirectorError> {
     let services: BTreeSet<_> = director
         .outputs
         .iter()
@@ -69,7 +85,21 @@ pub async fn run(session: SessionHandle, director: Director, cancel: Cancellatio
             .instrument(span),
         );
     }
-    while tasks.join_next().await.is_some() {}
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = match joined {
+            Ok(result) => result,
+            Err(err) => Err(DirectorError::Task(err.to_string())),
+        };
+        if let Err(err) = result
+            && failure.is_none()
+        {
+            error!("{err}");
+            failure = Some(err);
+            cancel.cancel();
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 struct Shared {
@@ -82,6 +112,8 @@ struct Shared {
 enum Ended {
     Cancelled,
     Deposed,
+    /// The instance cache stopped (its session could not be kept): nothing more can be done.
+    CacheGone,
     /// Leading is not possible right now (e.g. the value cannot be read): wait, then again.
     Failed,
 }
@@ -93,11 +125,11 @@ async fn lead(
     output: Output,
     snapshots: watch::Receiver<Snapshot>,
     cancel: CancellationToken,
-) {
+) -> Result<(), DirectorError> {
     let dir = shared.values.layout().directors(&output.key);
     loop {
         let won = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ok(()),
             won = election::campaign(&session, &dir, shared.identity.as_bytes()) => won,
         };
         let leadership = match won {
@@ -105,7 +137,7 @@ async fn lead(
             Err(err) => {
                 error!(error = %err, "cannot campaign; retrying in 1s");
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
@@ -113,14 +145,18 @@ async fn lead(
         match serve(&leadership, &shared, &output, snapshots.clone(), &cancel).await {
             Ended::Cancelled => {
                 leadership.resign().await;
-                return;
+                return Ok(());
+            }
+            Ended::CacheGone => {
+                leadership.resign().await;
+                return Err(DirectorError::CacheGone);
             }
             Ended::Deposed => warn!("no longer leading; campaigning again"),
             Ended::Failed => {
                 tokio::select! {
                     _ = cancel.cancelled() => {
                         leadership.resign().await;
-                        return;
+                        return Ok(());
                     }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
@@ -150,7 +186,11 @@ async fn serve(
     tokio::pin!(lost);
     let mut held = false;
     let mut first = true;
+    // After a failed derivation, check or publish: try again later even without a change.
+    let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
+    // The inputs of the last derivation: a change elsewhere in the cache costs nothing here.
+    let mut last_inputs: Option<Vec<Option<Instances>>> = None;
     loop {
         if !first {
             tokio::select! {
@@ -159,35 +199,54 @@ async fn serve(
                 _ = sleep_until(retry_at) => {}
                 changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
                     if !changed {
-                        return Ended::Cancelled;
+                        return Ended::CacheGone;
                     }
                 }
             }
         }
         first = false;
-        retry_at = None;
+        let retrying = retry_at.take().is_some();
         let snapshot = snapshots.borrow_and_update().clone();
         if !snapshot.ready {
             continue;
         }
+        let inputs: Vec<Option<Instances>> = output
+            .services
+            .iter()
+            .map(|s| snapshot.services.get(s).cloned())
+            .collect();
+        let same_inputs = last_inputs.as_ref().is_some_and(|last| {
+            last.len() == inputs.len()
+                && last.iter().zip(&inputs).all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+        });
+        if same_inputs && !retrying {
+            continue;
+        }
+        last_inputs = Some(inputs);
         let instances: Vec<Instance> = snapshot
             .instances_of(&output.services)
             .filter(|i| output.selects(i))
             .cloned()
             .collect();
-        if !output.allow_empty && instances.len() < output.min_instances {
+        let mut hold = |why: &str| {
             if !held {
                 warn!(
                     instances = instances.len(),
                     min_instances = output.min_instances,
                     value = %digest(published.as_deref()),
-                    "fewer instances than min_instances: keeping the last value"
+                    "{why}: keeping the last value"
                 );
                 held = true;
             }
+        };
+        if !output.allow_empty && instances.len() < output.min_instances {
+            hold("fewer instances than min_instances");
             continue;
         }
-        held = false;
         let derived = match &output.derivation {
             Derivation::Exec { command, timeout } => {
                 derive_exec(command, *timeout, &shared.env, &instances).await
@@ -197,12 +256,22 @@ async fn serve(
         let value = match derived {
             Ok(value) => value,
             Err(err) => {
-                error!(error = %err, "the derivation failed; nothing published");
+                failures += 1;
+                let delay = backoff(failures);
+                error!(error = %err, retry_in_s = delay.as_secs(), "the derivation failed; nothing published");
+                retry_at = Some(Instant::now() + delay);
                 continue;
             }
         };
+        // Never empty by accident: e.g. every remaining instance has weight 0.
+        if value.is_empty() && !output.allow_empty {
+            hold("the derived value is empty");
+            continue;
+        }
+        held = false;
         if published.as_deref() == Some(value.as_slice()) {
             debug!(instances = instances.len(), "the value is unchanged");
+            failures = 0;
             continue;
         }
         if let Some(check) = &output.check
@@ -216,7 +285,10 @@ async fn serve(
             )
             .await
         {
-            error!(error = %err, value = %digest(Some(&value)), "the new value failed its check; nothing published");
+            failures += 1;
+            let delay = backoff(failures);
+            error!(error = %err, value = %digest(Some(&value)), retry_in_s = delay.as_secs(), "the new value failed its check; nothing published");
+            retry_at = Some(Instant::now() + delay);
             continue;
         }
         match publish(lead, &shared.values, key, &value).await {
@@ -229,14 +301,22 @@ async fn serve(
                     "published"
                 );
                 published = Some(value);
+                failures = 0;
             }
             Ok(Fenced::Deposed) => return Ended::Deposed,
             Err(err) => {
-                error!(error = %err, "cannot publish; retrying in 1s");
-                retry_at = Some(Instant::now() + Duration::from_secs(1));
+                failures += 1;
+                let delay = backoff(failures);
+                error!(error = %err, retry_in_s = delay.as_secs(), "cannot publish; retrying");
+                retry_at = Some(Instant::now() + delay);
             }
         }
     }
+}
+
+/// 1s, 2s, 4s, … up to a minute.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// Bound on an output's `check` program.

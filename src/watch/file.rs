@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::command::{CommandError, run_command};
@@ -112,33 +113,49 @@ impl FileTarget {
         Ok(Applied::Written)
     }
 
-    /// Writes `content` to a new file beside the target, with the target's mode and owner.
+    /// Writes `content` to a new file beside the target, with the target's owner and mode.
     fn stage(&self, content: &[u8]) -> std::io::Result<PathBuf> {
         let name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let staged = self
-            .path
-            .with_file_name(format!(".{name}.herald-{}", std::process::id()));
-        let _ = std::fs::remove_file(&staged);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&staged)?;
+        // A name nobody else uses (another watcher of the same file, even in another PID
+        // namespace): created exclusively, never removed first.
+        let (staged, mut file) = loop {
+            let nonce = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                ^ u128::from(STAGED.fetch_add(1, Ordering::Relaxed));
+            let staged = self
+                .path
+                .with_file_name(format!(".{name}.herald-{}-{nonce:x}", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&staged)
+            {
+                Ok(file) => break (staged, file),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            }
+        };
         let written = (|| {
             file.write_all(content)?;
             match std::fs::metadata(&self.path) {
                 Ok(old) => {
-                    file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
-                    if let Err(err) =
-                        std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))
-                        && err.kind() != std::io::ErrorKind::PermissionDenied
-                    {
-                        return Err(err);
+                    // Owner first (chown clears set-id bits), then the mode. Without the right
+                    // to give the file away, keep at least its group.
+                    match std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                            let _ = std::os::unix::fs::fchown(&file, None, Some(old.gid()));
+                        }
+                        Err(err) => return Err(err),
                     }
+                    file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
                 }
                 Err(_) => file.set_permissions(std::fs::Permissions::from_mode(self.mode))?,
             }
@@ -151,6 +168,9 @@ impl FileTarget {
         Ok(staged)
     }
 }
+
+/// Makes staged names unique within this process.
+static STAGED: AtomicU64 = AtomicU64::new(0);
 
 /// A staged file, removed unless it was renamed into place.
 struct Staged {

@@ -499,3 +499,40 @@ fn bad_configs_exit_2_naming_the_line() {
         .arg(&file));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
+
+#[tokio::test]
+async fn sigterm_resigns_every_output_and_exits_0() {
+    let root = root("dir_sigterm");
+    let s = Scratch::new("dir_sigterm");
+    let client = client().await;
+    let config = s.path("director.toml");
+    let outputs: String = (0..5)
+        .map(|n| {
+            format!("[[output]]\nkey = \"K{n}\"\nservice = \"svc{n}\"\npreset = \"hostports\"\n\n")
+        })
+        .collect();
+    std::fs::write(&config, outputs).unwrap();
+    let mut d = Director::spawn(herald(&root).arg("director").arg("--config").arg(&config));
+    d.wait_log("election: leading", 5).await;
+    send_signal(d.child.id(), libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the director did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", d.stderr());
+    for n in 0..5 {
+        let election = format!("{root}/directors/K{n}");
+        assert_eq!(
+            client.list_children(&election).await.unwrap(),
+            Vec::<String>::new(),
+            "K{n}: resigned, so a standby leads at once"
+        );
+    }
+}

@@ -150,14 +150,21 @@ impl Follower {
             .map_err(|err| ZkError::op("watch", &root, err))?;
         self.relist_all(client, Instant::now()).await?;
         let mut disconnected = false;
-        let mut reconcile =
-            tokio::time::interval_at(Instant::now() + self.reconcile, self.reconcile);
+        // The safety net re-lists one service per tick, spread over the interval, so events
+        // never wait behind a listing of everything.
+        let services: Vec<ServiceName> = self.services.iter().cloned().collect();
+        let period = (self.reconcile / services.len().max(1) as u32).max(Duration::from_millis(10));
+        let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
+        let mut next_service = 0;
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => return Ok(Ended::Cancelled),
                 _ = reconcile.tick() => {
-                    debug!("reconciling the instance cache");
-                    self.relist_all(client, Instant::now()).await?;
+                    if let Some(service) = services.get(next_service % services.len().max(1)) {
+                        debug!(service = %service, "reconciling the instance cache");
+                        self.relist(client, service, Instant::now()).await?;
+                    }
+                    next_service += 1;
                     continue;
                 }
                 event = watcher.changed() => event,
@@ -261,16 +268,21 @@ impl Follower {
     }
 
     async fn relist_all(&mut self, client: &zk::Client, at: Instant) -> Result<(), ZkError> {
-        // All listings are requested before any is awaited.
-        let services: Vec<ServiceName> = self.services.iter().cloned().collect();
-        let layout = &self.layout;
-        let listings: Vec<_> = services
-            .iter()
-            .map(|s| catalog::instances(client, layout, s))
-            .collect();
+        // Every service is listed at once (each listing is itself pipelined).
+        let mut listings = tokio::task::JoinSet::new();
+        for service in &self.services {
+            let (client, layout, service) = (client.clone(), self.layout.clone(), service.clone());
+            listings.spawn(async move {
+                let found = catalog::instances(&client, &layout, &service).await;
+                (service, found)
+            });
+        }
         let mut fresh = BTreeMap::new();
-        for (service, listing) in services.iter().zip(listings) {
-            let found = match listing.await {
+        while let Some(joined) = listings.join_next().await {
+            let Ok((service, found)) = joined else {
+                continue;
+            };
+            let found = match found {
                 Ok(found) => found,
                 // One unreadable service must not keep every output from publishing.
                 Err(err) if err.is_denied() => {
@@ -280,7 +292,7 @@ impl Follower {
                 Err(err) => return Err(err),
             };
             fresh.insert(
-                service.clone(),
+                service,
                 found
                     .into_iter()
                     .map(|i| (i.id.clone(), i))

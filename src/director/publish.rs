@@ -17,29 +17,28 @@ pub enum Fenced {
     Deposed,
 }
 
-/// Writes `value` as KEY if `lead` still leads.
+/// Writes `value` as KEY if `lead` still leads. `exists` is what the caller believes (it read
+/// the value when it began to lead): a wrong guess costs one more round trip, never a wrong
+/// write.
 pub async fn publish(
     lead: &Leadership,
     values: &Values,
     key: &EnvKey,
     value: &[u8],
+    exists: bool,
 ) -> Result<Fenced, ValueError> {
     check_value(key, value)?;
     let client = &lead.live.client;
     let path = values.layout().value(key);
     let mut created_parent = false;
-    loop {
-        let exists = match client.check_stat(&path).await {
-            Ok(exists) => exists,
-            Err(err) if session_ended(&err) => return Ok(Fenced::Deposed),
-            Err(err) => return Err(ZkError::op("read", &path, err).into()),
-        };
+    let mut exists = exists;
+    for _ in 0..5 {
         let mut multi = client.new_multi_writer();
         let op = |err| ZkError::op("write", &path, err);
         multi
             .add_check_version(&lead.node, lead.version)
             .map_err(op)?;
-        if exists.is_some() {
+        if exists {
             multi.add_set_data(&path, value, None).map_err(op)?;
         } else {
             let mode = CreateMode::Persistent.with_acls(values.value_acl());
@@ -52,15 +51,15 @@ pub async fn publish(
                 index: 0,
                 source: zk::Error::NoNode | zk::Error::BadVersion,
             }) => return Ok(Fenced::Deposed),
-            // The value appeared or vanished between the stat and the write: again.
+            // The value exists after all, or not: write it the other way.
             Err(MultiWriteError::OperationFailed {
                 index: 1,
                 source: zk::Error::NodeExists,
-            }) => continue,
+            }) => exists = true,
             Err(MultiWriteError::OperationFailed {
                 index: 1,
                 source: zk::Error::NoNode,
-            }) if exists.is_some() => continue,
+            }) if exists => exists = false,
             Err(MultiWriteError::OperationFailed {
                 index: 1,
                 source: zk::Error::NoNode,
@@ -83,6 +82,8 @@ pub async fn publish(
             }
         }
     }
+    // Someone keeps creating and deleting the value under us: report rather than spin.
+    Err(ZkError::op("write", &path, zk::Error::RuntimeInconsistent).into())
 }
 
 /// The session that won the election is over: so is the leadership.

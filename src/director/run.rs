@@ -91,8 +91,10 @@ pub async fn run(
             Ok(result) => result,
             Err(err) => Err(DirectorError::Task(err.to_string())),
         };
+        // Errors after a requested stop are part of stopping.
         if let Err(err) = result
             && failure.is_none()
+            && !cancel.is_cancelled()
         {
             error!("{err}");
             failure = Some(err);
@@ -194,27 +196,37 @@ async fn serve(
     loop {
         if !first {
             tokio::select! {
+                // Stopping first: the cache ends when it is cancelled too.
+                biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
                 _ = &mut lost => return Ended::Deposed,
                 _ = sleep_until(retry_at) => {}
                 changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
                     if !changed {
-                        return Ended::CacheGone;
+                        return if cancel.is_cancelled() {
+                            Ended::Cancelled
+                        } else {
+                            Ended::CacheGone
+                        };
                     }
                 }
             }
         }
         first = false;
         let retrying = retry_at.take().is_some();
-        let snapshot = snapshots.borrow_and_update().clone();
-        if !snapshot.ready {
+        // Only this output's services are looked at (and their maps shared, not copied).
+        let (ready, changed_at, inputs) = {
+            let snapshot = snapshots.borrow_and_update();
+            let inputs: Vec<Option<Instances>> = output
+                .services
+                .iter()
+                .map(|s| snapshot.services.get(s).cloned())
+                .collect();
+            (snapshot.ready, snapshot.changed_at, inputs)
+        };
+        if !ready {
             continue;
         }
-        let inputs: Vec<Option<Instances>> = output
-            .services
-            .iter()
-            .map(|s| snapshot.services.get(s).cloned())
-            .collect();
         let same_inputs = last_inputs.as_ref().is_some_and(|last| {
             last.len() == inputs.len()
                 && last.iter().zip(&inputs).all(|(a, b)| match (a, b) {
@@ -226,12 +238,14 @@ async fn serve(
         if same_inputs && !retrying {
             continue;
         }
-        last_inputs = Some(inputs);
-        let instances: Vec<Instance> = snapshot
-            .instances_of(&output.services)
+        let instances: Vec<Instance> = inputs
+            .iter()
+            .flatten()
+            .flat_map(|m| m.values())
             .filter(|i| output.selects(i))
             .cloned()
             .collect();
+        last_inputs = Some(inputs);
         let mut hold = |why: &str| {
             if !held {
                 warn!(
@@ -291,13 +305,13 @@ async fn serve(
             retry_at = Some(Instant::now() + delay);
             continue;
         }
-        match publish(lead, &shared.values, key, &value).await {
+        match publish(lead, &shared.values, key, &value, published.is_some()).await {
             Ok(Fenced::Published) => {
                 info!(
                     old = %digest(published.as_deref()),
                     new = %digest(Some(&value)),
                     instances = instances.len(),
-                    latency_ms = snapshot.changed_at.elapsed().as_secs_f64() * 1000.0,
+                    latency_ms = changed_at.elapsed().as_secs_f64() * 1000.0,
                     "published"
                 );
                 published = Some(value);

@@ -3,75 +3,14 @@
 
 mod support;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use support::{Daemon as Director, *};
 use zookeeper_client as zkc;
 
 /// How a publish shows in the log (not to be confused with "nothing published").
 const PUBLISHED: &str = "published old=";
-
-/// A director process with its stderr collected.
-struct Director {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Director {
-    fn spawn(command: &mut Command) -> Director {
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herald director");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Director { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.stderr().matches(needle).count()
-    }
-
-    /// Waits until stderr holds `needle` at least `n` times.
-    async fn wait_log(&self, needle: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while self.count(needle) < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {n}× {needle:?} in the director's log within {DEADLINE:?}:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Director {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `herald director` for one output over `service`, plus `extra` flags.
 fn director(root: &str, key: &str, service: &str, extra: &[&str]) -> Command {

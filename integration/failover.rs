@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
     let connect = ensemble.connect_string();
     let path = "/it/failover/services/pg/db1";
     let s = Scratch::new("failover");
-    let mut agent = herald("/it/failover")
+    let mut command = herald("/it/failover");
+    command
         .env("HERALD_ZK", &connect)
         .args([
             "announce",
@@ -28,36 +28,9 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
             "127.0.0.1",
         ])
         .args(["--port", "5432", "--control-dir"])
-        .arg(s.path("control"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = agent.stderr.take().unwrap();
-    // Killed however the test ends.
-    let mut agent = KillOnDrop(agent);
-    let log = Arc::new(Mutex::new(String::new()));
-    std::thread::spawn({
-        let log = log.clone();
-        move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                log.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        }
-    });
-    let reconnects = || {
-        log.lock()
-            .unwrap()
-            .matches("reconnected to ZooKeeper")
-            .count()
-    };
+        .arg(s.path("control"));
+    let mut agent = Daemon::spawn(&mut command);
+    let reconnects = |agent: &Daemon| agent.count("reconnected to ZooKeeper");
 
     let watcher = zkc::Client::connector()
         .with_session_timeout(Duration::from_secs(20))
@@ -110,11 +83,11 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         // herald lost its server (every follower drops its clients when the leader goes) and
         // is back on the same session.
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        while reconnects() < round {
+        while reconnects(&agent) < round {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "round {round}: herald did not reconnect:\n{}",
-                log.lock().unwrap()
+                agent.stderr()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -134,25 +107,16 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
         "the watcher saw the node deleted: {events:?}"
     );
     assert_eq!(
-        agent.0.try_wait().unwrap(),
+        agent.child.try_wait().unwrap(),
         None,
         "the agent keeps running through the faults"
     );
-    let log = log.lock().unwrap().clone();
+    let log = agent.stderr();
     assert_eq!(
         log.matches("registered path=").count() - log.matches("deregistered path=").count(),
         1,
         "registered once, never again:\n{log}"
     );
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The node's stat, asking again while the watching client itself reconnects after a fault.

@@ -570,3 +570,88 @@ pub fn send_signal(pid: u32, signal: i32) {
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
     assert_eq!(rc, 0, "kill({pid}, {signal})");
 }
+
+/// A long-running herald process (agent, director, watcher) whose stderr is collected in the
+/// background, so a test can wait for a log line; killed when dropped, however the test ends.
+pub struct Daemon {
+    pub child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn spawn(command: &mut Command) -> Daemon {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Daemon { child, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal);
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// How often `needle` occurs in stderr so far.
+    pub fn count(&self, needle: &str) -> usize {
+        self.stderr().matches(needle).count()
+    }
+
+    /// Waits until stderr holds `needle` at least `n` times.
+    pub async fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.count(needle) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {n}× {needle:?} in the log within {DEADLINE:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for herald") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "herald did not exit within {DEADLINE:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

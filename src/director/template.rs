@@ -53,19 +53,26 @@ impl fmt::Debug for Template {
     }
 }
 
+/// herald's template dialect, shared with `herald watch --template`: a template file renders
+/// like the file it looks like (block tags leave no blank lines, the last newline stays,
+/// nothing is HTML-escaped), and an undefined name is an error.
+pub fn environment() -> Result<Environment<'static>, Error> {
+    let mut env = Environment::new();
+    let syntax = SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(true)
+        .build()?;
+    env.set_syntax(syntax);
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    Ok(env)
+}
+
 impl Template {
     /// Compiles `source`; a syntax error names its line.
     pub fn compile(source: &str) -> Result<Template, DeriveError> {
-        let mut env = Environment::new();
-        let syntax = SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .keep_trailing_newline(true)
-            .build()
-            .map_err(|e| template_error(&e))?;
-        env.set_syntax(syntax);
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_auto_escape_callback(|_| AutoEscape::None);
+        let mut env = environment().map_err(|e| template_error(&e))?;
         env.add_filter("with_label", with_label);
         env.add_filter("select_label", with_label);
         env.add_filter("oldest", oldest);

@@ -1,8 +1,7 @@
 //! `herald watch --template FILE`: embedding the value in a larger config file. The template is
 //! minijinja with `value` (the value as text) and `key`; undefined names are errors.
 
-use minijinja::syntax::SyntaxConfig;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
+use minijinja::{Environment, context};
 
 use super::file::WatchError;
 
@@ -18,17 +17,7 @@ impl Embed {
             origin: origin.to_owned(),
             reason: reason(e),
         };
-        let mut env = Environment::new();
-        // Like the director's templates: a template file renders like the file it looks like.
-        let syntax = SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .keep_trailing_newline(true)
-            .build()
-            .map_err(|e| fail(&e))?;
-        env.set_syntax(syntax);
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_auto_escape_callback(|_| AutoEscape::None);
+        let mut env = crate::director::template::environment().map_err(|e| fail(&e))?;
         env.set_fuel(Some(1_000_000));
         env.add_template_owned("template", source)
             .map_err(|e| fail(&e))?;

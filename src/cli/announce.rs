@@ -221,7 +221,7 @@ Examples:
 Registers <root>/services/SERVICE/ID as an ephemeral znode while every --check passes (at once
 without checks). SIGUSR1 or `herald drain` deregisters and keeps running; SIGUSR2 or `herald
 undrain` registers again. SIGTERM/SIGINT deletes the node, then exits 0. A node with this id held by
-another live session is never taken: exit 8 after waiting one session timeout for it to go.")]
+another live session is never taken: exit 8 after waiting twice the session timeout for it to go.")]
 pub struct AnnounceArgs {
     #[command(flatten)]
     pub registration: RegistrationArgs,

@@ -268,22 +268,23 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
     assert_eq!(watcher.check_stat(&path).await.unwrap(), None);
 
     // Runs are 200ms apart, so when the node appears (or goes) the verdicts that caused it are
-    // the last ones written: three passes (rise) or three failures (fall).
+    // the last ones written: at least three passes (rise) or three failures (fall) — one or two
+    // if rise/fall were ignored. (More only if seeing the event took longer than a run.)
     let trailing = |word: &str| verdicts().lines().rev().take_while(|l| *l == word).count();
     std::fs::write(&flag, "").unwrap();
     appears(&watcher, &path).await;
-    assert_eq!(
-        trailing("pass"),
-        3,
-        "registered after --rise 3 passes: {}",
+    let passes = trailing("pass");
+    assert!(
+        passes >= 3,
+        "registered after {passes} passes, not --rise 3: {}",
         verdicts()
     );
     std::fs::remove_file(&flag).unwrap();
     vanishes(&watcher, &path).await;
-    assert_eq!(
-        trailing("fail"),
-        3,
-        "deregistered after --fall 3 failures: {}",
+    let failures = trailing("fail");
+    assert!(
+        failures >= 3,
+        "deregistered after {failures} failures, not --fall 3: {}",
         verdicts()
     );
     std::fs::write(&flag, "").unwrap();

@@ -16,6 +16,7 @@
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
+//! - [`gateway`]: the single-machine HTTP daemon: containers POST and GET values.
 //! - [`watch`]: the consumer side: a value rendered into a file atomically, checked, reloaded.
 //! - [`command`]: running a user's shell command (check, reload) with a timeout.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
@@ -24,6 +25,7 @@ pub mod announce;
 pub mod catalog;
 pub mod command;
 pub mod director;
+pub mod gateway;
 pub mod harness;
 pub mod health;
 pub mod instance;

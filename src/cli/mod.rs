@@ -8,6 +8,7 @@ mod director;
 mod drain;
 mod env;
 mod exit;
+mod gateway;
 pub mod logging;
 mod ls;
 mod put;
@@ -82,6 +83,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Derive values from the live instances and publish them (one fenced leader per output).
     Director(director::DirectorArgs),
+    /// A local HTTP daemon: containers POST and GET values (the single-machine case).
+    Gateway(gateway::GatewayArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -192,6 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => drain::run(args, Request::Status).await,
         Command::Watch(args) => watch::run(&cli.zk, args).await,
         Command::Director(args) => director::run(&cli.zk, args).await,
+        Command::Gateway(args) => gateway::run(&cli.zk, args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -1,0 +1,316 @@
+//! The gateway's HTTP routes, as the proposal's single-machine case spells them:
+//!
+//! ```text
+//! GET    /environment/KEY[?wait=30s]   the value, byte for byte (404 until published; with wait,
+//!                                      until published or 504)
+//! POST   /environment/KEY  (or PUT)    publish the request body (204)
+//! DELETE /environment/KEY              remove it (204, or 404)
+//! GET    /environment                  {"KEY": bytes, …}
+//! GET    /services                     {"service": instances, …}
+//! GET    /services/SERVICE             the instances, as the director's json preset writes them
+//! GET    /live, /ready                 liveness; readiness = connected to ZooKeeper
+//! ```
+//!
+//! Values are never logged; errors are one line of plain text saying what to do.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use zookeeper_client::SessionState;
+
+use crate::catalog;
+use crate::director::derive::instance_json;
+use crate::layout::{EnvKey, ServiceName};
+use crate::values::{MAX_VALUE_LEN, ValueError, Values};
+use crate::zk::{SessionHandle, ZkError};
+
+/// What the routes work on.
+#[derive(Clone)]
+pub struct Backend {
+    pub values: Values,
+    pub session: SessionHandle,
+}
+
+/// The longest `?wait=`.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+type Reply = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    reply
+}
+
+fn json_reply(value: serde_json::Value) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(value.to_string())));
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+fn empty(status: StatusCode) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::new()));
+    *reply.status_mut() = status;
+    reply
+}
+
+fn not_allowed(allow: &'static str) -> Reply {
+    let mut reply = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("use {allow} on this path"),
+    );
+    reply
+        .headers_mut()
+        .insert(ALLOW, hyper::header::HeaderValue::from_static(allow));
+    reply
+}
+
+/// A ZooKeeper failure as a status: unreachable → 503, denied → 403, other → 500.
+fn zk_error(err: &ZkError) -> Reply {
+    let status = if err.is_unreachable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if err.is_denied() {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    text(status, err.to_string())
+}
+
+/// Answers one request.
+pub async fn handle(backend: Backend, request: Request<Incoming>) -> Reply {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["live"] => text(StatusCode::OK, "ok"),
+        ["ready"] => ready(&backend),
+        ["environment"] | ["environment", ""] => match *request.method() {
+            Method::GET => list_values(&backend).await,
+            _ => not_allowed("GET"),
+        },
+        ["environment", key] => {
+            let key = match key.parse::<EnvKey>() {
+                Ok(key) => key,
+                Err(err) => return text(StatusCode::BAD_REQUEST, err.to_string()),
+            };
+            match *request.method() {
+                Method::GET => {
+                    let wait = match wait_of(request.uri().query()) {
+                        Ok(wait) => wait,
+                        Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+                    };
+                    get_value(&backend, &key, wait).await
+                }
+                Method::POST | Method::PUT => put_value(&backend, &key, request).await,
+                Method::DELETE => delete_value(&backend, &key).await,
+                _ => not_allowed("GET, POST, PUT, DELETE"),
+            }
+        }
+        ["services"] | ["services", ""] => match *request.method() {
+            Method::GET => list_services(&backend).await,
+            _ => not_allowed("GET"),
+        },
+        ["services", service] => {
+            let service = match service.parse::<ServiceName>() {
+                Ok(service) => service,
+                Err(err) => return text(StatusCode::BAD_REQUEST, err.to_string()),
+            };
+            match *request.method() {
+                Method::GET => list_instances(&backend, &service).await,
+                _ => not_allowed("GET"),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("no route {path}; use /environment/KEY, /services/SERVICE, /live or /ready"),
+        ),
+    }
+}
+
+fn ready(backend: &Backend) -> Reply {
+    match backend.session.live().client.state() {
+        SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+            text(StatusCode::OK, "ready")
+        }
+        state => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not connected to ZooKeeper ({state:?})"),
+        ),
+    }
+}
+
+/// `?wait=DURATION`, at most five minutes.
+fn wait_of(query: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("wait=") {
+            let wait = humantime::parse_duration(value)
+                .ok()
+                .filter(|d| *d <= MAX_WAIT)
+                .ok_or_else(|| {
+                    format!("wait={value}: write a duration of at most 5m, e.g. wait=30s")
+                })?;
+            return Ok(Some(wait));
+        }
+    }
+    Ok(None)
+}
+
+async fn get_value(backend: &Backend, key: &EnvKey, wait: Option<Duration>) -> Reply {
+    let found = match wait {
+        None => {
+            let live = backend.session.live();
+            backend.values.get(&live.client, key).await
+        }
+        Some(limit) => {
+            match tokio::time::timeout(limit, backend.values.wait(&backend.session, key)).await {
+                Ok(result) => result.map(Some),
+                Err(_) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "{key} was not published within {}",
+                            humantime::format_duration(limit)
+                        ),
+                    );
+                }
+            }
+        }
+    };
+    match found {
+        Ok(Some(value)) => {
+            let mut reply = Response::new(Full::new(Bytes::from(value)));
+            reply.headers_mut().insert(
+                CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/octet-stream"),
+            );
+            reply
+        }
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            format!("{key} is not published; POST it, or GET with ?wait=30s"),
+        ),
+        Err(err) => zk_error(&err),
+    }
+}
+
+async fn put_value(backend: &Backend, key: &EnvKey, request: Request<Incoming>) -> Reply {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the value for {key} is over the {MAX_VALUE_LEN}-byte limit of a znode; nothing was written"
+            ),
+        )
+    };
+    // A declared length over the limit is refused before any of the body is read.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_VALUE_LEN) {
+        return too_large();
+    }
+    let body = match Limited::new(request.into_body(), MAX_VALUE_LEN)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read; send it again",
+            );
+        }
+    };
+    let live = backend.session.live();
+    match backend.values.put(&live.client, key, &body).await {
+        Ok(()) => {
+            tracing::info!(key = %key, bytes = body.len(), "published over HTTP");
+            empty(StatusCode::NO_CONTENT)
+        }
+        Err(ValueError::TooLarge { .. }) => too_large(),
+        Err(ValueError::Zk(err)) => zk_error(&err),
+    }
+}
+
+async fn delete_value(backend: &Backend, key: &EnvKey) -> Reply {
+    let live = backend.session.live();
+    match backend.values.delete(&live.client, key).await {
+        Ok(true) => {
+            tracing::info!(key = %key, "deleted over HTTP");
+            empty(StatusCode::NO_CONTENT)
+        }
+        Ok(false) => text(StatusCode::NOT_FOUND, format!("{key} is not published")),
+        Err(err) => zk_error(&err),
+    }
+}
+
+async fn list_values(backend: &Backend) -> Reply {
+    let live = backend.session.live();
+    match backend.values.list(&live.client).await {
+        Ok(keys) => json_reply(
+            keys.into_iter()
+                .map(|(k, n)| (k.to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        ),
+        Err(err) => zk_error(&err),
+    }
+}
+
+async fn list_services(backend: &Backend) -> Reply {
+    let live = backend.session.live();
+    match catalog::services(&live.client, backend.values.layout()).await {
+        Ok(services) => json_reply(
+            services
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        ),
+        Err(err) => zk_error(&err),
+    }
+}
+
+async fn list_instances(backend: &Backend, service: &ServiceName) -> Reply {
+    let live = backend.session.live();
+    match catalog::instances(&live.client, backend.values.layout(), service).await {
+        Ok(instances) => json_reply(instances.iter().map(instance_json).collect()),
+        Err(err) => zk_error(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits() {
+        assert_eq!(wait_of(None), Ok(None));
+        assert_eq!(wait_of(Some("x=1")), Ok(None));
+        assert_eq!(
+            wait_of(Some("x=1&wait=30s")),
+            Ok(Some(Duration::from_secs(30)))
+        );
+        assert!(wait_of(Some("wait=soon")).is_err());
+        assert!(wait_of(Some("wait=1h")).is_err());
+    }
+}

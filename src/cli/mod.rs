@@ -40,6 +40,9 @@ Examples:
   herald run -- app --port 8080                build the environment from /environment, then exec app
   herald run --service api --port 8080 -- app  … and register app while it runs
   herald announce --service pg --port 5432 --check tcp     the sidecar
+  herald director --service pg --key PGPOOL_BACKENDS --preset pgpool
+  herald watch PGPOOL_BACKENDS --out backends.conf --reload 'pgpool reload'
+  herald gateway                               containers POST/GET /environment/KEY over HTTP
 
 Credentials: HERALD_ZK_AUTH=user:password or --zk-auth-file FILE (never on the command line).
 Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 timed out, 5 ZooKeeper unreachable, 6 denied,

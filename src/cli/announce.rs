@@ -18,7 +18,7 @@ use herald::layout::{EnvKey, InstanceId, ServiceName};
 use herald::reaper::Reaper;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Outcome, ZkArgs, parse_duration};
+use super::{Outcome, ZkArgs, pairs, parse_duration, without_credentials};
 
 /// How long deregistration may take at shutdown before herald exits anyway (the session's close
 /// removes the node too).
@@ -169,30 +169,10 @@ impl RegistrationArgs {
                     .unwrap_or_else(announce::default_control_dir),
             ),
             // Checks need no ZooKeeper credentials.
-            env: env
-                .into_iter()
-                .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
-                .collect(),
+            env: without_credentials(env),
             give_up_on_duplicate: true,
         })
     }
-}
-
-/// `KEY=VALUE` arguments as a map; a missing `=` or empty key is a usage error naming the flag.
-fn pairs(flag: &str, args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    args.iter()
-        .map(|arg| match arg.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => {
-                // Never echo the argument: it may be a secret.
-                let shown = arg.split_once('=').map_or("", |(k, _)| k);
-                Err(Outcome::Usage(format!(
-                    "{flag} needs KEY=VALUE (got an argument without a key or '=' {shown}); e.g. {flag} role=primary"
-                ))
-                .into())
-            }
-        })
-        .collect()
 }
 
 fn read_meta_file(file: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {

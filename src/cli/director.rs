@@ -1,8 +1,6 @@
 //! `herald director`: derive values from the live instances and publish them, as one of any
 //! number of directors (one leader per output).
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::{Outcome, ZkArgs};
+use super::{Outcome, ZkArgs, pairs, without_credentials};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -100,16 +98,7 @@ impl DirectorArgs {
             )
             .into());
         };
-        let mut select = BTreeMap::new();
-        for pair in &self.select {
-            let Some((k, v)) = pair.split_once('=') else {
-                return Err(Outcome::Usage(format!(
-                    "--select {pair:?}: write LABEL=VALUE, e.g. --select role=primary"
-                ))
-                .into());
-            };
-            select.insert(k.to_owned(), v.to_owned());
-        }
+        let select = pairs("--select", &self.select)?;
         let spec = OutputSpec {
             key: key.clone(),
             service: None,
@@ -144,9 +133,7 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
     let target = zk_args.target()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
-        .collect();
+    let env = without_credentials(std::env::vars_os());
     let identity = format!(
         "{} {}",
         herald::announce::hostname().unwrap_or_default(),

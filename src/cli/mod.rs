@@ -16,6 +16,8 @@ mod resolve;
 mod run;
 mod watch;
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -176,6 +178,33 @@ impl ZkArgs {
             _ => Ok(None),
         }
     }
+}
+
+/// `KEY=VALUE` arguments as a map; a missing `=` or empty key is a usage error naming the flag.
+pub fn pairs(flag: &str, args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => {
+                // Never echo the argument: it may be a secret.
+                let shown = arg.split_once('=').map_or("", |(k, _)| k);
+                Err(Outcome::Usage(format!(
+                    "{flag} needs KEY=VALUE (got an argument without a key or '=' {shown}); e.g. {flag} role=primary"
+                ))
+                .into())
+            }
+        })
+        .collect()
+}
+
+/// An environment for programs herald runs (checks, reloads, derivations): everything but the
+/// ZooKeeper credentials, which they have no use for.
+pub fn without_credentials(
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+) -> BTreeMap<OsString, OsString> {
+    env.into_iter()
+        .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
+        .collect()
 }
 
 /// Parses a KEY argument; an invalid one is a usage error naming the key.

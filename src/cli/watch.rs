@@ -1,8 +1,6 @@
 //! `herald watch KEY`: follow a published value; print each new value, or render it into a file
 //! atomically, check it, and reload the program that reads it.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::{Outcome, ZkArgs, parse_duration, parse_key};
+use super::{Outcome, ZkArgs, parse_duration, parse_key, without_credentials};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -72,9 +70,7 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let target = zk_args.target()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| !k.to_string_lossy().starts_with("HERALD_ZK_AUTH"))
-        .collect();
+    let env = without_credentials(std::env::vars_os());
     let embed = match &args.template {
         Some(file) => {
             let origin = file.display().to_string();

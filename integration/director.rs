@@ -259,7 +259,9 @@ async fn debounce_publishes_a_burst_once() {
         stat.version, 0,
         "one write for the whole burst (created once, never set)"
     );
-    assert_eq!(d.count(PUBLISHED), 1, "{}", d.stderr());
+    // The value is visible before the director logs its publish: wait for the line itself.
+    let log = d.wait_log(PUBLISHED, 1).await;
+    assert_eq!(log.matches(PUBLISHED).count(), 1, "one publish:\n{log}");
 }
 
 #[tokio::test]
@@ -372,10 +374,13 @@ async fn a_leader_whose_election_node_is_gone_never_writes() {
     d.wait_log("no longer leading", 1).await;
     // It campaigns again, wins (it is alone) and publishes then — but not before.
     value_becomes(&client, &path, "10.0.0.1:1001").await;
-    let log = d.stderr();
-    let deposed = log.find("no longer leading").unwrap();
-    let published = log.find(PUBLISHED).unwrap();
-    assert!(deposed < published, "the stale leadership wrote:\n{log}");
+    // The value is visible before the director logs its publish: wait for the line itself.
+    let (published, log) = d.wait_log_for("a publish", |log| log.find(PUBLISHED)).await;
+    let deposed = log.find("no longer leading");
+    assert!(
+        deposed.is_some_and(|deposed| deposed < published),
+        "deposed before the only publish, not after it:\n{log}"
+    );
 }
 
 fn s_path(root: &str) -> String {

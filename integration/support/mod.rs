@@ -338,16 +338,41 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
 
 /// Waits until `probe` returns `Some`, failing the test with `what` after [`DEADLINE`].
 pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, || probe().ok_or_else(|| "not yet".to_owned()))
+}
+
+/// Waits until `probe` returns `Ok`; after [`DEADLINE`] the test fails with `what` (the
+/// expectation) and the last `Err` (what was seen instead). The way to assert anything that
+/// another process writes: never read it once right after waiting for something else.
+pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        if let Some(found) = probe() {
-            return found;
+        match probe() {
+            Ok(found) => return found,
+            Err(actual) => assert!(
+                Instant::now() < deadline,
+                "timed out after {DEADLINE:?} waiting for {what}; last seen: {actual}"
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`wait_until`] for async probes (ZooKeeper reads, HTTP requests).
+pub async fn eventually<T, F>(what: &str, mut probe: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match probe().await {
+            Ok(found) => return found,
+            Err(actual) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {DEADLINE:?} waiting for {what}; last seen: {actual}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -619,14 +644,31 @@ impl Daemon {
         self.stderr().matches(needle).count()
     }
 
-    /// Waits until stderr holds `needle` at least `n` times.
-    pub async fn wait_log(&self, needle: &str, n: usize) {
+    /// Waits until stderr holds `needle` at least `n` times; returns the log it saw.
+    pub async fn wait_log(&self, needle: &str, n: usize) -> String {
+        self.wait_log_for(&format!("{n}× {needle:?} in the log"), |log| {
+            (log.matches(needle).count() >= n).then_some(())
+        })
+        .await
+        .1
+    }
+
+    /// Waits until `probe` finds what it looks for in stderr; returns that and the log it saw.
+    /// On timeout the test fails with `what` and the whole log.
+    pub async fn wait_log_for<T>(
+        &self,
+        what: &str,
+        mut probe: impl FnMut(&str) -> Option<T>,
+    ) -> (T, String) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        while self.count(needle) < n {
+        loop {
+            let log = self.stderr();
+            if let Some(found) = probe(&log) {
+                return (found, log);
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no {n}× {needle:?} in the log within {DEADLINE:?}:\n{}",
-                self.stderr()
+                "no {what} within {DEADLINE:?}; the log:\n{log}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -146,6 +146,18 @@ impl Depot {
         }
     }
 
+    // herald patch: test-only view of the queued requests, for the SetWatches/SetWatches2 test.
+    #[cfg(test)]
+    pub fn queued_op_codes(&self) -> Vec<OpCode> {
+        self.writing_operations
+            .iter()
+            .filter_map(|operation| match operation {
+                Operation::Session(operation) => Some(operation.request.get_code()),
+                Operation::Connect(_) => None,
+            })
+            .collect()
+    }
+
     pub fn has_pending_writes(&self) -> bool {
         !self.writing_slices.is_empty()
     }

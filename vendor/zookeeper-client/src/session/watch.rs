@@ -443,7 +443,9 @@ impl WatchManager {
                 if !contains[i] {
                     contains[i] = true;
                     paths[i].push(path.as_str());
-                    index = index.max(index);
+                    // herald patch: was `index.max(index)`, so `index` stayed 0 and persistent
+                    // watches were never re-sent (SetWatches instead of SetWatches2).
+                    index = index.max(i);
                     bytes += path.len();
                     if bytes > SET_WATCHES_MAX_BYTES {
                         self.send_and_clear_watches(last_zxid, &mut paths, index, depot);
@@ -557,5 +559,31 @@ mod tests {
             wm.cached_paths.len(),
             CACHED_PATHS_MAX,
         );
+    }
+
+    // herald patch: persistent and persistent-recursive watches are re-sent on reconnect, which
+    // takes SetWatches2; SetWatches carries only the data, exist and child lists.
+    #[test]
+    fn resend_watches_picks_set_watches2_for_persistent_watches() {
+        let (sender, _receiver) = mpsc::unbounded::<Request>();
+        let sender = Arc::new(sender);
+        let (state_sender, _) = sync::watch::channel(SessionState::Disconnected);
+        let new_manager = || WatchManager::new(Arc::downgrade(&sender), state_sender.subscribe());
+        let resent = |wm: &WatchManager| {
+            let mut depot = Depot::new();
+            wm.resend_watches(0, &mut depot);
+            depot.queued_op_codes()
+        };
+
+        let mut wm = new_manager();
+        let _recursive = wm.add_persistent_watch("/r", WatcherKind::PersistentRecursive);
+        assert_eq!(resent(&wm), [OpCode::SetWatches2], "only a persistent-recursive watch");
+
+        let mut wm = new_manager();
+        let _data = wm.add_data_watch("/d");
+        assert_eq!(resent(&wm), [OpCode::SetWatches], "only a data watch");
+        let _persistent = wm.add_persistent_watch("/p", WatcherKind::PersistentNode);
+        let _recursive = wm.add_persistent_watch("/r", WatcherKind::PersistentRecursive);
+        assert_eq!(resent(&wm), [OpCode::SetWatches2], "data, persistent and persistent-recursive watches");
     }
 }

@@ -168,6 +168,9 @@ pub fn parse_connect_string(s: &str, tls: bool) -> Result<(Vec<EndpointRef<'_>>,
     Ok((endpoints, chroot.unwrap()))
 }
 
+// herald patch: upper bound of the delay before a new pass over the endpoints (plus jitter).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct IterableEndpoints {
     cycle: bool,
@@ -234,7 +237,9 @@ impl IterableEndpoints {
         if index.offset == 0 {
             let jitter = Duration::from_millis(fastrand::u32(0..100).into());
             let base = Duration::from_millis(1000).min(unit * size as u32);
-            base.saturating_mul(2u32.saturating_pow(index.cycles as u32 - 1)).saturating_add(jitter)
+            // herald patch: cap the doubled delay (it grew without bound, 13 s and more between
+            // attempts after a few passes); like the Java client, at most about 1 s per pass.
+            base.saturating_mul(2u32.saturating_pow(index.cycles as u32 - 1)).min(MAX_BACKOFF).saturating_add(jitter)
         } else {
             let jitter = Duration::from_millis(fastrand::u32(0..50).into());
             (unit * (index.offset as u32)) / 2 + jitter
@@ -371,10 +376,18 @@ mod tests {
         while endpoints.index().unwrap().offset != 0 {
             endpoints.step();
         }
+        // herald patch: after many passes the delay is capped at MAX_BACKOFF plus jitter (it
+        // used to grow past the 10 s `max_delay`), and `max_delay` still cuts it.
         let (_endpoint, delay) = endpoints.next_with_delay(Duration::from_secs(10)).unwrap();
-        assert_that!(delay).is_equal_to(Duration::from_secs(10));
+        assert_that!(delay).is_at_least(super::MAX_BACKOFF);
+        assert_that!(delay).is_less_than(super::MAX_BACKOFF + Duration::from_millis(100));
         let (_endpoint, delay) = endpoints.next_with_delay(Duration::from_secs(10)).unwrap();
         assert_that!(delay).is_less_than(Duration::from_secs(10));
+        while endpoints.index().unwrap().offset != 0 {
+            endpoints.step();
+        }
+        let (_endpoint, delay) = endpoints.next_with_delay(Duration::from_millis(500)).unwrap();
+        assert_that!(delay).is_equal_to(Duration::from_millis(500));
     }
 
     #[test]

@@ -1764,7 +1764,8 @@ impl Connector {
         }
         let mut buf = Vec::with_capacity(4096);
         let mut depot = Depot::new();
-        let conn = session.start(&mut endpoints, &mut buf, &mut depot).await?;
+        // herald patch: the first connect keeps its deadline (`reconnect` false).
+        let conn = session.start(false, &mut endpoints, &mut buf, &mut depot).await?;
         let session_info = session.session.clone();
         let session_timeout = session.session_timeout;
         let mut state_watcher = StateWatcher::new(session.subscribe_state());

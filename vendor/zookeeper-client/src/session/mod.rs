@@ -223,7 +223,8 @@ impl Session {
         endpoints.reset();
         self.serve_once(conn, &mut endpoints, &mut buf, &mut depot, &mut requester).await;
         while !self.session_state.is_terminated() {
-            let conn = match self.start(&mut endpoints, &mut buf, &mut depot).await {
+            // herald patch: a reconnect of the established session, see `start`.
+            let conn = match self.start(true, &mut endpoints, &mut buf, &mut depot).await {
                 Err(err) => {
                     warn!("fail to connect to cluster {:?} due to {}", endpoints.endpoints(), err);
                     self.resolve_start_error(&err);
@@ -673,8 +674,14 @@ impl Session {
         }
     }
 
+    /// herald patch: `reconnect` is true when the established session lost its connection. Then
+    /// there is no client-side deadline: the attempts end only on the server's verdict (session
+    /// expired), an auth failure or close. The server may still hold the session after 7/5 of
+    /// its timeout (a restarted server or a new leader gives each session a fresh timeout).
+    /// The first connect keeps its deadline and fails with [Error::Timeout].
     pub async fn start(
         &mut self,
+        reconnect: bool,
         endpoints: &mut IterableEndpoints,
         buf: &mut Vec<u8>,
         depot: &mut Depot,
@@ -687,7 +694,8 @@ impl Session {
             "attempts new connections to {:?}",
             endpoints.endpoints()
         );
-        let mut deadline = Deadline::until(self.last_recv + session_timeout);
+        let mut deadline =
+            if reconnect { Deadline::never() } else { Deadline::until(self.last_recv + session_timeout) };
         let mut last_error = match self.start_once(endpoints, &mut deadline, buf, depot).await {
             Err(err) => err,
             Ok(conn) => return Ok(conn),
@@ -705,5 +713,47 @@ impl Session {
             };
         }
         Err(last_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_io::Timer;
+    use asyncs::select;
+    use futures::channel::mpsc;
+
+    use super::{Depot, Request, Session, SessionId, SessionInfo, PASSWORD_LEN};
+    use crate::endpoint::{Endpoint, IterableEndpoints};
+    use crate::error::Error;
+
+    // herald patch: the first connect gives up at its deadline, a reconnect keeps trying.
+    #[asyncs::test]
+    async fn reconnect_has_no_client_side_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener); // nothing listens there: every attempt is refused
+        let (sender, _receiver) = mpsc::unbounded::<Request>();
+        let sender = Arc::new(sender);
+        let mut session = Session::builder()
+            .with_session(Some(SessionInfo::new(SessionId(1), vec![0; PASSWORD_LEN])))
+            .with_session_timeout(Duration::from_millis(500))
+            .build(Arc::downgrade(&sender))
+            .unwrap();
+        let mut endpoints = IterableEndpoints::new(vec![Endpoint::new("127.0.0.1", port, false)]);
+        endpoints.cycle();
+        let (mut buf, mut depot) = (Vec::new(), Depot::new());
+
+        let first = session.start(false, &mut endpoints, &mut buf, &mut depot).await;
+        assert_eq!(first.err(), Some(Error::Timeout), "first connect: deadline at 7/5 of 500ms");
+
+        select! {
+            r = session.start(true, &mut endpoints, &mut buf, &mut depot) => {
+                panic!("reconnect ended after its old deadline: {:?}", r.err())
+            },
+            _ = Timer::after(Duration::from_secs(2)) => {},
+        }
     }
 }

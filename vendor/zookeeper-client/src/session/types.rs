@@ -44,9 +44,24 @@ impl SessionInfo {
         Self { id, password, readonly: id.0 == 0, last_zxid: 0 }
     }
 
+    /// herald patch: builds the session info of an established session from its id and
+    /// password, so that a session stored elsewhere (another process, a file) can be resumed
+    /// with [crate::Connector::with_session]. Before, the only source was [crate::Client::session].
+    ///
+    /// The session is taken as not readonly (readonly sessions are local to a server and can't be
+    /// resumed) and starts from zxid 0, as after [crate::Client::into_session].
+    pub fn from_parts(id: SessionId, password: Vec<u8>) -> Self {
+        Self { id, password, readonly: false, last_zxid: 0 }
+    }
+
     /// Session id.
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// herald patch: the session password, to be kept with [Self::id] for [Self::from_parts].
+    pub fn password(&self) -> &[u8] {
+        &self.password
     }
 
     /// Is this an readonly session ?
@@ -202,5 +217,22 @@ impl From<AddWatchMode> for WatchMode {
             AddWatchMode::Persistent => WatchMode::PersistentNode,
             AddWatchMode::PersistentRecursive => WatchMode::PersistentRecursive,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SessionId, SessionInfo};
+
+    // herald patch: a session can be rebuilt from its id and password.
+    #[test]
+    fn session_info_from_parts() {
+        let session = SessionInfo::from_parts(SessionId(0x1234), b"0123456789abcdef".to_vec());
+        assert_eq!(session.id(), SessionId(0x1234));
+        assert_eq!(session.password(), b"0123456789abcdef");
+        assert!(!session.is_readonly());
+        let copy = SessionInfo::from_parts(session.id(), session.password().to_vec());
+        assert!(!format!("{copy:?}").contains("0123456789abcdef"), "Debug must not show the password");
+        assert_eq!((copy.id, copy.password, copy.readonly, copy.last_zxid), (session.id, session.password, false, 0));
     }
 }

@@ -135,3 +135,163 @@ async fn stat_of(client: &zkc::Client, path: &str) -> Option<zkc::Stat> {
     .await
     .expect("the watching client reconnects")
 }
+
+/// How soon a change must reach the published value after a fault: far below the director's
+/// `--reconcile` (10 minutes here), so only its watch can deliver it in time (it takes
+/// milliseconds; RELIABILITY.md has the figures).
+const FOLLOWS: Duration = Duration::from_secs(5);
+
+/// `herald announce` for `api` on 127.0.0.1:PORT with id `id`, against `connect`.
+fn api_agent(root: &str, connect: &str, s: &Scratch, id: &str, port: u16) -> Daemon {
+    let mut command = herald(root);
+    command
+        .env("HERALD_ZK", connect)
+        .args(["announce", "--service", "api", "--id", id])
+        .args(["--address", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--control-dir")
+        .arg(s.path(id));
+    Daemon::spawn(&mut command)
+}
+
+/// Writes (or rewrites) a persistent instance document for `api`, retrying while the client
+/// reconnects.
+async fn put_instance(client: &zkc::Client, root: &str, id: &str, port: u16) {
+    let path = format!("{root}/services/api/{id}");
+    let doc = format!(
+        r#"{{"name":"api","id":"{id}","address":"127.0.0.1","port":{port},"payload":{{"weight":1}}}}"#
+    );
+    let acl = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    eventually(&format!("write {path}"), || async {
+        client
+            .mkdir(&format!("{root}/services/api"), &acl)
+            .await
+            .map_err(|e| e.to_string())?;
+        match client.create(&path, doc.as_bytes(), &acl).await {
+            Ok(_) => Ok(()),
+            Err(zkc::Error::NodeExists) => client
+                .set_data(&path, doc.as_bytes(), None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    })
+    .await;
+}
+
+/// Registers, deregisters and changes an instance; each must reach the value within FOLLOWS.
+/// `live` is the agent registered before the fault; returns the one registered now.
+async fn changes_reach_the_value(
+    client: &zkc::Client,
+    root: &str,
+    connect: &str,
+    s: &Scratch,
+    mut live: Daemon,
+    round: u16,
+) -> Daemon {
+    let path = format!("{root}/environment/API_HOSTS");
+    let old_port = 9000 + round - 1;
+    let new_port = 9000 + round;
+    let static_port = 9100 + round;
+    let agent = api_agent(root, connect, s, &format!("a{new_port}"), new_port);
+    agent.wait_log("registered path=", 1).await;
+    let both = format!("127.0.0.1:{old_port},127.0.0.1:{new_port},127.0.0.1:9100");
+    data_becomes(client, &path, &both, FOLLOWS).await;
+
+    live.signal(libc::SIGTERM);
+    let status = live.exited().await;
+    assert!(
+        status.success(),
+        "the agent deregistered: {}",
+        live.stderr()
+    );
+    let one = format!("127.0.0.1:{new_port},127.0.0.1:9100");
+    data_becomes(client, &path, &one, FOLLOWS).await;
+
+    put_instance(client, root, "static", static_port).await;
+    let changed = format!("127.0.0.1:{new_port},127.0.0.1:{static_port}");
+    data_becomes(client, &path, &changed, FOLLOWS).await;
+    put_instance(client, root, "static", 9100).await;
+    data_becomes(client, &path, &one, FOLLOWS).await;
+    agent
+}
+
+/// Issue #9: after a reconnect within its session (a ZooKeeper leader election, a restart of
+/// its own server) the director still sees every registration, deregistration and change at
+/// once, not at its next reconcile.
+#[tokio::test]
+async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_server() {
+    let ensemble = Arc::new(Ensemble::start("director_failover"));
+    let connect = ensemble.connect_string();
+    let root = "/it/director_failover";
+    let s = Scratch::new("director_failover");
+    let client = zkc::Client::connector()
+        .with_session_timeout(Duration::from_secs(20))
+        .connect(&connect)
+        .await
+        .expect("connect the checking client to the ensemble");
+    let mut command = herald(root);
+    command.env("HERALD_ZK", &connect).args([
+        "director",
+        "--key",
+        "API_HOSTS",
+        "--service",
+        "api",
+        "--preset",
+        "hostports",
+        "--reconcile",
+        "10m",
+    ]);
+    let director = Daemon::spawn(&mut command);
+    put_instance(&client, root, "static", 9100).await;
+    let mut agent = api_agent(root, &connect, &s, "a9000", 9000);
+    let path = format!("{root}/environment/API_HOSTS");
+    data_becomes(&client, &path, "127.0.0.1:9000,127.0.0.1:9100", DEADLINE).await;
+    let relists = |d: &Daemon| d.count("listing the instances again");
+
+    // 1. The ZooKeeper leader is killed: every follower drops its clients.
+    let driver = ensemble.clone();
+    tokio::task::spawn_blocking(move || {
+        let killed = driver.kill_leader();
+        wait_for("a new leader", || driver.leader());
+        driver.restart(killed);
+    })
+    .await
+    .unwrap();
+    director.wait_log("listing the instances again", 1).await;
+    agent = changes_reach_the_value(&client, root, &connect, &s, agent, 1).await;
+
+    // 2. The director's own server is restarted.
+    let election = format!("{root}/directors/API_HOSTS");
+    let session = eventually("the director's election node", || async {
+        let nodes = client
+            .list_children(&election)
+            .await
+            .map_err(|e| e.to_string())?;
+        let node = nodes.first().ok_or("no election node")?;
+        match client.check_stat(&format!("{election}/{node}")).await {
+            Ok(Some(stat)) => Ok(stat.ephemeral_owner),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let before = relists(&director);
+    let driver = ensemble.clone();
+    tokio::task::spawn_blocking(move || {
+        let n = wait_for("the director's server", || driver.server_of(session));
+        driver.kill(n);
+        driver.restart(n);
+    })
+    .await
+    .unwrap();
+    director
+        .wait_log("listing the instances again", before + 1)
+        .await;
+    let _agent = changes_reach_the_value(&client, root, &connect, &s, agent, 2).await;
+    assert_eq!(
+        director.count("election: leading"),
+        1,
+        "one term throughout (the session was kept):\n{}",
+        director.stderr()
+    );
+}

@@ -229,12 +229,25 @@ impl Ensemble {
     /// SIGKILLs the leader and returns its number.
     pub fn kill_leader(&self) -> usize {
         let n = wait_for("an ensemble leader", || self.leader());
+        self.kill(n);
+        n
+    }
+
+    /// SIGKILLs server `n` and waits until it no longer serves.
+    pub fn kill(&self, n: usize) {
         let pid = self.pids.lock().unwrap()[n - 1];
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        wait_for("the killed leader to stop serving", || {
+        wait_for(&format!("server {n} to stop serving"), || {
             (!four_letter(self.ports[n - 1].0, "srvr").contains("Mode:")).then_some(())
         });
-        n
+    }
+
+    /// The number (1..=3) of the server that holds a connection of `session`.
+    pub fn server_of(&self, session: i64) -> Option<usize> {
+        let needle = format!("sid=0x{session:x}");
+        (0..3)
+            .find(|&i| four_letter(self.ports[i].0, "cons").contains(&needle))
+            .map(|i| i + 1)
     }
 
     /// Starts server `n` again and waits until it serves.
@@ -359,21 +372,47 @@ pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -
 }
 
 /// [`wait_until`] for async probes (ZooKeeper reads, HTTP requests).
-pub async fn eventually<T, F>(what: &str, mut probe: impl FnMut() -> F) -> T
+pub async fn eventually<T, F>(what: &str, probe: impl FnMut() -> F) -> T
 where
     F: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(DEADLINE, what, probe).await
+}
+
+/// [`eventually`] with a deadline of its own, for a test whose point is how soon it happens.
+pub async fn eventually_within<T, F>(limit: Duration, what: &str, mut probe: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         match probe().await {
             Ok(found) => return found,
             Err(actual) => assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out after {DEADLINE:?} waiting for {what}; last seen: {actual}"
+                "timed out after {limit:?} waiting for {what}; last seen: {actual}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The data of `path` equals `expected` within `limit`: polled, so it holds while the checking
+/// client itself reconnects after a fault.
+pub async fn data_becomes(
+    client: &zookeeper_client::Client,
+    path: &str,
+    expected: &str,
+    limit: Duration,
+) -> zookeeper_client::Stat {
+    eventually_within(limit, &format!("{path} = {expected:?}"), || async {
+        match client.get_data(path).await {
+            Ok((data, stat)) if data == expected.as_bytes() => Ok(stat),
+            Ok((data, _)) => Err(format!("{:?}", String::from_utf8_lossy(&data))),
+            Err(err) => Err(err.to_string()),
+        }
+    })
+    .await
 }
 
 /// The session ids (hex, as `wchp` prints them) watching `path` on the server.

@@ -74,6 +74,10 @@ pub struct DirectorArgs {
     /// Debounce: quiet period, or QUIET:MAX (e.g. 100ms:1s). Default 0: publish at once.
     #[arg(long, value_name = "DURATION[:DURATION]")]
     pub wait: Option<String>,
+    /// After leading begins and after a reconnect or new session: publish once the instances
+    /// were quiet this long, or QUIET:MAX. Default 1s:10s; 0s turns it off.
+    #[arg(long, value_name = "DURATION[:DURATION]")]
+    pub settle: Option<String>,
     /// Re-list every instance this often, under the watches, as a safety net.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::parse_duration)]
     pub reconcile: Duration,
@@ -114,6 +118,7 @@ impl DirectorArgs {
             allow_empty: Some(self.allow_empty),
             check: self.check.clone(),
             wait: self.wait.clone(),
+            settle: self.settle.clone(),
         };
         Ok(vec![
             spec.validate(Path::new("the command line"))

@@ -1,7 +1,8 @@
 //! A local copy of the instances of some services, kept current from one persistent recursive
 //! watch on `<root>/services`: an event costs one read of the znode it names (never a re-read of
-//! every child), instance data changes count, and everything is re-listed after a reconnect
-//! (events can be lost across one: ZOOKEEPER-4698), after a new session, and on a slow timer.
+//! every child), instance data changes count. After a reconnect the watch is added again (the
+//! server keeps watches per connection) and everything is re-listed (events made while
+//! disconnected are never sent: ZOOKEEPER-4698); so after a new session, and on a slow timer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,8 +28,9 @@ pub struct Snapshot {
     pub services: BTreeMap<ServiceName, Instances>,
     /// False until the first full listing is done.
     pub ready: bool,
-    /// When the event that produced this snapshot arrived (for latency reports).
-    pub changed_at: Instant,
+    /// When each service's instances last changed: the arrival of the event or listing that
+    /// changed them (for settling and latency reports). Absent: never changed.
+    pub changed: BTreeMap<ServiceName, Instant>,
 }
 
 impl Snapshot {
@@ -41,6 +43,15 @@ impl Snapshot {
             .iter()
             .filter_map(|s| self.services.get(s))
             .flat_map(|m| m.values())
+    }
+
+    /// The last change of any of `services`.
+    pub fn last_change(&self, services: &[ServiceName]) -> Option<Instant> {
+        services
+            .iter()
+            .filter_map(|s| self.changed.get(s))
+            .max()
+            .copied()
     }
 }
 
@@ -58,7 +69,7 @@ pub fn follow(
             .map(|s| (s.clone(), Instances::default()))
             .collect(),
         ready: false,
-        changed_at: Instant::now(),
+        changed: BTreeMap::new(),
     });
     tokio::spawn(async move {
         let mut cache = Follower {
@@ -179,6 +190,14 @@ impl Follower {
                     SessionState::SyncConnected if disconnected => {
                         disconnected = false;
                         info!("reconnected; listing the instances again");
+                        // The server keeps watches per connection: add ours again on this one
+                        // (the client re-sends it too; adding twice is harmless), then list.
+                        // The old watcher is dropped only after, so the server's watch never
+                        // lapses.
+                        watcher = client
+                            .watch(&root, AddWatchMode::PersistentRecursive)
+                            .await
+                            .map_err(|err| ZkError::op("watch", &root, err))?;
                         self.relist_all(client, at).await?;
                     }
                     state if state.is_terminated() => return Ok(Ended::SessionGone),
@@ -249,7 +268,7 @@ impl Follower {
             }
         };
         self.tx.send_if_modified(|snapshot| {
-            let instances = snapshot.services.entry(service).or_default();
+            let instances = snapshot.services.entry(service.clone()).or_default();
             let changed = match &instance {
                 Some(new) => instances.get(&id) != Some(new),
                 None => instances.contains_key(&id),
@@ -260,7 +279,7 @@ impl Follower {
                     Some(new) => map.insert(id, new),
                     None => map.remove(&id),
                 };
-                snapshot.changed_at = at;
+                snapshot.changed.insert(service, at);
             }
             changed
         });
@@ -300,18 +319,17 @@ impl Follower {
             );
         }
         self.tx.send_if_modified(|snapshot| {
+            // Becoming ready is news too: leaders wait for it.
             let mut changed = !snapshot.ready;
             for (service, instances) in fresh {
-                let slot = snapshot.services.entry(service).or_default();
+                let slot = snapshot.services.entry(service.clone()).or_default();
                 if **slot != instances {
                     *slot = Arc::new(instances);
+                    snapshot.changed.insert(service, at);
                     changed = true;
                 }
             }
             snapshot.ready = true;
-            if changed {
-                snapshot.changed_at = at;
-            }
             changed
         });
         Ok(())
@@ -331,7 +349,7 @@ impl Follower {
                 return false;
             }
             *slot = Arc::new(fresh);
-            snapshot.changed_at = at;
+            snapshot.changed.insert(service.clone(), at);
             true
         });
         Ok(())

@@ -15,6 +15,7 @@
 //! allow_empty = false            # true: publish even with no instances (min_instances ignored)
 //! check = "command"              # optional: validates a new value (on stdin) before publish
 //! wait = "0s"                    # or "100ms:1s": quiet period : max wait (default 0)
+//! settle = "1s:10s"              # after leading or a rebuilt view: quiet period : max wait
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,7 +65,16 @@ pub struct Output {
     pub wait_min: Duration,
     /// …but no later than this after the first change. `wait_min <= wait_max`.
     pub wait_max: Duration,
+    /// After leadership is won and after the instance view was rebuilt (a reconnect, a new
+    /// session), nothing is published until the output's instances were quiet this long…
+    pub settle_quiet: Duration,
+    /// …or this long has passed since settling began. `settle_quiet <= settle_max`.
+    pub settle_max: Duration,
 }
+
+/// `settle` when none is given: re-registrations after a mass session loss arrive within
+/// milliseconds of each other, so a second of quiet sees them through; ten at most.
+pub const DEFAULT_SETTLE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
 impl Output {
     /// Whether `i` is one of this output's instances: of one of its services, with every
@@ -98,6 +108,7 @@ pub struct OutputSpec {
     pub allow_empty: Option<bool>,
     pub check: Option<String>,
     pub wait: Option<String>,
+    pub settle: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -475,8 +486,12 @@ impl OutputSpec {
         };
 
         let (wait_min, wait_max) = match &self.wait {
-            Some(text) => parse_wait(text).map_err(|why| field_error("wait", why))?,
+            Some(text) => parse_wait("wait", text).map_err(|why| field_error("wait", why))?,
             None => (Duration::ZERO, Duration::ZERO),
+        };
+        let (settle_quiet, settle_max) = match &self.settle {
+            Some(text) => parse_wait("settle", text).map_err(|why| field_error("settle", why))?,
+            None => DEFAULT_SETTLE,
         };
 
         Ok(Output {
@@ -490,6 +505,8 @@ impl OutputSpec {
             check,
             wait_min,
             wait_max,
+            settle_quiet,
+            settle_max,
         })
     }
 }
@@ -509,10 +526,11 @@ fn read_template(path: &Path) -> Result<String, String> {
 
 /// `wait`: `"MIN"` or `"MIN:MAX"`, consul-template style. `"MIN"` alone means a max of 4×MIN
 /// (as in consul-template); `"0s"` means publish at once.
-fn parse_wait(text: &str) -> Result<(Duration, Duration), String> {
+/// `QUIET` or `QUIET:MAX` (`wait`, `settle`); a bare `QUIET` waits at most four times it.
+fn parse_wait(field: &str, text: &str) -> Result<(Duration, Duration), String> {
     let bad = |why: &str| {
         format!(
-            "wait {text:?}: {why}; write \"0s\", \"100ms\" (quiet period) or \"100ms:1s\" (quiet period:max wait)"
+            "{field} {text:?}: {why}; write \"0s\", \"100ms\" (quiet period) or \"100ms:1s\" (quiet period:max wait)"
         )
     };
     let duration = |part: &str| match humantime::parse_duration(part.trim()) {
@@ -562,6 +580,7 @@ service = "pg"
 preset = "url"
 url = "postgresql://{meta.user}@{address}:{port}/app"
 wait = "100ms:1s"
+settle = "0s"
 check = "grep -q postgresql"
 
 [[output]]
@@ -621,6 +640,7 @@ template = """
             ),
             (1, false, Duration::ZERO, Duration::ZERO)
         );
+        assert_eq!((pgpool.settle_quiet, pgpool.settle_max), DEFAULT_SETTLE);
         assert_eq!(pgpool.check, None);
 
         let url = &outputs[1];
@@ -630,6 +650,10 @@ template = """
         assert_eq!(
             (url.wait_min, url.wait_max),
             (Duration::from_millis(100), Duration::from_secs(1))
+        );
+        assert_eq!(
+            (url.settle_quiet, url.settle_max),
+            (Duration::ZERO, Duration::ZERO)
         );
         assert_eq!(url.check.as_deref(), Some("grep -q postgresql"));
 
@@ -864,7 +888,7 @@ template = """
             (":", None),
             ("1s:", None),
         ] {
-            let got = parse_wait(text)
+            let got = parse_wait("wait", text)
                 .ok()
                 .map(|(a, b)| (a.as_millis() as u64, b.as_millis() as u64));
             assert_eq!(got, expected, "{text:?}");

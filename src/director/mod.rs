@@ -13,4 +13,5 @@ pub mod election;
 pub mod preset;
 pub mod publish;
 pub mod run;
+pub mod settle;
 pub mod template;

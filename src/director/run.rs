@@ -1,7 +1,8 @@
 //! Running the director: one instance cache for every service the outputs read, and per output a
 //! task that campaigns, and while it leads, derives the value after every (debounced) change and
 //! publishes it fenced when the bytes differ. Safety first: fewer instances than `min_instances`
-//! keep the last value, failed derivations and checks publish nothing.
+//! keep the last value, failed derivations and checks publish nothing, and a new term or a
+//! rebuilt view publishes only once the instances are quiet ([`super::settle`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -19,6 +20,7 @@ use super::config::Output;
 use super::derive::{Derivation, derive_exec};
 use super::election::{self, Leadership};
 use super::publish::{Fenced, publish};
+use super::settle::Settle;
 use crate::command::run_command;
 use crate::instance::Instance;
 use crate::values::Values;
@@ -188,6 +190,14 @@ async fn serve(
     tokio::pin!(lost);
     let mut held = false;
     let mut first = true;
+    // A new term, or a rebuilt view, waits for the instances to be quiet.
+    let mut settle = Settle::new(output.settle_quiet, output.settle_max, Instant::now());
+    let mut settle_at: Option<Instant> = None;
+    // When the current settle started holding a publish back (for the log).
+    let mut settling_since: Option<Instant> = None;
+    // While the view is not ready or settling, a retry waits too: only a change or the settle
+    // timer wakes us.
+    let mut waiting = false;
     // After a failed derivation, check or publish: try again later even without a change.
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
@@ -200,7 +210,8 @@ async fn serve(
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
                 _ = &mut lost => return Ended::Deposed,
-                _ = sleep_until(retry_at) => {}
+                _ = sleep_until(retry_at.filter(|_| !waiting)) => {}
+                _ = sleep_until(settle_at) => {}
                 changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
                     if !changed {
                         return if cancel.is_cancelled() {
@@ -213,20 +224,41 @@ async fn serve(
             }
         }
         first = false;
-        let retrying = retry_at.take().is_some();
         // Only this output's services are looked at (and their maps shared, not copied).
-        let (ready, changed_at, inputs) = {
+        let (ready, last_change, inputs) = {
             let snapshot = snapshots.borrow_and_update();
             let inputs: Vec<Option<Instances>> = output
                 .services
                 .iter()
                 .map(|s| snapshot.services.get(s).cloned())
                 .collect();
-            (snapshot.ready, snapshot.changed_at, inputs)
+            let last_change = snapshot.last_change(&output.services);
+            (snapshot.ready, last_change, inputs)
         };
+        let now = Instant::now();
         if !ready {
+            settle.again(now);
+            settle_at = None;
+            waiting = true;
             continue;
         }
+        settle_at = settle.hold_until(last_change, now);
+        if settle_at.is_some() {
+            if settling_since.is_none() {
+                debug!("the instances are changing: publishing once they are quiet");
+                settling_since = Some(now);
+            }
+            waiting = true;
+            continue;
+        }
+        if let Some(since) = settling_since.take() {
+            info!(
+                held_ms = since.elapsed().as_millis() as u64,
+                "settled: the instances are quiet"
+            );
+        }
+        waiting = false;
+        let retrying = retry_at.take().is_some();
         let same_inputs = last_inputs.as_ref().is_some_and(|last| {
             last.len() == inputs.len()
                 && last.iter().zip(&inputs).all(|(a, b)| match (a, b) {
@@ -311,7 +343,7 @@ async fn serve(
                     old = %digest(published.as_deref()),
                     new = %digest(Some(&value)),
                     instances = instances.len(),
-                    latency_ms = changed_at.elapsed().as_secs_f64() * 1000.0,
+                    latency_ms = last_change.map_or(0.0, |at| at.elapsed().as_secs_f64() * 1000.0),
                     "published"
                 );
                 published = Some(value);

@@ -132,8 +132,10 @@ async fn sigkill_leaves_the_node_until_the_session_times_out() {
     let s = Scratch::new("sigkill");
     let path = node(&root, "pg", "db1");
     let watcher = client().await;
+    // Long enough that the node is certainly still there when the test looks right after the
+    // kill, short enough to wait out.
     let mut agent =
-        Agent::spawn(announce(&root, &s, "pg", "db1", &[]).args(["--session-timeout", "1s"]));
+        Agent::spawn(announce(&root, &s, "pg", "db1", &[]).args(["--session-timeout", "3s"]));
     let (_, stat) = appears(&watcher, &path).await;
     agent.signal(libc::SIGKILL);
     agent.exited().await;
@@ -230,15 +232,16 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
     let path = node(&root, "pg", "db1");
     let flag = s.path("healthy");
     let runs = s.path("runs");
-    // Each run of the check records its verdict, so the test can count them.
+    // Each run of the check records its verdict and when (ms since the epoch), so the test can
+    // count the verdicts that came before a registration or a deregistration.
     let check = format!(
-        "exec:if test -e {flag}; then echo pass >> {runs}; else echo fail >> {runs}; exit 1; fi",
+        "exec:t=$(date +%s%3N); if test -e {flag}; then echo pass $t >> {runs}; else echo fail $t >> {runs}; exit 1; fi",
         flag = flag.display(),
         runs = runs.display()
     );
     let verdicts = || std::fs::read_to_string(&runs).unwrap_or_default();
     let watcher = client().await;
-    let _agent = Agent::spawn(&mut announce(
+    let agent = Agent::spawn(&mut announce(
         &root,
         &s,
         "pg",
@@ -267,13 +270,22 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
     assert_eq!(status.trim(), "pg/db1: serving, not registered");
     assert_eq!(watcher.check_stat(&path).await.unwrap(), None);
 
-    // Runs are 200ms apart, so when the node appears (or goes) the verdicts that caused it are
-    // the last ones written: at least three passes (rise) or three failures (fall) — one or two
-    // if rise/fall were ignored. (More only if seeing the event took longer than a run.)
-    let trailing = |word: &str| verdicts().lines().rev().take_while(|l| *l == word).count();
+    // The verdicts in a row that came before `until` (ms since the epoch): at least three
+    // passes (rise) before the node's creation, three failures (fall) before its deletion —
+    // one if rise/fall were ignored.
+    let trailing = |word: &str, until: u64| {
+        let text = verdicts();
+        let runs: Vec<(&str, u64)> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(w, t)| Some((w, t.trim().parse().ok()?)))
+            .filter(|(_, t)| *t <= until)
+            .collect();
+        runs.iter().rev().take_while(|(w, _)| *w == word).count()
+    };
     std::fs::write(&flag, "").unwrap();
-    appears(&watcher, &path).await;
-    let passes = trailing("pass");
+    let (_, created) = appears(&watcher, &path).await;
+    let passes = trailing("pass", created.ctime as u64);
     assert!(
         passes >= 3,
         "registered after {passes} passes, not --rise 3: {}",
@@ -281,10 +293,23 @@ async fn health_checks_gate_the_registration_with_rise_and_fall() {
     );
     std::fs::remove_file(&flag).unwrap();
     vanishes(&watcher, &path).await;
-    let failures = trailing("fail");
+    // The agent logs the deletion once it is done: its time bounds the deletion's.
+    let (deleted, log) = agent
+        .wait_log_for("the deregistration", |log| {
+            log.lines()
+                .find(|l| l.contains("deregistered"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        })
+        .await;
+    let deleted = deleted
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let failures = trailing("fail", deleted);
     assert!(
         failures >= 3,
-        "deregistered after {failures} failures, not --fall 3: {}",
+        "deregistered after {failures} failures, not --fall 3: {}\n{log}",
         verdicts()
     );
     std::fs::write(&flag, "").unwrap();

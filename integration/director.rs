@@ -98,15 +98,25 @@ async fn publishes_on_add_remove_and_data_change() {
     let doc = r#"{"address":"10.0.0.183","port":5433,"payload":{"weight":0}}"#;
     put_node(&client, &format!("{root}/services/pg/b"), doc.as_bytes()).await;
     let stat = value_becomes(&client, &path, "10.0.0.182:5432").await;
-    // Only the weight-0 instance left: the derived value would be empty, so it is held.
-    let held = d.count("keeping the last value");
+    // Only the weight-0 instance left: the derived value would be empty, so it is held. (The
+    // count is taken once the third publish is logged: every earlier line is in by then.)
+    let held = d
+        .wait_log(PUBLISHED, 3)
+        .await
+        .matches("keeping the last value")
+        .count();
     client
         .delete(&format!("{root}/services/pg/a"), None)
         .await
         .unwrap();
-    d.wait_log("the derived value is empty: keeping the last value", 1)
+    let log = d
+        .wait_log("the derived value is empty: keeping the last value", 1)
         .await;
-    assert_eq!(d.count("keeping the last value"), held + 1);
+    assert_eq!(
+        log.matches("keeping the last value").count(),
+        held + 1,
+        "one hold, said once:\n{log}"
+    );
     let (data, now) = client.get_data(&path).await.unwrap();
     assert_eq!(data, b"10.0.0.182:5432", "never empty by accident");
     assert_eq!(now.version, stat.version);
@@ -151,7 +161,11 @@ async fn min_instances_holds_the_last_value_and_allow_empty_opts_out() {
     register(&client, &root, "svc", "a", 1001).await;
     register(&client, &root, "svc", "b", 1002).await;
     let stat = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
-    let held = d.count("fewer instances than min_instances");
+    let held = d
+        .wait_log(PUBLISHED, 1)
+        .await
+        .matches("fewer instances than min_instances")
+        .count();
     client
         .delete(&format!("{root}/services/svc/a"), None)
         .await
@@ -205,9 +219,10 @@ async fn template_and_exec_errors_publish_nothing() {
             "{key} was never published"
         );
     }
+    let log = d2.stderr();
     assert!(
-        !d2.stderr().contains("partial"),
-        "the exec output is not logged"
+        !log.contains("partial"),
+        "the exec output is not logged:\n{log}"
     );
 }
 
@@ -272,16 +287,17 @@ async fn two_directors_one_writer_and_the_standby_takes_over() {
     let args = ["--preset", "hostports", "--session-timeout", "1s"];
     let first = Director::spawn(&mut director(&root, "HA", "svc", &args));
     first.wait_log("leading", 1).await;
-    let second = Director::spawn(&mut director(&root, "HA", "svc", &args));
+    let second = Director::spawn(director(&root, "HA", "svc", &args).arg("-v"));
     let election = format!("{root}/directors/HA");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while client.list_children(&election).await.map_or(0, |c| c.len()) < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both directors campaign"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("both directors in the election", || async {
+        match client.list_children(&election).await {
+            Ok(nodes) if nodes.len() == 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The standby has decided: it waits behind the leader.
+    second.wait_log("standing by", 1).await;
     register(&client, &root, "svc", "a", 1001).await;
     value_becomes(&client, &path, "10.0.0.1:1001").await;
     register(&client, &root, "svc", "b", 1002).await;
@@ -313,6 +329,8 @@ async fn a_paused_leader_never_overwrites_after_it_resumes() {
     let standby = Director::spawn(&mut director(&root, "FENCED", "svc", &args));
     register(&client, &root, "svc", "a", 1001).await;
     value_becomes(&client, &path, "10.0.0.1:1001").await;
+    // The value is visible before the leader logs its publish: let it finish first.
+    old.wait_log(PUBLISHED, 1).await;
 
     // Freeze the leader past its session timeout; the standby takes over.
     send_signal(old.child.id(), libc::SIGSTOP);
@@ -347,7 +365,8 @@ async fn a_leader_whose_election_node_is_gone_never_writes() {
     let started = s_path(&root);
     // The check announces that it runs, then takes its time: the election node is deleted
     // meanwhile, while the leader's session stays alive.
-    let check = format!("touch {started}; sleep 1");
+    let released = format!("{started}.released");
+    let check = format!("touch {started}; while [ ! -e {released} ]; do sleep 0.02; done");
     let d = Director::spawn(&mut director(
         &root,
         "FENCE2",
@@ -371,6 +390,7 @@ async fn a_leader_whose_election_node_is_gone_never_writes() {
             .await
             .unwrap();
     }
+    std::fs::write(&released, "").unwrap();
     d.wait_log("no longer leading", 1).await;
     // It campaigns again, wins (it is alone) and publishes then — but not before.
     value_becomes(&client, &path, "10.0.0.1:1001").await;
@@ -408,11 +428,7 @@ async fn after_a_reconnect_the_director_lists_again() {
     register(&client, &root, "svc", "b", 1002).await;
     proxy.heal();
     value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
-    assert!(
-        d.count("listing the instances again") >= 1,
-        "{}",
-        d.stderr()
-    );
+    d.wait_log("listing the instances again", 1).await;
 }
 
 #[test]
@@ -459,17 +475,7 @@ async fn sigterm_resigns_every_output_and_exits_0() {
     let mut d = Director::spawn(herald(&root).arg("director").arg("--config").arg(&config));
     d.wait_log("election: leading", 5).await;
     send_signal(d.child.id(), libc::SIGTERM);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the director did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let status = d.exited().await;
     assert_eq!(status.code(), Some(0), "{}", d.stderr());
     for n in 0..5 {
         let election = format!("{root}/directors/K{n}");

@@ -640,6 +640,8 @@ pub fn send_signal(pid: u32, signal: i32) {
 pub struct Daemon {
     pub child: Child,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Set when stderr reached its end: everything the process wrote has been collected.
+    eof: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Daemon {
@@ -650,20 +652,24 @@ impl Daemon {
             .spawn()
             .expect("spawn herald");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
+        let pipe = child.stderr.take().expect("piped stderr");
         let sink = stderr.clone();
+        let eof = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = eof.clone();
         std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            // Whole lines, so a character split between two reads is never mangled.
+            while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
                 sink.lock()
                     .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    .push_str(&String::from_utf8_lossy(&line));
+                line.clear();
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        Daemon { child, stderr }
+        Daemon { child, stderr, eof }
     }
 
     pub fn pid(&self) -> u32 {
@@ -713,11 +719,21 @@ impl Daemon {
         }
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit and for its last log lines to be collected, so the log
+    /// read after this is the whole log.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for herald") {
+                // A child of the process may still hold the pipe open: then give up on the
+                // end of the stream after a while (what the process itself wrote is read by
+                // then).
+                let drained = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !self.eof.load(std::sync::atomic::Ordering::SeqCst)
+                    && tokio::time::Instant::now() < drained
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 return status;
             }
             assert!(

@@ -486,3 +486,71 @@ async fn sigterm_resigns_every_output_and_exits_0() {
         );
     }
 }
+
+/// Issue #9: after a new session the director sees the instances come back one by one (a mass
+/// session loss: every agent re-registers within a second). It publishes once they are quiet,
+/// never one of the partial lists on the way.
+#[tokio::test]
+async fn after_a_new_session_the_director_settles_before_publishing() {
+    let root = root("dir_settle");
+    let client = client().await;
+    let path = value_path(&root, "SETTLED");
+    let proxy = Proxy::start(zk().port);
+    let d = Director::spawn(
+        director(
+            &root,
+            "SETTLED",
+            "svc",
+            &[
+                "--preset",
+                "hostports",
+                "--session-timeout",
+                "1s",
+                "--settle",
+                "2s:10s",
+            ],
+        )
+        .env("HERALD_ZK", proxy.connect_string()),
+    );
+    let ids = ["i1", "i2", "i3", "i4", "i5"];
+    for (n, id) in ids.iter().enumerate() {
+        register(&client, &root, "svc", id, 1001 + n as u16).await;
+    }
+    let all = "10.0.0.1:1001,10.0.0.2:1002,10.0.0.3:1003,10.0.0.4:1004,10.0.0.5:1005";
+    let before = value_becomes(&client, &path, all).await;
+    d.wait_log(PUBLISHED, 1).await;
+
+    // The director is cut off until ZooKeeper expires its session; meanwhile every instance
+    // goes, as in a mass session loss.
+    proxy.partition();
+    let election = format!("{root}/directors/SETTLED");
+    eventually("the director's session to expire", || async {
+        match client.list_children(&election).await {
+            Ok(nodes) if nodes.is_empty() => Ok(()),
+            other => Err(format!("election nodes {other:?}")),
+        }
+    })
+    .await;
+    for id in ids {
+        client
+            .delete(&format!("{root}/services/svc/{id}"), None)
+            .await
+            .unwrap();
+    }
+    proxy.heal();
+    d.wait_log("election: leading", 2).await;
+    // They come back one by one, 200ms apart.
+    for (n, id) in ids.iter().enumerate() {
+        register(&client, &root, "svc", id, 1001 + n as u16).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A last change after the others: once it is published, the director has handled them.
+    register(&client, &root, "svc", "i6", 1006).await;
+    let after = value_becomes(&client, &path, &format!("{all},10.0.0.6:1006")).await;
+    let log = d.stderr();
+    assert_eq!(
+        after.version,
+        before.version + 1,
+        "one publish after the new session (the last change), no partial list on the way:\n{log}"
+    );
+}

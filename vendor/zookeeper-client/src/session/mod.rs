@@ -676,9 +676,10 @@ impl Session {
 
     /// herald patch: `reconnect` is true when the established session lost its connection. Then
     /// there is no client-side deadline: the attempts end only on the server's verdict (session
-    /// expired), an auth failure or close. The server may still hold the session after 7/5 of
-    /// its timeout (a restarted server or a new leader gives each session a fresh timeout).
-    /// The first connect keeps its deadline and fails with [Error::Timeout].
+    /// expired) or an auth failure; a close (all clients dropped) takes effect once a server
+    /// answers. The server may still hold the session after 7/5 of its timeout (a restarted
+    /// server or a new leader gives each session a fresh timeout). The first connect keeps its
+    /// deadline and fails with [Error::Timeout].
     pub async fn start(
         &mut self,
         reconnect: bool,

@@ -23,9 +23,9 @@ pub async fn run(zk_args: &ZkArgs, args: DeleteArgs) -> anyhow::Result<()> {
     let key = parse_key(&args.key)?;
     let target = zk_args.target()?;
     let client = zk::connect(&target.config).await?;
-    let deleted = target.values.delete(&client, &key).await;
+    let deleted = zk::bounded(&target.config, target.values.delete(&client, &key)).await;
     zk::close(client).await;
-    let deleted = deleted.with_context(|| format!("cannot delete {key}"))?;
+    let deleted = deleted?.with_context(|| format!("cannot delete {key}"))?;
     if !deleted && !args.missing_ok {
         return Err(Outcome::NotFound(format!(
             "{key} is not published; nothing deleted (--missing-ok accepts that)"

@@ -35,14 +35,14 @@ pub async fn run(zk_args: &ZkArgs, args: LsArgs) -> anyhow::Result<()> {
     let target = zk_args.target()?;
     let layout = target.values.layout();
     let client = zk::connect(&target.config).await?;
-    let listed = async {
+    let listed = zk::bounded(&target.config, async {
         let keys = target.values.list(&client).await?;
         let services = catalog::services(&client, layout).await?;
         anyhow::Ok((keys, services))
-    }
+    })
     .await;
     zk::close(client).await;
-    let (keys, services) = listed.with_context(|| format!("cannot list {}", layout.root()))?;
+    let (keys, services) = listed?.with_context(|| format!("cannot list {}", layout.root()))?;
 
     let mut out = String::new();
     if args.json {
@@ -86,9 +86,9 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
     let target = zk_args.target()?;
     let layout = target.values.layout();
     let client = zk::connect(&target.config).await?;
-    let listed = catalog::instances(&client, layout, &service).await;
+    let listed = zk::bounded(&target.config, catalog::instances(&client, layout, &service)).await;
     zk::close(client).await;
-    let instances = listed.with_context(|| format!("cannot list {}", layout.service(&service)))?;
+    let instances = listed?.with_context(|| format!("cannot list {}", layout.service(&service)))?;
     let mut out = String::new();
     for i in &instances {
         let meta_keys: Vec<&str> = i.meta.keys().map(String::as_str).collect();

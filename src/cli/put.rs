@@ -36,9 +36,9 @@ pub async fn run(zk_args: &ZkArgs, args: PutArgs) -> anyhow::Result<()> {
     let value = read_value(&args)?;
     check_value(&key, &value)?;
     let client = zk::connect(&target.config).await?;
-    let result = target.values.put(&client, &key, &value).await;
+    let result = zk::bounded(&target.config, target.values.put(&client, &key, &value)).await;
     zk::close(client).await;
-    result.with_context(|| format!("cannot publish {key}"))?;
+    result?.with_context(|| format!("cannot publish {key}"))?;
     tracing::debug!(key = %key, bytes = value.len(), "published");
     Ok(())
 }

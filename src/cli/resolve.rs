@@ -64,9 +64,9 @@ pub async fn run(zk_args: &ZkArgs, args: ResolveArgs) -> anyhow::Result<()> {
         }
     } else {
         let client = zk::connect(&target.config).await?;
-        let got = values.get(&client, &key).await;
+        let got = zk::bounded(&target.config, values.get(&client, &key)).await;
         zk::close(client).await;
-        got?
+        got??
     };
     let value = match (found, args.default) {
         (Some(value), _) => value,

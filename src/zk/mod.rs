@@ -9,4 +9,4 @@ mod session;
 pub use children::list_named;
 pub use config::{ConnectString, DigestAuth, ZkConfig};
 pub use error::{ZkError, state_error};
-pub use session::{Live, Session, SessionHandle, close, connect};
+pub use session::{Live, Session, SessionHandle, bounded, close, connect};

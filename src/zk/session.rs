@@ -6,6 +6,7 @@
 //! forever: [`Session`] builds a new one with jittered backoff and bumps the generation, so users
 //! know to re-create their ephemeral nodes and watches.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,22 @@ pub async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
             Ok(Err(err)) => return Err(ZkError::op("connect to", hosts, err)),
         }
     }
+}
+
+/// Runs the requests of a one-shot command, bounded. While no server answers, the client keeps
+/// the session for as long as ZooKeeper might (it never gives up on its own), so a request sent
+/// then waits for the servers to return; a one-shot command waits at most one session timeout
+/// for that and then fails as unreachable.
+///
+/// # Notable errors
+/// [`ZkError::Unreachable`] when `requests` did not finish within the session timeout.
+pub async fn bounded<T>(cfg: &ZkConfig, requests: impl Future<Output = T>) -> Result<T, ZkError> {
+    tokio::time::timeout(cfg.session_timeout, requests)
+        .await
+        .map_err(|_elapsed| ZkError::Unreachable {
+            hosts: cfg.connect.hosts().to_owned(),
+            within: cfg.session_timeout,
+        })
 }
 
 /// Closes the session of `client` (its last clone) and waits briefly for the server to confirm,

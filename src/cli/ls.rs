@@ -86,7 +86,11 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
     let target = zk_args.target()?;
     let layout = target.values.layout();
     let client = zk::connect(&target.config).await?;
-    let listed = zk::bounded(&target.config, catalog::instances(&client, layout, &service)).await;
+    let listed = zk::bounded(
+        &target.config,
+        catalog::instances(&client, layout, &service),
+    )
+    .await;
     zk::close(client).await;
     let instances = listed?.with_context(|| format!("cannot list {}", layout.service(&service)))?;
     let mut out = String::new();

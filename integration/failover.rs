@@ -1,11 +1,14 @@
 //! Registration across ZooKeeper faults on a real 3-server ensemble: the leader is killed again
 //! and again, the session moves between servers, and the instance node must never disappear.
 
+#[path = "support/standalone.rs"]
+mod standalone;
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use standalone::Standalone;
 use support::*;
 use zookeeper_client as zkc;
 
@@ -311,4 +314,147 @@ async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_s
         "one term throughout (the session was kept):\n{}",
         director.stderr()
     );
+}
+
+/// The session timeout of every herald process in the outage test.
+const OUTAGE_SESSION: Duration = Duration::from_secs(3);
+
+/// Issue #9: ZooKeeper stopped for 0.8×, 1.2× and 3× the session timeout. A restarted server
+/// restores its sessions and gives each client one more timeout to come back, so every herald
+/// process resumes its own session: no instance node changes owner, nothing is published, the
+/// watched file is not rewritten.
+#[tokio::test]
+async fn after_a_zookeeper_outage_every_process_keeps_its_session_and_nothing_flaps() {
+    let server = Standalone::start("outage").await;
+    let connect = server.connect_string();
+    let root = "/it/outage";
+    let s = Scratch::new("outage");
+    let timeout = format!("{}s", OUTAGE_SESSION.as_secs());
+    let spawn = |args: &[&str]| {
+        let mut command = herald(root);
+        command
+            .env("HERALD_ZK", &connect)
+            .args(["--session-timeout", &timeout])
+            .args(args);
+        Daemon::spawn(&mut command)
+    };
+    let agent = |id: &str, port: &str| {
+        let control = s.path(id).display().to_string();
+        spawn(&[
+            "announce",
+            "--service",
+            "svc",
+            "--id",
+            id,
+            "--address",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--control-dir",
+            &control,
+        ])
+    };
+    let agents: Vec<Daemon> = [("a1", "7001"), ("a2", "7002"), ("a3", "7003")]
+        .iter()
+        .map(|(id, port)| agent(id, port))
+        .collect();
+    let director = spawn(&[
+        "director",
+        "--key",
+        "BACKENDS",
+        "--service",
+        "svc",
+        "--preset",
+        "hostports",
+    ]);
+    let out = s.path("backends");
+    let reloads = s.path("reloads");
+    let reload = format!("echo >> {}", reloads.display());
+    let out_arg = out.display().to_string();
+    let watch = spawn(&["watch", "BACKENDS", "--out", &out_arg, "--reload", &reload]);
+    let everyone: Vec<&Daemon> = agents.iter().chain([&director, &watch]).collect();
+
+    // A checking client whose own session outlives the outages.
+    let client = zkc::Client::connector()
+        .with_session_timeout(Duration::from_secs(60))
+        .connect(&connect)
+        .await
+        .expect("connect the checking client");
+    let value = format!("{root}/environment/BACKENDS");
+    let three = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+    let published = data_becomes(&client, &value, three, DEADLINE).await;
+    watch.wait_log("wrote the new value", 1).await;
+    let owners = || async {
+        let mut owners = Vec::new();
+        for id in ["a1", "a2", "a3"] {
+            let path = format!("{root}/services/svc/{id}");
+            let stat = eventually(&format!("{path} to be readable"), || async {
+                client.check_stat(&path).await.map_err(|e| e.to_string())
+            })
+            .await;
+            owners.push(stat.map(|s| (s.ephemeral_owner, s.czxid)));
+        }
+        owners
+    };
+    let before = owners().await;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+
+    for factor in [0.8, 1.2, 3.0] {
+        let outage = OUTAGE_SESSION.mul_f64(factor);
+        let relists = director.count("listing the instances again");
+        let reconnected: Vec<usize> = everyone
+            .iter()
+            .map(|d| d.count("reconnected to ZooKeeper"))
+            .collect();
+        server.stop(libc::SIGKILL).await;
+        // The outage's length is what this test is about.
+        tokio::time::sleep(outage).await;
+        server.restart().await;
+        for (d, before) in everyone.iter().zip(&reconnected) {
+            let (resumed, log) = d
+                .wait_log_for("a reconnect or a new session", |log| {
+                    if log.matches("reconnected to ZooKeeper").count() > *before {
+                        Some(true)
+                    } else if log.contains("session expired") {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                })
+                .await;
+            assert!(
+                resumed && !log.contains("session expired"),
+                "{factor}× the session timeout: back on the same session, not a new one:\n{log}"
+            );
+        }
+        // The director has listed again (and found nothing new).
+        director
+            .wait_log("listing the instances again", relists + 1)
+            .await;
+        assert_eq!(
+            owners().await,
+            before,
+            "{factor}× the session timeout: every instance node kept by its own session"
+        );
+    }
+
+    // One change after the outages: once it is in the file, everything before it was handled.
+    let _fourth = agent("a4", "7004");
+    let four = format!("{three},127.0.0.1:7004");
+    let now = data_becomes(&client, &value, &four, DEADLINE).await;
+    assert_eq!(
+        now.version,
+        published.version + 1,
+        "nothing was published during the outages, not even the same list:\n{}",
+        director.stderr()
+    );
+    let log = watch.wait_log("wrote the new value", 2).await;
+    assert_eq!(
+        log.matches("wrote the new value").count(),
+        2,
+        "the file was written once before and once after, never for the outages:\n{log}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim_end(), four);
+    let reloaded = std::fs::read_to_string(&reloads).unwrap_or_default();
+    assert_eq!(reloaded.lines().count(), 2, "two reloads: {reloaded:?}");
 }

@@ -108,8 +108,11 @@ impl Follower {
 
     async fn run(&mut self, cancel: CancellationToken) {
         let mut live = self.session.live();
+        // Whether a listing was lost to a connection loss (said in the log when listing again).
+        let mut again = false;
         loop {
-            let round = self.follow_session(&live.client, &cancel).await;
+            let round = self.follow_session(&live.client, again, &cancel).await;
+            again = matches!(&round, Err(err) if err.is_unreachable());
             if !matches!(round, Ok(Ended::Cancelled)) {
                 self.unready();
             }
@@ -152,6 +155,7 @@ impl Follower {
     async fn follow_session(
         &mut self,
         client: &zk::Client,
+        again: bool,
         cancel: &CancellationToken,
     ) -> Result<Ended, ZkError> {
         let root = self.layout.services();
@@ -159,6 +163,10 @@ impl Follower {
             .watch(&root, AddWatchMode::PersistentRecursive)
             .await
             .map_err(|err| ZkError::op("watch", &root, err))?;
+        if again {
+            // The previous round ended in a connection loss (e.g. during its re-list).
+            info!("connected again; listing the instances again");
+        }
         self.relist_all(client, Instant::now()).await?;
         let mut disconnected = false;
         // The safety net re-lists one service per tick, spread over the interval, so events

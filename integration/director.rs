@@ -554,3 +554,30 @@ async fn after_a_new_session_the_director_settles_before_publishing() {
         "one publish after the new session (the last change), no partial list on the way:\n{log}"
     );
 }
+
+/// A director that starts while its instances are still registering (everything starting at
+/// once) publishes the whole list once, not each partial list on the way.
+#[tokio::test]
+async fn a_director_starting_amid_registrations_publishes_once() {
+    let root = root("dir_cold");
+    let client = client().await;
+    let path = value_path(&root, "COLD");
+    let d = Director::spawn(&mut director(
+        &root,
+        "COLD",
+        "svc",
+        &["--preset", "hostports"],
+    ));
+    d.wait_log("election: leading", 1).await;
+    for n in 1..=5u16 {
+        register(&client, &root, "svc", &format!("i{n}"), 1000 + n).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = "10.0.0.1:1001,10.0.0.2:1002,10.0.0.3:1003,10.0.0.4:1004,10.0.0.5:1005";
+    let stat = value_becomes(&client, &path, all).await;
+    let log = d.wait_log(PUBLISHED, 1).await;
+    assert_eq!(
+        stat.version, 0,
+        "created once with all five, never set:\n{log}"
+    );
+}

@@ -17,7 +17,7 @@ use zookeeper_client::{self as zk, AddWatchMode, EventType, SessionState};
 use crate::catalog;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, Layout, ServiceName};
-use crate::zk::{SessionHandle, ZkError};
+use crate::zk::{Live, SessionHandle, ZkError};
 
 /// The instances of one service, by id.
 pub type Instances = Arc<BTreeMap<InstanceId, Instance>>;
@@ -28,6 +28,11 @@ pub struct Snapshot {
     pub services: BTreeMap<ServiceName, Instances>,
     /// False until the first full listing is done.
     pub ready: bool,
+    /// When the view was last listed whole in a session of its own (the first listing, and the
+    /// one after each new session): for a new leader, news as much as any change — what it
+    /// shows may be mid-flux (everything starting at once, agents re-registering after a mass
+    /// session loss). `None` before the first listing.
+    pub listed_at: Option<Instant>,
     /// When each service's instances last changed: the arrival of the event or listing that
     /// changed them (for settling and latency reports). Absent: never changed.
     pub changed: BTreeMap<ServiceName, Instant>,
@@ -45,11 +50,12 @@ impl Snapshot {
             .flat_map(|m| m.values())
     }
 
-    /// The last change of any of `services`.
+    /// The last change of any of `services`, or the last listing in a new session if later.
     pub fn last_change(&self, services: &[ServiceName]) -> Option<Instant> {
         services
             .iter()
             .filter_map(|s| self.changed.get(s))
+            .chain(&self.listed_at)
             .max()
             .copied()
     }
@@ -69,11 +75,13 @@ pub fn follow(
             .map(|s| (s.clone(), Instances::default()))
             .collect(),
         ready: false,
+        listed_at: None,
         changed: BTreeMap::new(),
     });
     tokio::spawn(async move {
         let mut cache = Follower {
             session,
+            listed_in: None,
             layout,
             services,
             tx,
@@ -86,6 +94,8 @@ pub fn follow(
 
 struct Follower {
     session: SessionHandle,
+    /// The session generation whose first whole listing is done.
+    listed_in: Option<u64>,
     layout: Layout,
     services: BTreeSet<ServiceName>,
     tx: watch::Sender<Snapshot>,
@@ -111,7 +121,7 @@ impl Follower {
         // Whether a listing was lost to a connection loss (said in the log when listing again).
         let mut again = false;
         loop {
-            let round = self.follow_session(&live.client, again, &cancel).await;
+            let round = self.follow_session(&live, again, &cancel).await;
             again = matches!(&round, Err(err) if err.is_unreachable());
             if !matches!(round, Ok(Ended::Cancelled)) {
                 self.unready();
@@ -154,10 +164,11 @@ impl Follower {
     /// Follows on one client until its session ends, or an operation fails.
     async fn follow_session(
         &mut self,
-        client: &zk::Client,
+        live: &Live,
         again: bool,
         cancel: &CancellationToken,
     ) -> Result<Ended, ZkError> {
+        let client = &live.client;
         let root = self.layout.services();
         let mut watcher = client
             .watch(&root, AddWatchMode::PersistentRecursive)
@@ -167,7 +178,10 @@ impl Follower {
             // The previous round ended in a connection loss (e.g. during its re-list).
             info!("connected again; listing the instances again");
         }
-        self.relist_all(client, Instant::now()).await?;
+        // The first whole listing in a session is news for a new leader (see `listed_at`).
+        let first = self.listed_in != Some(live.generation);
+        self.relist_all(client, Instant::now(), first).await?;
+        self.listed_in = Some(live.generation);
         let mut disconnected = false;
         // The safety net re-lists one service per tick, spread over the interval, so events
         // never wait behind a listing of everything.
@@ -206,7 +220,7 @@ impl Follower {
                             .watch(&root, AddWatchMode::PersistentRecursive)
                             .await
                             .map_err(|err| ZkError::op("watch", &root, err))?;
-                        self.relist_all(client, at).await?;
+                        self.relist_all(client, at, false).await?;
                     }
                     state if state.is_terminated() => return Ok(Ended::SessionGone),
                     _ => {}
@@ -294,7 +308,13 @@ impl Follower {
         Ok(())
     }
 
-    async fn relist_all(&mut self, client: &zk::Client, at: Instant) -> Result<(), ZkError> {
+    /// Lists every service; `whole` marks the listing as the view's new start (`listed_at`).
+    async fn relist_all(
+        &mut self,
+        client: &zk::Client,
+        at: Instant,
+        whole: bool,
+    ) -> Result<(), ZkError> {
         // Every service is listed at once (each listing is itself pipelined).
         let mut listings = tokio::task::JoinSet::new();
         for service in &self.services {
@@ -338,6 +358,9 @@ impl Follower {
                 }
             }
             snapshot.ready = true;
+            if whole {
+                snapshot.listed_at = Some(at);
+            }
             changed
         });
         Ok(())

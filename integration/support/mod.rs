@@ -172,9 +172,17 @@ impl Ensemble {
             .join("herald-it")
             .join(std::process::id().to_string())
             .join(name);
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
+        // Nine distinct ports: each listener is held until all are picked, or the kernel may
+        // hand the same free port out twice (and ZooKeeper refuses a config that repeats one).
+        let held: Vec<TcpListener> = (0..9)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
             .collect();
+        let picked: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().expect("local address").port())
+            .collect();
+        drop(held);
+        let ports: Vec<(u16, u16, u16)> = picked.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let ensemble = Ensemble {
             dir,
             ports,

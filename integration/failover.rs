@@ -74,16 +74,7 @@ async fn killing_the_leader_repeatedly_never_deletes_the_instance() {
     let ensemble = Arc::new(ensemble);
     for round in 1..=3 {
         let before = reconnects(&agent);
-        // The ensemble is driven from a blocking thread, so this runtime keeps serving the
-        // watching client meanwhile.
-        let driver = ensemble.clone();
-        tokio::task::spawn_blocking(move || {
-            let killed = driver.kill_leader();
-            wait_for("a new leader", || driver.leader());
-            driver.restart(killed);
-        })
-        .await
-        .unwrap();
+        ensemble.fail_over().await;
         // herald lost its server (every follower drops its clients when the leader goes) and
         // is back on the same session.
         agent.wait_log("reconnected to ZooKeeper", before + 1).await;
@@ -270,14 +261,7 @@ async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_s
     let relists = |d: &Daemon| d.count("listing the instances again");
 
     // 1. The ZooKeeper leader is killed: every follower drops its clients.
-    let driver = ensemble.clone();
-    tokio::task::spawn_blocking(move || {
-        let killed = driver.kill_leader();
-        wait_for("a new leader", || driver.leader());
-        driver.restart(killed);
-    })
-    .await
-    .unwrap();
+    ensemble.fail_over().await;
     director.wait_log("listing the instances again", 1).await;
     agent = changes_reach_the_value(&client, root, &connect, &s, agent, 1).await;
 

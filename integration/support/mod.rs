@@ -91,15 +91,25 @@ fn remove_stale_dirs(parent: &Path) {
 
 /// Starts `scripts/zk serve` and waits until it serves.
 fn start_server(dir: &Path, port: u16) -> Result<u32, String> {
-    let pid = spawn_server(dir, port, &[])?;
+    let (pid, _exited) = spawn_server(dir, port, &[])?;
     wait_serving(dir, port, pid)
 }
 
-/// Spawns `scripts/zk serve` (with `extra` arguments) from a thread that lives as long as the
-/// test binary: the child gets SIGKILL from the kernel when that thread (so, the process) dies.
-fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Result<u32, String> {
+/// Spawns `scripts/zk serve` (with `extra` arguments; it execs java, so the pid is the
+/// server's) from a thread that lives as long as the child: the child gets SIGKILL from the
+/// kernel when that thread (so, the test binary) dies. The thread reaps the child and reports
+/// its exit on the receiver. The server's output is appended to DIR/zookeeper.log.
+pub fn spawn_server(
+    dir: &Path,
+    port: u16,
+    extra: &[String],
+) -> Result<(u32, std::sync::mpsc::Receiver<()>), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let log = std::fs::File::create(dir.join("zookeeper.log")).map_err(|e| e.to_string())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("zookeeper.log"))
+        .map_err(|e| e.to_string())?;
     let mut command = Command::new(repo_dir().join("scripts/zk"));
     command
         .args(["serve", "--dir"])
@@ -109,6 +119,7 @@ fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Result<u32, String> 
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
+    // SAFETY: only an async-signal-safe syscall between fork and exec.
     unsafe {
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -117,24 +128,23 @@ fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Result<u32, String> 
             Ok(())
         });
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (exited_tx, exited) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name(format!("zookeeper-{port}"))
         .spawn(move || match command.spawn() {
             Ok(mut child) => {
-                let _ = tx.send(Ok(child.id()));
+                let _ = started_tx.send(Ok(child.id()));
                 let _ = child.wait();
-                // Keep this thread (the child's parent) alive until the process exits.
-                loop {
-                    std::thread::park();
-                }
+                let _ = exited_tx.send(());
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("spawn scripts/zk: {e}")));
+                let _ = started_tx.send(Err(format!("spawn scripts/zk: {e}")));
             }
         })
         .map_err(|e| e.to_string())?;
-    rx.recv().map_err(|e| e.to_string())?
+    let pid = started.recv().map_err(|e| e.to_string())??;
+    Ok((pid, exited))
 }
 
 /// Waits until the server on `port` answers `srvr` with a mode (it serves clients).
@@ -216,7 +226,7 @@ impl Ensemble {
             "--peers".to_owned(),
             peers.join(","),
         ];
-        spawn_server(&self.server_dir(n), self.ports[n - 1].0, &extra)
+        spawn_server(&self.server_dir(n), self.ports[n - 1].0, &extra).map(|(pid, _)| pid)
     }
 
     pub fn connect_string(&self) -> String {
@@ -256,6 +266,20 @@ impl Ensemble {
         (0..3)
             .find(|&i| four_letter(self.ports[i].0, "cons").contains(&needle))
             .map(|i| i + 1)
+    }
+
+    /// Kills the leader, waits for a new one and starts the killed server again, on a blocking
+    /// thread (so the test's runtime keeps serving its clients meanwhile); returns its number.
+    pub async fn fail_over(self: &std::sync::Arc<Self>) -> usize {
+        let ensemble = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let killed = ensemble.kill_leader();
+            wait_for("a new leader", || ensemble.leader());
+            ensemble.restart(killed);
+            killed
+        })
+        .await
+        .expect("the fail-over thread")
     }
 
     /// Starts server `n` again and waits until it serves.

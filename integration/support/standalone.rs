@@ -6,14 +6,12 @@
 //! SIGKILL; dropping it kills it too. The waits are async, so the clients under test keep running.
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::support::{DEADLINE, four_letter, free_port, repo_dir};
+use crate::support::{DEADLINE, four_letter, free_port, spawn_server};
 
 /// How long a server may take to start serving (a JVM start, slower on a busy machine).
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -162,48 +160,8 @@ impl Drop for Standalone {
     }
 }
 
-/// Spawns `scripts/zk serve` (which execs java, so the pid is the server's) from a thread that
-/// lives as long as the child: the child gets SIGKILL from the kernel when that thread (so, the
-/// test binary) dies. The thread reaps the child and reports its exit.
+/// The server process, by the shared fixture's spawner.
 fn spawn(dir: &Path, port: u16) -> Result<Running, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("zookeeper.log"))
-        .map_err(|e| e.to_string())?;
-    let mut command = Command::new(repo_dir().join("scripts/zk"));
-    command
-        .args(["serve", "--dir"])
-        .arg(dir)
-        .args(["--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
-    // SAFETY: only an async-signal-safe syscall between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (exited_tx, exited) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("standalone-zk-{port}"))
-        .spawn(move || match command.spawn() {
-            Ok(mut child) => {
-                let _ = started_tx.send(Ok(child.id()));
-                let _ = child.wait();
-                let _ = exited_tx.send(());
-            }
-            Err(e) => {
-                let _ = started_tx.send(Err(format!("spawn scripts/zk: {e}")));
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    let pid = started_rx.recv().map_err(|e| e.to_string())??;
+    let (pid, exited) = spawn_server(dir, port, &[])?;
     Ok(Running { pid, exited })
 }

@@ -287,3 +287,44 @@ async fn session_is_resumed_from_id_and_password() {
     assert_owned(&bystander, &node, &resumed).await;
     assert_same_session(&resumed, &format!("{dir}/after")).await;
 }
+
+/// Requests in flight when the server dies fail with `ConnectionLoss` (which callers retry),
+/// never with the I/O error that broke the connection (0.11.2 passed a reset on as
+/// `Error::Custom("Connection reset by peer")`).
+#[tokio::test]
+async fn requests_in_flight_when_the_server_dies_fail_with_connection_loss() {
+    let server = Standalone::start("in_flight").await;
+    let client = connect(&server.connect_string()).await;
+    let path = "/in-flight".to_owned();
+    // A large node keeps replies in flight, and requests queued on the server, at any moment.
+    client
+        .create(&path, &vec![7u8; 512 * 1024], &persistent())
+        .await
+        .expect("create the node");
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(err) = client.get_data(&path).await {
+                        return err;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the readers get going
+    server.stop(libc::SIGKILL).await;
+    for reader in readers {
+        let err = tokio::time::timeout(DEADLINE, reader)
+            .await
+            .expect("every reader's request fails once the server is gone")
+            .expect("the reader task");
+        assert_eq!(
+            err,
+            zookeeper_client::Error::ConnectionLoss,
+            "a request in flight when the connection broke"
+        );
+    }
+}

@@ -283,6 +283,14 @@ impl Session {
         let err = self.serve_session(endpoints, &mut conn, buf, depot, requester).await.unwrap_err();
         self.resolve_serve_error(&err);
         info!("enter state {} due to {}", self.session_state, err);
+        // herald patch: operations in flight when the connection breaks fail with
+        // `ConnectionLoss`, as in the Java client, whatever broke it (an I/O error such as a
+        // reset used to reach callers as `Error::Custom`, which they cannot tell from a
+        // failed request and do not retry). The session's own verdicts pass through.
+        let err = match self.session_state {
+            SessionState::Disconnected => Error::ConnectionLoss,
+            _ => err,
+        };
         depot.error(&err);
     }
 

@@ -118,11 +118,11 @@ impl Follower {
 
     async fn run(&mut self, cancel: CancellationToken) {
         let mut live = self.session.live();
-        // Whether a listing was lost to a connection loss (said in the log when listing again).
+        // Whether the last round failed, its listing perhaps cut short (said when listing again).
         let mut again = false;
         loop {
             let round = self.follow_session(&live, again, &cancel).await;
-            again = matches!(&round, Err(err) if err.is_unreachable());
+            again = round.is_err();
             if !matches!(round, Ok(Ended::Cancelled)) {
                 self.unready();
             }
@@ -175,7 +175,7 @@ impl Follower {
             .await
             .map_err(|err| ZkError::op("watch", &root, err))?;
         if again {
-            // The previous round ended in a connection loss (e.g. during its re-list).
+            // The previous round failed (e.g. a connection loss during its re-list).
             info!("connected again; listing the instances again");
         }
         // The first whole listing in a session is news for a new leader (see `listed_at`).

@@ -233,3 +233,44 @@ fn template_embeds_the_value_in_a_larger_file() {
         "listen_addresses = '*'\nbackend_hostname0 = 'db1'\n# from BACKENDS\n"
     );
 }
+
+/// Issue #10: a reload that fails is tried again (with the file already current), and the
+/// error says its cause once.
+#[tokio::test]
+async fn a_failed_reload_is_tried_again_and_said_once() {
+    let root = root("watch_reload_retry");
+    let s = Scratch::new("watch_reload_retry");
+    let out = s.path("app.conf");
+    let failed_once = s.path("failed-once");
+    let reloads = s.path("reloads");
+    put(&root, "CONF", b"v1");
+    // The first reload fails; every later one succeeds and records the file it reloaded.
+    let reload = format!(
+        "if [ ! -e {failed} ]; then touch {failed}; exit 1; fi; cat {out} >> {reloads}; echo >> {reloads}",
+        failed = failed_once.display(),
+        out = out.display(),
+        reloads = reloads.display()
+    );
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args(["watch", "CONF", "--reload", &reload, "--out"])
+            .arg(&out),
+    );
+    let log = watch
+        .wait_log("reloaded (the earlier reload had failed)", 1)
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(&reloads).unwrap_or_default(),
+        "v1\n",
+        "reloaded once, with the file it had written:\n{log}"
+    );
+    let failure = log
+        .lines()
+        .find(|l| l.contains("trying again"))
+        .unwrap_or_else(|| panic!("the failure is logged:\n{log}"));
+    assert_eq!(
+        failure.matches("exited with status 1").count(),
+        1,
+        "the cause is said once: {failure}"
+    );
+}

@@ -85,13 +85,14 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
     // A symlink is followed once, here: the file it points to is the one replaced.
-    let file = args.out.as_ref().map(|path| FileTarget {
+    let mut file = args.out.as_ref().map(|path| FileTarget {
         path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
         mode: args.mode,
         check: args.check.clone(),
         reload: args.reload.clone(),
         command_timeout: args.command_timeout,
         env,
+        reload_owed: false,
     });
     let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
     let handle = session.handle();
@@ -119,9 +120,9 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             match &embed {
                 Some((embed, origin)) => {
                     let content = embed.render(key.as_str(), &value, origin)?;
-                    deliver(file.as_ref(), &content, args.null).await
+                    deliver(file.as_mut(), &content, args.null).await
                 }
-                None => deliver(file.as_ref(), &value, args.null).await,
+                None => deliver(file.as_mut(), &value, args.null).await,
             }
         };
         let delivered = tokio::select! {
@@ -165,7 +166,7 @@ fn stopped(nothing_delivered: bool, key: &herald::layout::EnvKey) -> anyhow::Res
 }
 
 /// Prints the value, or makes the file hold it.
-async fn deliver(file: Option<&FileTarget>, value: &[u8], null: bool) -> anyhow::Result<()> {
+async fn deliver(file: Option<&mut FileTarget>, value: &[u8], null: bool) -> anyhow::Result<()> {
     let Some(file) = file else {
         let mut stdout = std::io::stdout().lock();
         stdout
@@ -178,6 +179,10 @@ async fn deliver(file: Option<&FileTarget>, value: &[u8], null: bool) -> anyhow:
     match file.apply(value).await {
         Ok(Applied::Written) => {
             tracing::info!(file = %file.path.display(), bytes = value.len(), "wrote the new value");
+            Ok(())
+        }
+        Ok(Applied::Reloaded) => {
+            tracing::info!(file = %file.path.display(), "reloaded (the earlier reload had failed)");
             Ok(())
         }
         Ok(Applied::Unchanged) => Ok(()),

@@ -27,6 +27,9 @@ pub struct FileTarget {
     pub command_timeout: Duration,
     /// The environment check and reload run with.
     pub env: BTreeMap<OsString, OsString>,
+    /// The file was replaced but its reload failed: the next apply reloads even when the
+    /// content is the same (a retry must not find the file current and skip the reload).
+    pub reload_owed: bool,
 }
 
 /// What [`FileTarget::apply`] did.
@@ -36,6 +39,8 @@ pub enum Applied {
     Unchanged,
     /// Replaced (and reloaded, if a reload command is set).
     Written,
+    /// Already current, but its earlier reload had failed: reloaded now.
+    Reloaded,
 }
 
 /// Why a value did not become the file. The old file is untouched in every case but `Reload`.
@@ -46,19 +51,25 @@ pub enum WatchError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the new {} was refused: {source}; the old file stays", .path.display())]
+    // The command's own error follows as the cause (said once, by the error chain).
+    #[error("the new {} was refused (the old file stays)", .path.display())]
     Check { path: PathBuf, source: CommandError },
-    #[error("{} was replaced, but {source}", .path.display())]
+    #[error("{} was replaced, but not reloaded", .path.display())]
     Reload { path: PathBuf, source: CommandError },
     #[error("--template {origin}: {reason}; the old file stays")]
     Template { origin: String, reason: String },
 }
 
 impl FileTarget {
-    /// Makes the file hold `content`: stage, check, swap, reload.
-    pub async fn apply(&self, content: &[u8]) -> Result<Applied, WatchError> {
+    /// Makes the file hold `content`: stage, check, swap, reload. A reload that failed is run
+    /// again by the next apply, even of the same content.
+    pub async fn apply(&mut self, content: &[u8]) -> Result<Applied, WatchError> {
         if std::fs::read(&self.path).is_ok_and(|old| old == content) {
-            return Ok(Applied::Unchanged);
+            if !self.reload_owed {
+                return Ok(Applied::Unchanged);
+            }
+            self.reload().await?;
+            return Ok(Applied::Reloaded);
         }
         let write_err = |source| WatchError::Write {
             path: self.path.clone(),
@@ -95,6 +106,13 @@ impl FileTarget {
                 let _ = dir.sync_all();
             }
         }
+        self.reload_owed = true;
+        self.reload().await?;
+        Ok(Applied::Written)
+    }
+
+    /// Runs the reload command, if any; clears `reload_owed` when it succeeds.
+    async fn reload(&mut self) -> Result<(), WatchError> {
         if let Some(reload) = &self.reload {
             run_command(
                 "--reload",
@@ -110,7 +128,8 @@ impl FileTarget {
                 source,
             })?;
         }
-        Ok(Applied::Written)
+        self.reload_owed = false;
+        Ok(())
     }
 
     /// Writes `content` to a new file beside the target, with the target's owner and mode.

@@ -48,10 +48,6 @@ impl Settle {
         }
         Some(at)
     }
-
-    pub fn is_settling(&self) -> bool {
-        self.began.is_some()
-    }
 }
 
 #[cfg(test)]
@@ -66,7 +62,8 @@ mod tests {
         let mut settle = Settle::new(S, 10 * S, t0);
         // Last change long ago, or never.
         assert_eq!(settle.hold_until(Some(t0 - 5 * S), t0), None);
-        assert!(!settle.is_settling());
+        // Settled: a change right after is published at once too.
+        assert_eq!(settle.hold_until(Some(t0), t0), None);
         let mut never = Settle::new(S, 10 * S, t0);
         assert_eq!(never.hold_until(None, t0), None);
     }

@@ -581,3 +581,70 @@ async fn a_director_starting_amid_registrations_publishes_once() {
         "created once with all five, never set:\n{log}"
     );
 }
+
+/// The pgpool backend block for `(slot, port)` pairs as `register` writes them.
+fn pgpool_block(backends: &[(u32, u16)]) -> String {
+    backends
+        .iter()
+        .map(|(n, port)| {
+            format!(
+                "backend_hostname{n} = '10.0.0.{}'\nbackend_port{n} = {port}\nbackend_weight{n} = 1\n\
+                 backend_data_directory{n} = '/var/lib/postgresql/data'\nbackend_flag{n} = 'ALLOW_TO_FAILOVER'\n",
+                port % 250
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_failover() {
+    let root = root("dir_slots");
+    let client = client().await;
+    let path = value_path(&root, "PGPOOL_BACKENDS");
+    let args = ["--preset", "pgpool", "--session-timeout", "1s", "--settle", "0s"];
+    let first = Director::spawn(&mut director(&root, "PGPOOL_BACKENDS", "pg", &args));
+    first.wait_log("leading", 1).await;
+    let second = Director::spawn(director(&root, "PGPOOL_BACKENDS", "pg", &args).arg("-v"));
+    second.wait_log("standing by", 1).await;
+    for (id, port) in [("a", 5432), ("b", 5433), ("c", 5434)] {
+        register(&client, &root, "pg", id, port).await;
+    }
+    value_becomes(&client, &path, &pgpool_block(&[(0, 5432), (1, 5433), (2, 5434)])).await;
+
+    // Backend 0 goes: the others keep their numbers (pgpool ignores a new address for a slot
+    // it has loaded, but would apply the weight and flag by number).
+    client
+        .delete(&format!("{root}/services/pg/a"), None)
+        .await
+        .unwrap();
+    value_becomes(&client, &path, &pgpool_block(&[(1, 5433), (2, 5434)])).await;
+
+    // The leader dies; the new one reads the numbers from ZooKeeper and goes on with them.
+    let mut first = first;
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    second.wait_log("leading", 1).await;
+    // A new server never takes the number a different server had…
+    register(&client, &root, "pg", "d", 5435).await;
+    value_becomes(
+        &client,
+        &path,
+        &pgpool_block(&[(1, 5433), (2, 5434), (3, 5435)]),
+    )
+    .await;
+    // …but the same server back gets its own number again.
+    register(&client, &root, "pg", "a", 5432).await;
+    value_becomes(
+        &client,
+        &path,
+        &pgpool_block(&[(0, 5432), (1, 5433), (2, 5434), (3, 5435)]),
+    )
+    .await;
+    let (map, _) = client
+        .get_data(&format!("{root}/slots/PGPOOL_BACKENDS"))
+        .await
+        .unwrap();
+    let map: serde_json::Value = serde_json::from_slice(&map).unwrap();
+    assert_eq!(map["slots"]["3"]["instance"], "pg/d", "{map}");
+    assert!(map["slots"]["0"].get("retired_ms").is_none(), "{map}");
+}

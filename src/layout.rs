@@ -4,6 +4,7 @@
 //! <root>/environment/<KEY>                    persistent: the raw bytes of a published value
 //! <root>/services/<service>/<instance-id>     ephemeral: one JSON document per live instance
 //! <root>/directors/<KEY>/…                    director election for the output KEY
+//! <root>/slots/<KEY>                          persistent: the member numbers of output KEY (JSON)
 //! ```
 //!
 //! `<root>` is the chroot of the connect string (if any) followed by `--root` (default `/herald`).
@@ -254,6 +255,16 @@ impl Layout {
     /// `<root>/services/<service>/<instance-id>`.
     pub fn instance(&self, service: &ServiceName, id: &InstanceId) -> String {
         format!("{}/services/{service}/{id}", self.root)
+    }
+
+    /// `<root>/slots`: the parent of every slot map.
+    pub fn slots_dir(&self) -> String {
+        format!("{}/slots", self.root)
+    }
+
+    /// `<root>/slots/<KEY>`: the stable member numbers of output KEY, written with its value.
+    pub fn slots(&self, key: &EnvKey) -> String {
+        format!("{}/slots/{key}", self.root)
     }
 
     /// `<root>/directors/<KEY>`: where the directors of output KEY hold their election.

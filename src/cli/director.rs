@@ -119,6 +119,7 @@ impl DirectorArgs {
             check: self.check.clone(),
             wait: self.wait.clone(),
             settle: self.settle.clone(),
+            slots: None,
         };
         Ok(vec![
             spec.validate(Path::new("the command line"))

@@ -70,6 +70,9 @@ pub struct Output {
     pub settle_quiet: Duration,
     /// …or this long has passed since settling began. `settle_quiet <= settle_max`.
     pub settle_max: Duration,
+    /// Keep stable member numbers ([`super::slots`]) and publish them with the value: on by
+    /// default for preset `pgpool`, whose consumer numbers its backends.
+    pub slots: bool,
 }
 
 /// `settle` when none is given: re-registrations after a mass session loss arrive within
@@ -109,6 +112,7 @@ pub struct OutputSpec {
     pub check: Option<String>,
     pub wait: Option<String>,
     pub settle: Option<String>,
+    pub slots: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +467,9 @@ impl OutputSpec {
             }
         };
 
+        let slots = self
+            .slots
+            .unwrap_or(matches!(derivation, Derivation::Preset(Preset::Pgpool)));
         let allow_empty = self.allow_empty.unwrap_or(false);
         let min_instances = match self.min_instances {
             Some(0) if !allow_empty => {
@@ -507,6 +514,7 @@ impl OutputSpec {
             wait_max,
             settle_quiet,
             settle_max,
+            slots,
         })
     }
 }
@@ -677,10 +685,13 @@ template = """
             80,
         );
         assert_eq!(
-            count.derivation.derive(std::slice::from_ref(&web)).unwrap(),
+            count
+                .derivation
+                .derive(std::slice::from_ref(&web), None)
+                .unwrap(),
             b"1\n"
         );
-        assert_eq!(outputs[4].derivation.derive(&[web]).unwrap(), b"h\n");
+        assert_eq!(outputs[4].derivation.derive(&[web], None).unwrap(), b"h\n");
     }
 
     #[test]

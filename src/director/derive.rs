@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::instance::Instance;
 
 pub use super::preset::Preset;
+use super::slots::SlotOf;
 pub use super::template::Template;
 
 /// The largest value a derivation may produce (and the most an `exec` program may print): about
@@ -85,11 +86,16 @@ pub enum DeriveError {
 impl Derivation {
     /// Derives the value of a template or a preset. `Exec` returns [`DeriveError::NeedsExec`]:
     /// run it with [`derive_exec`].
-    pub fn derive(&self, instances: &[Instance]) -> Result<Vec<u8>, DeriveError> {
+    /// `slots` are the members' stable numbers when the output keeps them.
+    pub fn derive(
+        &self,
+        instances: &[Instance],
+        slots: Option<&SlotOf>,
+    ) -> Result<Vec<u8>, DeriveError> {
         let sorted = sorted(instances);
         let value = match self {
-            Derivation::Template(template) => template.render(&sorted)?,
-            Derivation::Preset(preset) => preset.render(&sorted)?,
+            Derivation::Template(template) => template.render(&sorted, slots)?,
+            Derivation::Preset(preset) => preset.render(&sorted, slots)?,
             Derivation::Exec { .. } => return Err(DeriveError::NeedsExec),
         };
         if value.len() > MAX_VALUE {
@@ -115,8 +121,10 @@ pub(super) fn sorted(instances: &[Instance]) -> Vec<&Instance> {
 /// ```
 ///
 /// `registered` is in milliseconds since the Unix epoch; `port` and `sslPort` may be null.
-pub fn instance_json(i: &Instance) -> serde_json::Value {
-    json!({
+/// When the output keeps stable member numbers, `"slot"` is the instance's (see
+/// [`super::slots`]).
+pub fn instance_json(i: &Instance, slots: Option<&SlotOf>) -> serde_json::Value {
+    let mut v = json!({
         "service": i.service.as_str(),
         "id": i.id.as_str(),
         "address": i.address,
@@ -127,7 +135,13 @@ pub fn instance_json(i: &Instance) -> serde_json::Value {
         "endpoints": i.endpoints,
         "weight": i.weight,
         "registered": i.registered_ms,
-    })
+    });
+    if let Some(slot) = slots.and_then(|s| s.get(&(i.service.clone(), i.id.clone())))
+        && let Some(map) = v.as_object_mut()
+    {
+        map.insert("slot".to_owned(), json!(slot));
+    }
+    v
 }
 
 /// The `exec` derivation: runs `/bin/sh -c command` with exactly `env`, the instances on stdin
@@ -145,8 +159,12 @@ pub async fn derive_exec(
     timeout: Duration,
     env: &BTreeMap<OsString, OsString>,
     instances: &[Instance],
+    slots: Option<&SlotOf>,
 ) -> Result<Vec<u8>, DeriveError> {
-    let list: Vec<serde_json::Value> = sorted(instances).into_iter().map(instance_json).collect();
+    let list: Vec<serde_json::Value> = sorted(instances)
+        .into_iter()
+        .map(|i| instance_json(i, slots))
+        .collect();
     let input = serde_json::to_vec(&list)
         .map_err(|e| DeriveError::Io(format!("exec: cannot encode the instances as JSON: {e}")))?;
     let mut value = run_shell(command, timeout, env, &input).await?;
@@ -312,7 +330,7 @@ mod tests {
     }
 
     async fn exec(command: &str, timeout: Duration) -> Result<Vec<u8>, DeriveError> {
-        derive_exec(command, timeout, &env(), &sample()).await
+        derive_exec(command, timeout, &env(), &sample(), None).await
     }
 
     #[tokio::test]
@@ -320,14 +338,16 @@ mod tests {
         let echoed = exec("cat", Duration::from_secs(10)).await.unwrap();
         let expected: Vec<serde_json::Value> = {
             let all = sample();
-            vec![instance_json(&all[1]), instance_json(&all[0])]
+            vec![instance_json(&all[1], None), instance_json(&all[0], None)]
         };
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&echoed).unwrap(),
             serde_json::Value::from(expected)
         );
         assert_eq!(
-            Derivation::Preset(Preset::Json).derive(&sample()).unwrap(),
+            Derivation::Preset(Preset::Json)
+                .derive(&sample(), None)
+                .unwrap(),
             echoed,
             "exec programs see what the json preset prints"
         );
@@ -371,7 +391,7 @@ mod tests {
                 command: "cat".into(),
                 timeout: Duration::from_secs(1)
             }
-            .derive(&sample()),
+            .derive(&sample(), None),
             Err(DeriveError::NeedsExec)
         ));
     }

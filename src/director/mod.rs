@@ -14,4 +14,5 @@ pub mod preset;
 pub mod publish;
 pub mod run;
 pub mod settle;
+pub mod slots;
 pub mod template;

@@ -4,6 +4,7 @@
 //! skipped by the presets that need one.
 
 use super::derive::{DeriveError, instance_json};
+use super::slots::SlotOf;
 use crate::instance::Instance;
 
 /// A built-in format. The examples below are over two instances `db1` (10.0.0.5:5432, weight 1,
@@ -36,7 +37,9 @@ pub enum Preset {
     /// [{"address":"10.0.0.5","endpoints":{},"id":"db1",…,"weight":1},{…,"weight":0}]
     /// ```
     Json,
-    /// `pgpool`: the backend block of pgpool.conf, numbered from 0 in order. The data directory
+    /// `pgpool`: the backend block of pgpool.conf, one backend per instance, numbered by the
+    /// output's stable slots (see [`super::slots`]: an instance keeps its number while it is
+    /// registered, and a removed one leaves a gap), in slot order. The data directory
     /// is the instance's meta `data_directory` (default `/var/lib/postgresql/data`), the flag its
     /// meta `pgpool_flag` (default `ALLOW_TO_FAILOVER`); the weight is as registered (0 kept).
     /// A value that would break the file (a quote, a backslash, a newline) is an error.
@@ -102,7 +105,12 @@ impl Preset {
     }
 
     /// The value over `instances` (sorted by service, id).
-    pub(super) fn render(&self, instances: &[&Instance]) -> Result<Vec<u8>, DeriveError> {
+    /// Slotted outputs pass `slots`; without them `pgpool` numbers the instances from 0.
+    pub(super) fn render(
+        &self,
+        instances: &[&Instance],
+        slots: Option<&SlotOf>,
+    ) -> Result<Vec<u8>, DeriveError> {
         if instances.is_empty() {
             return Ok(Vec::new());
         }
@@ -111,12 +119,12 @@ impl Preset {
             Preset::Url { format } => url(format, instances)?,
             Preset::Json => {
                 let list: Vec<serde_json::Value> =
-                    instances.iter().map(|i| instance_json(i)).collect();
+                    instances.iter().map(|i| instance_json(i, slots)).collect();
                 return serde_json::to_vec(&list).map_err(|e| {
                     DeriveError::Io(format!("json: cannot encode the instances: {e}"))
                 });
             }
-            Preset::Pgpool => pgpool(instances)?,
+            Preset::Pgpool => pgpool(instances, slots)?,
             Preset::Haproxy => haproxy(instances)?,
         };
         Ok(out.into_bytes())
@@ -302,10 +310,25 @@ fn pgpool_quotable(value: &str) -> bool {
             .any(|c| c == '\'' || c == '\\' || c.is_control())
 }
 
-fn pgpool(instances: &[&Instance]) -> Result<String, DeriveError> {
-    let mut out = String::new();
-    let mut n = 0;
+fn pgpool(instances: &[&Instance], slots: Option<&SlotOf>) -> Result<String, DeriveError> {
+    let mut numbered: Vec<(u32, &Instance)> = Vec::new();
     for i in instances {
+        if i.port.is_none() {
+            continue;
+        }
+        let n = match slots {
+            Some(slots) => match slots.get(&(i.service.clone(), i.id.clone())) {
+                Some(&n) => n,
+                // Refused a slot: left out (the director says why).
+                None => continue,
+            },
+            None => numbered.len() as u32,
+        };
+        numbered.push((n, i));
+    }
+    numbered.sort_by_key(|(n, _)| *n);
+    let mut out = String::new();
+    for (n, i) in numbered {
         let Some(port) = i.port else { continue };
         check_address("pgpool", i, &['\'', '\\'])?;
         let data_directory = i
@@ -343,7 +366,6 @@ fn pgpool(instances: &[&Instance]) -> Result<String, DeriveError> {
             address = i.address,
             weight = i.weight,
         ));
-        n += 1;
     }
     Ok(out)
 }
@@ -407,7 +429,7 @@ mod tests {
 
     fn derive(preset: Preset, instances: &[Instance]) -> Result<String, DeriveError> {
         Derivation::Preset(preset)
-            .derive(instances)
+            .derive(instances, None)
             .map(|v| String::from_utf8(v).unwrap())
     }
 
@@ -462,6 +484,33 @@ mod tests {
                 "{preset:?}"
             );
         }
+    }
+
+    #[test]
+    fn pgpool_numbers_by_slot_in_slot_order_with_gaps() {
+        let all = sample();
+        let mut slots = SlotOf::new();
+        for (id, n) in [("db1", 4), ("db3", 0)] {
+            slots.insert(("pg".parse().unwrap(), id.parse().unwrap()), n);
+        }
+        // db2 has no slot (refused): left out; db4 has no port.
+        let out = Derivation::Preset(Preset::Pgpool)
+            .derive(&all, Some(&slots))
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let hosts: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("backend_hostname"))
+            .collect();
+        assert_eq!(
+            hosts,
+            ["backend_hostname0 = '::1'", "backend_hostname4 = '10.0.0.5'"]
+        );
+        // The json preset carries the slot too.
+        let json = Derivation::Preset(Preset::Json)
+            .derive(&all[3..], Some(&slots))
+            .unwrap();
+        assert!(String::from_utf8(json).unwrap().contains(r#""slot":4"#));
     }
 
     #[test]

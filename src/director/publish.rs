@@ -1,6 +1,7 @@
 //! Writing an output's value as its leader, fenced: one multi-op checks the version of the
-//! leader's own election node and writes `<root>/environment/<KEY>`. If the leader's session has
-//! ended or its node is gone, nothing is written.
+//! leader's own election node and writes `<root>/environment/<KEY>` (and `<root>/slots/<KEY>`
+//! when the output keeps stable member numbers). If the leader's session has ended or its node
+//! is gone, nothing is written.
 
 use zookeeper_client::{self as zk, Acls, CreateMode, MultiWriteError};
 
@@ -17,73 +18,103 @@ pub enum Fenced {
     Deposed,
 }
 
-/// Writes `value` as KEY if `lead` still leads. `exists` is what the caller believes (it read
-/// the value when it began to lead): a wrong guess costs one more round trip, never a wrong
-/// write.
+/// Writes `value` as KEY if `lead` still leads, and with it, in the same multi-op, the output's
+/// slot map when it keeps one (`slots`: the bytes, and whether the znode exists). `exists` is
+/// what the caller believes (it read the value when it began to lead): a wrong guess costs one
+/// more round trip, never a wrong write.
 pub async fn publish(
     lead: &Leadership,
     values: &Values,
     key: &EnvKey,
     value: &[u8],
     exists: bool,
+    slots: Option<(&[u8], bool)>,
 ) -> Result<Fenced, ValueError> {
     check_value(key, value)?;
+    let layout = values.layout();
+    let mut writes = vec![Write {
+        path: layout.value(key),
+        parent: layout.environment(),
+        data: value,
+        exists,
+        created_parent: false,
+    }];
+    if let Some((data, exists)) = slots {
+        check_value(key, data)?;
+        writes.push(Write {
+            path: layout.slots(key),
+            parent: layout.slots_dir(),
+            data,
+            exists,
+            created_parent: false,
+        });
+    }
     let client = &lead.live.client;
-    let path = values.layout().value(key);
-    let mut created_parent = false;
-    let mut exists = exists;
-    for _ in 0..5 {
+    for _ in 0..8 {
         let mut multi = client.new_multi_writer();
-        let op = |err| ZkError::op("write", &path, err);
+        let op = |path: &str, err| ZkError::op("write", path, err);
         multi
             .add_check_version(&lead.node, lead.version)
-            .map_err(op)?;
-        if exists {
-            multi.add_set_data(&path, value, None).map_err(op)?;
-        } else {
-            let mode = CreateMode::Persistent.with_acls(values.value_acl());
-            multi.add_create(&path, value, &mode).map_err(op)?;
-        }
-        match multi.commit().await {
-            Ok(_) => return Ok(Fenced::Published),
-            // The fence: our election node is gone or changed.
-            Err(MultiWriteError::OperationFailed {
-                index: 0,
-                source: zk::Error::NoNode | zk::Error::BadVersion,
-            }) => return Ok(Fenced::Deposed),
-            // The value exists after all, or not: write it the other way.
-            Err(MultiWriteError::OperationFailed {
-                index: 1,
-                source: zk::Error::NodeExists,
-            }) => exists = true,
-            Err(MultiWriteError::OperationFailed {
-                index: 1,
-                source: zk::Error::NoNode,
-            }) if exists => exists = false,
-            Err(MultiWriteError::OperationFailed {
-                index: 1,
-                source: zk::Error::NoNode,
-            }) if !created_parent => {
-                created_parent = true;
-                let parent = values.layout().environment();
-                let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());
-                match client.mkdir(&parent, &dir).await {
-                    Ok(()) => {}
-                    Err(err) if session_ended(&err) => return Ok(Fenced::Deposed),
-                    Err(err) => return Err(ZkError::op("create", &parent, err).into()),
-                }
+            .map_err(|e| op(&writes[0].path, e))?;
+        for w in &writes {
+            if w.exists {
+                multi.add_set_data(&w.path, w.data, None)
+            } else {
+                let mode = CreateMode::Persistent.with_acls(values.value_acl());
+                multi.add_create(&w.path, w.data, &mode)
             }
+            .map_err(|e| op(&w.path, e))?;
+        }
+        let (index, source) = match multi.commit().await {
+            Ok(_) => return Ok(Fenced::Published),
+            Err(MultiWriteError::OperationFailed { index, source }) => (index, source),
             Err(err) => {
                 let err: zk::Error = err.into();
                 if session_ended(&err) {
                     return Ok(Fenced::Deposed);
                 }
-                return Err(ZkError::op("write", &path, err).into());
+                return Err(op(&writes[0].path, err).into());
+            }
+        };
+        // The fence: our election node is gone or changed.
+        if index == 0 && matches!(source, zk::Error::NoNode | zk::Error::BadVersion) {
+            return Ok(Fenced::Deposed);
+        }
+        let Some(w) = index.checked_sub(1).and_then(|i| writes.get_mut(i)) else {
+            return Err(op(&writes[0].path, source).into());
+        };
+        match source {
+            // The znode exists after all, or not: write it the other way.
+            zk::Error::NodeExists => w.exists = true,
+            zk::Error::NoNode if w.exists => w.exists = false,
+            zk::Error::NoNode if !w.created_parent => {
+                w.created_parent = true;
+                let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());
+                match client.mkdir(&w.parent, &dir).await {
+                    Ok(()) => {}
+                    Err(err) if session_ended(&err) => return Ok(Fenced::Deposed),
+                    Err(err) => return Err(ZkError::op("create", &w.parent, err).into()),
+                }
+            }
+            err => {
+                if session_ended(&err) {
+                    return Ok(Fenced::Deposed);
+                }
+                return Err(op(&w.path, err).into());
             }
         }
     }
-    // Someone keeps creating and deleting the value under us: report rather than spin.
-    Err(ZkError::op("write", &path, zk::Error::RuntimeInconsistent).into())
+    // Someone keeps creating and deleting the znodes under us: report rather than spin.
+    Err(ZkError::op("write", &writes[0].path, zk::Error::RuntimeInconsistent).into())
+}
+
+/// One znode of a fenced publish.
+struct Write<'a> {
+    path: String,
+    parent: String,
+    data: &'a [u8],
+    exists: bool,
+    created_parent: bool,
 }
 
 /// The session that won the election is over: so is the leadership.

@@ -21,10 +21,11 @@ use super::derive::{Derivation, derive_exec};
 use super::election::{self, Leadership};
 use super::publish::{Fenced, publish};
 use super::settle::Settle;
+use super::slots::{self, Refused, SlotMapError, Slots};
 use crate::command::run_command;
 use crate::instance::Instance;
 use crate::values::Values;
-use crate::zk::SessionHandle;
+use crate::zk::{SessionHandle, ZkError};
 
 /// Everything a director process runs.
 pub struct Director {
@@ -186,6 +187,22 @@ async fn serve(
             return Ended::Failed;
         }
     };
+    // The stable member numbers, when the output keeps them: read once, then ours to write.
+    let mut slot_map: Option<(Result<Slots, SlotMapError>, Option<Vec<u8>>)> = None;
+    if output.slots {
+        let path = shared.values.layout().slots(key);
+        let stored = match lead.live.client.get_data(&path).await {
+            Ok((data, _)) => Some(data),
+            Err(zookeeper_client::Error::NoNode) => None,
+            Err(err) => {
+                warn!(error = %ZkError::op("read", &path, err), "cannot read the slot map; trying again in 1s");
+                return Ended::Failed;
+            }
+        };
+        slot_map = Some((Slots::parse(stored.as_deref()), stored));
+    }
+    // The refusals last logged, so each is said once.
+    let mut refusals_said: Vec<Refused> = Vec::new();
     let lost = lead.lost();
     tokio::pin!(lost);
     let mut held = false;
@@ -270,7 +287,7 @@ async fn serve(
         if same_inputs && !retrying {
             continue;
         }
-        let instances: Vec<Instance> = inputs
+        let mut instances: Vec<Instance> = inputs
             .iter()
             .flatten()
             .flat_map(|m| m.values())
@@ -278,6 +295,29 @@ async fn serve(
             .cloned()
             .collect();
         last_inputs = Some(inputs);
+        // Stable numbers: who keeps what, who is new, who cannot have one (left out).
+        let assigned = match &slot_map {
+            None => None,
+            Some((Err(err), _)) => {
+                failures += 1;
+                let delay = backoff(failures);
+                error!(error = %err, znode = %shared.values.layout().slots(key), retry_in_s = delay.as_secs(), "nothing published");
+                retry_at = Some(Instant::now() + delay);
+                continue;
+            }
+            Some((Ok(previous), _)) => {
+                let refs: Vec<&Instance> = instances.iter().collect();
+                let assigned = slots::assign(previous, &refs, now_ms());
+                if assigned.refused != refusals_said {
+                    for refused in &assigned.refused {
+                        error!("{refused}; it is left out of the value");
+                    }
+                    refusals_said = assigned.refused.clone();
+                }
+                instances.retain(|i| assigned.of.contains_key(&(i.service.clone(), i.id.clone())));
+                Some(assigned)
+            }
+        };
         let mut hold = |why: &str| {
             if !held {
                 warn!(
@@ -295,9 +335,16 @@ async fn serve(
         }
         let derived = match &output.derivation {
             Derivation::Exec { command, timeout } => {
-                derive_exec(command, *timeout, &shared.env, &instances).await
+                derive_exec(
+                    command,
+                    *timeout,
+                    &shared.env,
+                    &instances,
+                    assigned.as_ref().map(|a| &a.of),
+                )
+                .await
             }
-            derivation => derivation.derive(&instances),
+            derivation => derivation.derive(&instances, assigned.as_ref().map(|a| &a.of)),
         };
         let value = match derived {
             Ok(value) => value,
@@ -315,7 +362,12 @@ async fn serve(
             continue;
         }
         held = false;
-        if published.as_deref() == Some(value.as_slice()) {
+        let slot_bytes = assigned.as_ref().map(|a| a.slots.to_bytes());
+        let slots_same = match (&slot_bytes, &slot_map) {
+            (Some(new), Some((_, stored))) => stored.as_deref() == Some(new.as_slice()),
+            _ => true,
+        };
+        if published.as_deref() == Some(value.as_slice()) && slots_same {
             debug!(instances = instances.len(), "the value is unchanged");
             failures = 0;
             continue;
@@ -337,8 +389,27 @@ async fn serve(
             retry_at = Some(Instant::now() + delay);
             continue;
         }
-        match publish(lead, &shared.values, key, &value, published.is_some()).await {
+        let slots_write = slot_bytes
+            .as_deref()
+            .zip(slot_map.as_ref())
+            .map(|(bytes, (_, stored))| (bytes, stored.is_some()));
+        match publish(
+            lead,
+            &shared.values,
+            key,
+            &value,
+            published.is_some(),
+            slots_write,
+        )
+        .await
+        {
             Ok(Fenced::Published) => {
+                if let Some(assigned) = assigned {
+                    for reused in &assigned.reused {
+                        warn!(slot = reused.slot, instance = %reused.instance, was = %reused.was, "every slot is used: a retired slot went to a new address, which a running pgpool applies only when it restarts");
+                    }
+                    slot_map = Some((Ok(assigned.slots), slot_bytes));
+                }
                 info!(
                     old = %digest(published.as_deref()),
                     new = %digest(Some(&value)),
@@ -358,6 +429,13 @@ async fn serve(
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, for the slot map.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// 1s, 2s, 4s, … up to a minute.

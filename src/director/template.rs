@@ -8,6 +8,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior, Value};
 
 use super::derive::{DeriveError, instance_json};
+use super::slots::SlotOf;
 use crate::instance::Instance;
 
 /// The template's name inside its environment (never shown: errors give the line only).
@@ -83,10 +84,14 @@ impl Template {
     }
 
     /// Renders the template over `instances` (sorted by service, id).
-    pub(super) fn render(&self, instances: &[&Instance]) -> Result<Vec<u8>, DeriveError> {
+    pub(super) fn render(
+        &self,
+        instances: &[&Instance],
+        slots: Option<&SlotOf>,
+    ) -> Result<Vec<u8>, DeriveError> {
         let list: Vec<Value> = instances
             .iter()
-            .map(|i| to_value(&instance_json(i)))
+            .map(|i| to_value(&instance_json(i, slots)))
             .collect();
         let mut services: Vec<(String, Vec<Value>)> = Vec::new();
         for (instance, value) in instances.iter().zip(&list) {
@@ -240,7 +245,7 @@ mod tests {
 
     fn render(source: &str, instances: &[Instance]) -> Result<String, DeriveError> {
         let derivation = Derivation::Template(Template::compile(source)?);
-        Ok(String::from_utf8(derivation.derive(instances)?).unwrap())
+        Ok(String::from_utf8(derivation.derive(instances, None)?).unwrap())
     }
 
     #[test]

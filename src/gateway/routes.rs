@@ -293,7 +293,7 @@ async fn list_services(backend: &Backend) -> Reply {
 async fn list_instances(backend: &Backend, service: &ServiceName) -> Reply {
     let live = backend.session.live();
     match catalog::instances(&live.client, backend.values.layout(), service).await {
-        Ok(instances) => json_reply(instances.iter().map(instance_json).collect()),
+        Ok(instances) => json_reply(instances.iter().map(|i| instance_json(i, None)).collect()),
         Err(err) => zk_error(&err),
     }
 }

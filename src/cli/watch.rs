@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use herald::watch::pgpool::Pgpool;
 use herald::watch::{Applied, Embed, FileTarget};
 use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,12 +24,21 @@ Examples:
   herald watch DATABASE_URL                 print each new value, one per line (-0: NUL-separated)
   herald watch DATABASE_URL --out db.url --once
   herald watch PGPOOL_BACKENDS --out pgpool.conf --template pgpool.conf.j2   ({{ value }} inside)
+  PCPPASSFILE=/etc/pgpool2/pcppass herald watch PGPOOL_BACKENDS --out /etc/pgpool2/pgpool.conf \
+      --template pgpool.conf.j2 --pgpool 127.0.0.1:9898 --pcp-user pcpadmin
 
 At start and on every change the value is written to a file staged beside FILE (fsynced, with
 FILE's mode and owner, or --mode when new), --check runs on it (its path is $1), and only if it
 passes does it replace FILE by rename; then --reload runs, once per change. A value that cannot be
 written or fails its check leaves FILE as it was and is reported. A deleted key keeps the last
-file. Waits for the key when it is not published yet.")]
+file. Waits for the key when it is not published yet.
+
+With --pgpool, a reload is followed by making pgpool's node table match the file: configured
+backends pgpool holds down are attached, backends no longer configured are detached (-g), and
+what still differs (a new address for a loaded backend needs a pgpool restart) is an error,
+retried. Without --reload, pgpool is reloaded with pcp_reload_config. This also runs at start and
+every --pgpool-every, so a pgpool restarted with a stale pgpool_status is corrected. The PCP
+password is read by the PCP tools from PCPPASSFILE (or --pcp-passfile, or ~/.pcppass).")]
 pub struct WatchArgs {
     /// The key to follow.
     pub key: String,
@@ -53,6 +63,18 @@ pub struct WatchArgs {
     /// Handle the current value (waiting for it if need be), then exit.
     #[arg(long)]
     pub once: bool,
+    /// Keep this pgpool's node table equal to FILE, through its PCP port.
+    #[arg(long, value_name = "HOST:PORT", requires = "out")]
+    pub pgpool: Option<String>,
+    /// The PCP user (default: the PCP tools' own, the OS user's name).
+    #[arg(long, value_name = "USER", requires = "pgpool")]
+    pub pcp_user: Option<String>,
+    /// The PCP password file (host:port:user:password, mode 600); default $PCPPASSFILE.
+    #[arg(long, value_name = "FILE", requires = "pgpool")]
+    pub pcp_passfile: Option<PathBuf>,
+    /// How often to check pgpool's node table against FILE between changes.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, requires = "pgpool")]
+    pub pgpool_every: Duration,
     /// Separate printed values with NUL instead of newline.
     #[arg(short = '0', long = "null", conflicts_with = "out")]
     pub null: bool,
@@ -84,6 +106,10 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let pgpool = match &args.pgpool {
+        Some(addr) => Some(pgpool_target(addr, &args, &env)?),
+        None => None,
+    };
     // A symlink is followed once, here: the file it points to is the one replaced.
     let mut file = args.out.as_ref().map(|path| FileTarget {
         path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
@@ -93,7 +119,13 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         command_timeout: args.command_timeout,
         env,
         reload_owed: false,
+        pgpool,
     });
+    let mut resync = tokio::time::interval(args.pgpool_every);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first check is one period from now: the first value's apply checks pgpool too.
+    resync.reset();
+    let syncing = args.pgpool.is_some() && !args.once;
     let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
     let handle = session.handle();
     let values = &target.values;
@@ -104,6 +136,14 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let outcome = loop {
         let next = tokio::select! {
             next = values.next(&handle, &key, known.as_deref()) => next,
+            _ = resync.tick(), if syncing && delivered_any => {
+                if let Some(file) = file.as_mut()
+                    && let Err(err) = file.resync().await
+                {
+                    tracing::error!("{:#}", anyhow::Error::from(err));
+                }
+                continue;
+            }
             _ = term.recv() => break stopped(args.once && !delivered_any, &key),
             _ = int.recv() => break stopped(args.once && !delivered_any, &key),
         };
@@ -155,6 +195,53 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     };
     session.close().await;
     outcome
+}
+
+/// `--pgpool HOST:PORT` and its companions, checked.
+fn pgpool_target(
+    addr: &str,
+    args: &WatchArgs,
+    env: &std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString>,
+) -> anyhow::Result<Pgpool> {
+    let usage = |why: &str| {
+        Outcome::Usage(format!(
+            "--pgpool {addr:?}: {why}; write the PCP address, e.g. 127.0.0.1:9898"
+        ))
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| usage("no port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(usage("no host").into());
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| usage("the port is not a number"))?;
+    let mut env = env.clone();
+    if let Some(file) = &args.pcp_passfile {
+        let meta = std::fs::metadata(file).map_err(|e| {
+            Outcome::Usage(format!(
+                "cannot read --pcp-passfile {}: {e}; check the path",
+                file.display()
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(Outcome::Usage(format!(
+                "--pcp-passfile {} is not a regular file",
+                file.display()
+            ))
+            .into());
+        }
+        let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+        env.insert("PCPPASSFILE".into(), path.into_os_string());
+    }
+    Ok(Pgpool {
+        host: host.to_owned(),
+        port,
+        user: args.pcp_user.clone(),
+        env,
+        timeout: args.command_timeout,
+        load_timeout: Duration::from_secs(10),
+    })
 }
 
 /// The outcome of a stop signal: an error for `--once` before anything was delivered.

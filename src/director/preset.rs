@@ -504,7 +504,10 @@ mod tests {
             .collect();
         assert_eq!(
             hosts,
-            ["backend_hostname0 = '::1'", "backend_hostname4 = '10.0.0.5'"]
+            [
+                "backend_hostname0 = '::1'",
+                "backend_hostname4 = '10.0.0.5'"
+            ]
         );
         // The json preset carries the slot too.
         let json = Derivation::Preset(Preset::Json)

@@ -188,7 +188,7 @@ async fn serve(
         }
     };
     // The stable member numbers, when the output keeps them: read once, then ours to write.
-    let mut slot_map: Option<(Result<Slots, SlotMapError>, Option<Vec<u8>>)> = None;
+    let mut slot_map: Option<StoredSlots> = None;
     if output.slots {
         let path = shared.values.layout().slots(key);
         let stored = match lead.live.client.get_data(&path).await {
@@ -430,6 +430,9 @@ async fn serve(
         }
     }
 }
+
+/// An output's slot map as last read or written: parsed, and the stored bytes (`None`: no znode).
+type StoredSlots = (Result<Slots, SlotMapError>, Option<Vec<u8>>);
 
 /// Milliseconds since the Unix epoch, for the slot map.
 fn now_ms() -> u64 {

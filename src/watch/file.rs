@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::pgpool::{Pgpool, PgpoolError};
 use crate::command::{CommandError, run_command};
 
 /// Where and how a value is written.
@@ -27,9 +28,12 @@ pub struct FileTarget {
     pub command_timeout: Duration,
     /// The environment check and reload run with.
     pub env: BTreeMap<OsString, OsString>,
-    /// The file was replaced but its reload failed: the next apply reloads even when the
-    /// content is the same (a retry must not find the file current and skip the reload).
+    /// The file was replaced but its reload (or pgpool sync) failed: the next apply reloads
+    /// even when the content is the same (a retry must not find the file current and skip it).
     pub reload_owed: bool,
+    /// A pgpool to bring to the file after each reload (and reloaded by PCP when there is no
+    /// `reload`); see [`super::pgpool`].
+    pub pgpool: Option<Pgpool>,
 }
 
 /// What [`FileTarget::apply`] did.
@@ -56,6 +60,8 @@ pub enum WatchError {
     Check { path: PathBuf, source: CommandError },
     #[error("{} was replaced, but not reloaded", .path.display())]
     Reload { path: PathBuf, source: CommandError },
+    #[error("{} was replaced, but pgpool does not match it yet", .path.display())]
+    Pgpool { path: PathBuf, source: PgpoolError },
     #[error("--template {origin}: {reason}; the old file stays")]
     Template { origin: String, reason: String },
 }
@@ -66,9 +72,13 @@ impl FileTarget {
     pub async fn apply(&mut self, content: &[u8]) -> Result<Applied, WatchError> {
         if std::fs::read(&self.path).is_ok_and(|old| old == content) {
             if !self.reload_owed {
+                // pgpool may have drifted (a restart with a stale status, a failover).
+                self.sync(content).await?;
                 return Ok(Applied::Unchanged);
             }
             self.reload().await?;
+            self.sync(content).await?;
+            self.reload_owed = false;
             return Ok(Applied::Reloaded);
         }
         let write_err = |source| WatchError::Write {
@@ -108,11 +118,60 @@ impl FileTarget {
         }
         self.reload_owed = true;
         self.reload().await?;
+        self.sync(content).await?;
+        self.reload_owed = false;
         Ok(Applied::Written)
     }
 
-    /// Runs the reload command, if any; clears `reload_owed` when it succeeds.
+    /// Brings pgpool (if any) to what the file holds now, without a reload: at start, and
+    /// periodically, since pgpool can drift on its own.
+    pub async fn resync(&mut self) -> Result<(), WatchError> {
+        if self.pgpool.is_none() {
+            return Ok(());
+        }
+        let content = std::fs::read(&self.path).map_err(|source| WatchError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        if self.reload_owed {
+            self.reload().await?;
+        }
+        self.sync(&content).await?;
+        self.reload_owed = false;
+        Ok(())
+    }
+
+    async fn sync(&self, content: &[u8]) -> Result<(), WatchError> {
+        let Some(pgpool) = &self.pgpool else {
+            return Ok(());
+        };
+        let synced = pgpool
+            .sync(content)
+            .await
+            .map_err(|source| WatchError::Pgpool {
+                path: self.path.clone(),
+                source,
+            })?;
+        if !synced.attached.is_empty() || !synced.detached.is_empty() {
+            tracing::info!(
+                attached = ?synced.attached,
+                detached = ?synced.detached,
+                "pgpool's backends match the file"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs the reload command (or, for a pgpool without one, `pcp_reload_config`).
     async fn reload(&mut self) -> Result<(), WatchError> {
+        if self.reload.is_none()
+            && let Some(pgpool) = &self.pgpool
+        {
+            pgpool.reload().await.map_err(|source| WatchError::Pgpool {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         if let Some(reload) = &self.reload {
             run_command(
                 "--reload",
@@ -128,7 +187,6 @@ impl FileTarget {
                 source,
             })?;
         }
-        self.reload_owed = false;
         Ok(())
     }
 

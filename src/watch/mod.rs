@@ -2,9 +2,11 @@
 //! HAProxy) reads. The file is replaced atomically — staged in the same directory, fsynced,
 //! checked by the user's command, then renamed over the old one — and the program is reloaded
 //! once per change. A value that cannot be written or fails its check leaves the old file alone.
+//! For pgpool, a reload is not enough: [`pgpool`] then brings pgpool's node table to the file.
 
 mod embed;
 mod file;
+pub mod pgpool;
 
 pub use embed::Embed;
 pub use file::{Applied, FileTarget, WatchError};

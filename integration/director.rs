@@ -601,7 +601,14 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
     let root = root("dir_slots");
     let client = client().await;
     let path = value_path(&root, "PGPOOL_BACKENDS");
-    let args = ["--preset", "pgpool", "--session-timeout", "1s", "--settle", "0s"];
+    let args = [
+        "--preset",
+        "pgpool",
+        "--session-timeout",
+        "1s",
+        "--settle",
+        "0s",
+    ];
     let first = Director::spawn(&mut director(&root, "PGPOOL_BACKENDS", "pg", &args));
     first.wait_log("leading", 1).await;
     let second = Director::spawn(director(&root, "PGPOOL_BACKENDS", "pg", &args).arg("-v"));
@@ -609,7 +616,12 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
     for (id, port) in [("a", 5432), ("b", 5433), ("c", 5434)] {
         register(&client, &root, "pg", id, port).await;
     }
-    value_becomes(&client, &path, &pgpool_block(&[(0, 5432), (1, 5433), (2, 5434)])).await;
+    value_becomes(
+        &client,
+        &path,
+        &pgpool_block(&[(0, 5432), (1, 5433), (2, 5434)]),
+    )
+    .await;
 
     // Backend 0 goes: the others keep their numbers (pgpool ignores a new address for a slot
     // it has loaded, but would apply the weight and flag by number).

@@ -68,6 +68,11 @@ pub struct Child {
 
 /// Starts `cmd args…` with exactly `env`, in its own process group, which also becomes the
 /// terminal's foreground group when stdin is a terminal (so an interactive CMD can read it).
+///
+/// CMD dies with herald: it gets SIGKILL when herald's (only) thread ends, however herald ends
+/// (`PR_SET_PDEATHSIG`), so a killed sidecar never leaves an unregistered server serving. A
+/// wrapper in CMD that changes user clears that signal unless it keeps it (`setpriv
+/// --pdeathsig keep`).
 pub fn spawn(
     reaper: &Reaper,
     cmd: &OsStr,
@@ -76,6 +81,21 @@ pub fn spawn(
 ) -> Result<Child, ExecError> {
     let mut command = std::process::Command::new(cmd);
     command.args(args).env_clear().envs(env).process_group(0);
+    // SAFETY: plain syscall.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls between fork and exec. If herald died before the
+    // signal was armed, the child is already an orphan: it ends itself.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
     // SAFETY: plain syscall, no allocation.
     if unsafe { libc::isatty(libc::STDIN_FILENO) } == 1 {
         // SAFETY: only async-signal-safe calls between fork and exec. SIGTTOU is blocked while

@@ -34,7 +34,7 @@ written or fails its check leaves FILE as it was and is reported. A deleted key 
 file. Waits for the key when it is not published yet.
 
 With --pgpool, a reload is followed by making pgpool's node table match the file: configured
-backends pgpool holds down are attached, backends no longer configured are detached (-g), and
+backends pgpool holds down are attached, backends no longer configured are detached, and
 what still differs (a new address for a loaded backend needs a pgpool restart) is an error,
 retried. Without --reload, pgpool is reloaded with pcp_reload_config. This also runs at start and
 every --pgpool-every, so a pgpool restarted with a stale pgpool_status is corrected. The PCP

@@ -7,7 +7,7 @@
 //! ignored until pgpool restarts; and a restart with a stale `pgpool_status` brings a healthy
 //! backend back `down`. So after every swap (and at start, and every `--pgpool-every`) herald
 //! reads the node table, attaches the configured backends pgpool holds down, detaches
-//! (gracefully, `-g`) the ones that are up but no longer configured, and reads the table again:
+//! the ones that are up but no longer configured, and reads the table again:
 //! what still differs is an error that names the backend, never silence.
 //!
 //! The PCP password comes from a PCPPASSFILE (`host:port:user:password`, mode 0600), never from
@@ -357,12 +357,14 @@ impl Pgpool {
                 .await?;
             synced.attached.push(slot);
         }
+        // Not `-g`: pgpool 4.3.5 deadlocks when a graceful detach arrives while its PCP
+        // process is being restarted after an attach (seen: main waits for the PCP process,
+        // which waits for its detach worker, which waits for main). A backend that left the
+        // file is gone or deregistered anyway; in streaming replication mode pgpool then
+        // ends only the sessions that used it.
         for &slot in &plan.detach {
-            self.pcp(
-                "pcp_detach_node",
-                &["-g".to_owned(), "-n".to_owned(), slot.to_string()],
-            )
-            .await?;
+            self.pcp("pcp_detach_node", &["-n".to_owned(), slot.to_string()])
+                .await?;
             synced.detached.push(slot);
         }
         Ok(())

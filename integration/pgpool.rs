@@ -1,0 +1,277 @@
+//! The proposal's headline deployment, for real: PostgreSQL servers under `herald run
+//! --service`, a director publishing the pgpool backend block, and a real pgpool kept equal to
+//! the live servers by `herald watch --pgpool` through additions, a crash, a drain and a pgpool
+//! restart with a stale pgpool_status. After every step, pgpool's own node table must equal the
+//! live instances and fresh client sessions must be answered by exactly the live servers.
+
+mod support;
+
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use postgres::{Cluster, PgDir, Pgpool, pgpool_base_conf, psql};
+use support::*;
+
+const KEY: &str = "PGPOOL_BACKENDS";
+
+/// `herald run --service pg` around one PostgreSQL server, registered while it accepts
+/// connections, with its data directory declared in /export.
+fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str) -> Daemon {
+    let export = dir.path(&format!("export-{id}"));
+    std::fs::create_dir_all(&export).unwrap();
+    let declaration = export.join("data_directory");
+    std::fs::write(
+        &declaration,
+        format!("#!/bin/sh\necho {}\n", cluster.data.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&declaration, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = cluster.port.to_string();
+    Daemon::spawn(
+        herald(root)
+            .args([
+                "run",
+                "--service",
+                "pg",
+                "--id",
+                id,
+                "--address",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port, "--check", &format!("tcp:127.0.0.1:{port}")])
+            .args(["--rise", "1", "--check-interval", "100ms"])
+            .arg("--control-dir")
+            .arg(dir.path("control"))
+            .arg("--export-dir")
+            .arg(&export)
+            .arg("--env-dir")
+            .arg(dir.path("environment"))
+            .arg("--")
+            .args(cluster.argv()),
+    )
+}
+
+/// Waits until pgpool's node table has exactly `live` (slot, port) up and every other loaded
+/// slot down, and fresh sessions are answered by every live server and by no other.
+async fn routes_exactly(pgpool: &Pgpool, live: &[(u32, u16)], watch: &Daemon) {
+    let want: BTreeSet<(u32, u16)> = live.iter().copied().collect();
+    eventually(
+        &format!("pgpool's node table = {want:?} up, the rest down"),
+        || async {
+            let nodes = pgpool.nodes()?;
+            let up: BTreeSet<(u32, u16)> = nodes
+                .iter()
+                .filter(|(_, _, status)| *status == 1 || *status == 2)
+                .map(|&(slot, port, _)| (slot, port))
+                .collect();
+            if up == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{nodes:?} (slot, port, status); herald watch said:\n{}",
+                    watch.stderr()
+                ))
+            }
+        },
+    )
+    .await;
+    let ports: BTreeSet<String> = live.iter().map(|(_, port)| port.to_string()).collect();
+    let mut seen = BTreeSet::new();
+    let mut sessions = 0;
+    // Load balancing picks a backend per session, by weight: sessions until every live server
+    // answered, then as many again. Any answer from another port fails at once.
+    eventually("every live server answers through pgpool", || {
+        let answer = psql(pgpool.port, "select inet_server_port()");
+        sessions += 1;
+        let seen_now = match &answer {
+            Ok(port) => {
+                assert!(
+                    ports.contains(port),
+                    "a session went to {port}, which is not live (live: {ports:?})"
+                );
+                seen.insert(port.clone());
+                seen.clone()
+            }
+            Err(_) => seen.clone(),
+        };
+        let result = if seen_now == ports {
+            Ok(())
+        } else {
+            Err(format!(
+                "{seen_now:?} after {sessions} sessions; last {answer:?}"
+            ))
+        };
+        async move { result }
+    })
+    .await;
+    for _ in 0..sessions.max(10) {
+        let port = psql(pgpool.port, "select inet_server_port()")
+            .unwrap_or_else(|e| panic!("a query through pgpool failed: {e}\n{}", pgpool.log()));
+        assert!(
+            ports.contains(&port),
+            "a session went to {port}; live: {ports:?}"
+        );
+    }
+}
+
+fn backend_hosts(value: &str) -> Vec<String> {
+    value
+        .lines()
+        .filter(|l| l.starts_with("backend_port"))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn value_of(client: &zookeeper_client::Client, root: &str) -> String {
+    match client.get_data(&format!("{root}/environment/{KEY}")).await {
+        Ok((data, _)) => String::from_utf8_lossy(&data).into_owned(),
+        Err(err) => format!("({err})"),
+    }
+}
+
+/// Waits until the published value names exactly these `backend_portN = P` lines.
+async fn published(client: &zookeeper_client::Client, root: &str, live: &[(u32, u16)]) {
+    let want: Vec<String> = live
+        .iter()
+        .map(|(slot, port)| format!("backend_port{slot} = {port}"))
+        .collect();
+    eventually(&format!("{KEY} with {want:?}"), || async {
+        let got = backend_hosts(&value_of(client, root).await);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+}
+
+fn herald_in(root: &str, dir: &Path) -> std::process::Command {
+    let mut command = herald(root);
+    command.current_dir(dir);
+    command
+}
+
+#[tokio::test]
+async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
+    let root = root("pgpool_follows");
+    let client = client().await;
+    let dir = PgDir::new("follows");
+    std::fs::create_dir_all(dir.path("control")).unwrap();
+    std::fs::create_dir_all(dir.path("environment")).unwrap();
+    let clusters: Vec<Cluster> = (0..3)
+        .map(|n| Cluster::init(&dir, &format!("pg{n}")))
+        .collect();
+    let port = |n: usize| clusters[n].port;
+
+    let _director = Daemon::spawn(
+        herald(&root)
+            .args([
+                "director",
+                "--key",
+                KEY,
+                "--service",
+                "pg",
+                "--preset",
+                "pgpool",
+            ])
+            .args(["--settle", "200ms"]),
+    );
+    // Two servers, one after the other (so their numbers are known: oldest first).
+    let mut servers = vec![server(&root, &dir, &clusters[0], "pg0")];
+    published(&client, &root, &[(0, port(0))]).await;
+    servers.push(server(&root, &dir, &clusters[1], "pg1"));
+    published(&client, &root, &[(0, port(0)), (1, port(1))]).await;
+    let value = value_of(&client, &root).await;
+    assert!(
+        value.contains(&format!(
+            "backend_data_directory0 = '{}'",
+            clusters[0].data.display()
+        )),
+        "/export's data_directory is in the value:\n{value}"
+    );
+
+    // pgpool.conf is herald's output, embedded in the rest of pgpool's settings. It exists
+    // before herald writes it, owned by pgpool's user, so herald keeps its owner and mode.
+    let mut pgpool = Pgpool::prepare(&dir);
+    let template = dir.write(
+        "pgpool.conf.j2",
+        &format!(
+            "{}{{{{ value }}}}\n",
+            pgpool_base_conf(&dir.0, pgpool.port, pgpool.pcp_port)
+        ),
+        0o644,
+    );
+    dir.write("pgpool.conf", "", 0o600);
+    let out = run(herald_in(&root, &dir.0)
+        .args(["watch", KEY, "--once", "--out"])
+        .arg(&pgpool.conf)
+        .arg("--template")
+        .arg(&template));
+    assert!(out.status.success(), "watch --once: {}", describe(&out));
+    pgpool.start();
+    let watch = Daemon::spawn(
+        herald_in(&root, &dir.0)
+            .args(["watch", KEY, "--out"])
+            .arg(&pgpool.conf)
+            .arg("--template")
+            .arg(&template)
+            .args(["--pgpool", &format!("127.0.0.1:{}", pgpool.pcp_port)])
+            .args(["--pcp-user", "pcpadmin", "--pgpool-every", "300ms"])
+            .arg("--pcp-passfile")
+            .arg(&pgpool.passfile),
+    );
+    routes_exactly(&pgpool, &[(0, port(0)), (1, port(1))], &watch).await;
+
+    // A third server: loaded by the reload, attached by herald (pgpool alone keeps it down).
+    servers.push(server(&root, &dir, &clusters[2], "pg2"));
+    published(&client, &root, &[(0, port(0)), (1, port(1)), (2, port(2))]).await;
+    routes_exactly(&pgpool, &[(0, port(0)), (1, port(1)), (2, port(2))], &watch).await;
+
+    // Backend 0 crashes: its sidecar deregisters it, nobody is renumbered, pgpool stops
+    // routing to it.
+    // SAFETY: plain syscall on the test's own server.
+    unsafe { libc::kill(clusters[0].postmaster_pid().unwrap(), libc::SIGKILL) };
+    servers[0].exited().await;
+    published(&client, &root, &[(1, port(1)), (2, port(2))]).await;
+    routes_exactly(&pgpool, &[(1, port(1)), (2, port(2))], &watch).await;
+
+    // A drain: pg1 keeps running (and answering directly) but gets no new session via pgpool.
+    let drained = run(herald(&root)
+        .args(["drain", "--id", "pg1", "--control-dir"])
+        .arg(dir.path("control")));
+    assert!(drained.status.success(), "drain: {}", describe(&drained));
+    published(&client, &root, &[(2, port(2))]).await;
+    routes_exactly(&pgpool, &[(2, port(2))], &watch).await;
+    assert_eq!(
+        psql(port(1), "select 1").as_deref(),
+        Ok("1"),
+        "pg1 still runs"
+    );
+
+    // pgpool restarts while pg1 is undrained: its pgpool_status says backend 1 is down, so it
+    // comes back down, and herald attaches it without anyone's help.
+    pgpool.stop();
+    let undrained = run(herald(&root)
+        .args(["undrain", "--id", "pg1", "--control-dir"])
+        .arg(dir.path("control")));
+    assert!(
+        undrained.status.success(),
+        "undrain: {}",
+        describe(&undrained)
+    );
+    published(&client, &root, &[(1, port(1)), (2, port(2))]).await;
+    let status = std::fs::read_to_string(dir.path("pgpool_status")).unwrap_or_default();
+    assert_eq!(
+        status.lines().nth(1),
+        Some("down"),
+        "the stale status file this step is about:\n{status}"
+    );
+    pgpool.start();
+    routes_exactly(&pgpool, &[(1, port(1)), (2, port(2))], &watch).await;
+    drop(servers);
+}

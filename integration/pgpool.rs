@@ -72,8 +72,9 @@ async fn routes_exactly(pgpool: &Pgpool, live: &[(u32, u16)], watch: &Daemon) {
                 Ok(())
             } else {
                 Err(format!(
-                    "{nodes:?} (slot, port, status); herald watch said:\n{}",
-                    watch.stderr()
+                    "{nodes:?} (slot, port, status); herald watch said:\n{}\npgpool's log ends:\n{}",
+                    watch.stderr(),
+                    pgpool.log()
                 ))
             }
         },
@@ -156,7 +157,7 @@ fn herald_in(root: &str, dir: &Path) -> std::process::Command {
     command
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
     let root = root("pgpool_follows");
     let client = client().await;

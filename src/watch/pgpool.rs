@@ -80,8 +80,9 @@ pub struct Node {
 /// Why pgpool does not match the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PgpoolError {
-    #[error("{0}; check --pgpool and the PCPPASSFILE")]
-    Pcp(#[source] CommandError),
+    /// The tool's own diagnosis is in the message (said once: not also a source).
+    #[error("{0}")]
+    Pcp(CommandError),
     #[error("{what}: {reason}")]
     Conf { what: String, reason: String },
     #[error(
@@ -309,8 +310,16 @@ impl Pgpool {
         let mut synced = Synced::default();
         loop {
             let table = self.table(upto).await?;
-            let plan = plan(&file, &table);
-            if plan.is_done() {
+            let mut plan = plan(&file, &table);
+            // pgpool carries out an attach or detach on its own time: each slot is asked once
+            // per sync, then waited for.
+            plan.attach.retain(|slot| !synced.attached.contains(slot));
+            plan.detach.retain(|slot| !synced.detached.contains(slot));
+            let waiting = synced.attached.iter().chain(&synced.detached).any(|slot| {
+                let serving = table.get(slot).is_some_and(|n| n.status.serving());
+                serving != file.contains_key(slot)
+            });
+            if plan.is_done() && !waiting {
                 return Ok(synced);
             }
             if !plan.moved.is_empty() {
@@ -331,11 +340,21 @@ impl Pgpool {
             let acted = !plan.attach.is_empty() || !plan.detach.is_empty();
             self.act(&plan, &mut synced).await?;
             if Instant::now() >= deadline {
+                let stuck: Vec<u32> = synced
+                    .attached
+                    .iter()
+                    .chain(&synced.detached)
+                    .copied()
+                    .filter(|slot| {
+                        table.get(slot).is_some_and(|n| n.status.serving())
+                            != file.contains_key(slot)
+                    })
+                    .collect();
                 return Err(if plan.unloaded.is_empty() {
                     PgpoolError::Differs(format!(
-                        "backends {} are still down and {} still up after attach and detach",
-                        slots_text(&plan.attach),
-                        slots_text(&plan.detach)
+                        "backends {} did not follow attach or detach within {}",
+                        slots_text(&stuck),
+                        humantime::format_duration(self.load_timeout)
                     ))
                 } else {
                     PgpoolError::NotLoaded {
@@ -363,8 +382,16 @@ impl Pgpool {
         // file is gone or deregistered anyway; in streaming replication mode pgpool then
         // ends only the sessions that used it.
         for &slot in &plan.detach {
-            self.pcp("pcp_detach_node", &["-n".to_owned(), slot.to_string()])
-                .await?;
+            match self
+                .pcp("pcp_detach_node", &["-n".to_owned(), slot.to_string()])
+                .await
+            {
+                Ok(_) => {}
+                // Down meanwhile (pgpool failed it over itself): what we wanted.
+                Err(PgpoolError::Pcp(CommandError::Said { said, .. }))
+                    if said.contains("is not valid for failover") => {}
+                Err(err) => return Err(err),
+            }
             synced.detached.push(slot);
         }
         Ok(())

@@ -360,6 +360,175 @@ async fn drain_and_undrain_by_signal_and_by_command() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
 }
 
+/// The instance document at `path` once `accept` holds for it.
+async fn document_becomes(
+    client: &zkc::Client,
+    path: &str,
+    what: &str,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, zkc::Stat) {
+    eventually(what, || async {
+        match client.get_data(path).await {
+            Ok((data, stat)) => {
+                let doc = document(&data);
+                if accept(&doc) {
+                    Ok((doc, stat))
+                } else {
+                    Err(doc["payload"].to_string())
+                }
+            }
+            Err(err) => Err(err.to_string()),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_soft_drain_and_sighup_rewrite_the_node_in_place() {
+    let root = root("soft_drain");
+    let s = Scratch::new("soft_drain");
+    let path = node(&root, "pg", "db1");
+    let secret = s.path("secret");
+    std::fs::write(&secret, "first-secret").unwrap();
+    let export = s.path("export");
+    let declaration = format!("cat {}", secret.display());
+    script(&export, "password", &declaration);
+    let watcher = client().await;
+    let mut agent = Agent::spawn(
+        announce(&root, &s, "pg", "db1", &["--weight", "2", "-v"])
+            .arg("--export-dir")
+            .arg(&export),
+    );
+    let (data, first) = appears(&watcher, &path).await;
+    assert_eq!(
+        document(&data)["payload"]["meta"]["password"],
+        "first-secret"
+    );
+    let control = |args: &[&str]| {
+        run(herald("/unused")
+            .args(args)
+            .arg("--control-dir")
+            .arg(s.path("control")))
+    };
+
+    let out = control(&["drain", "--soft"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/db1: drained softly (weight 0), registered"
+    );
+    let (data, stat) = watcher.get_data(&path).await.unwrap();
+    assert_eq!(
+        document(&data)["payload"]["weight"],
+        0,
+        "`herald drain --soft` returns once the node says weight 0"
+    );
+    assert_eq!(stat.czxid, first.czxid, "the same node, rewritten");
+    let out = control(&["undrain"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/db1: serving, registered",
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        document(&watcher.get_data(&path).await.unwrap().0)["payload"]["weight"],
+        2
+    );
+
+    // Credential rotation: the declaration prints something new; SIGHUP declares again.
+    std::fs::write(&secret, "rotated-secret").unwrap();
+    agent.signal(libc::SIGHUP);
+    let (doc, stat) = document_becomes(&watcher, &path, "the rotated password", |d| {
+        d["payload"]["meta"]["password"] == "rotated-secret"
+    })
+    .await;
+    assert_eq!(doc["payload"]["weight"], 2);
+    assert_eq!(
+        stat.czxid, first.czxid,
+        "rewritten in place, not re-registered"
+    );
+
+    // A declaration that fails leaves the node as it is.
+    script(&export, "password", "echo half; exit 1");
+    agent.signal(libc::SIGHUP);
+    agent
+        .wait_log("the instance keeps the metadata it has", 1)
+        .await;
+    let (data, _) = watcher.get_data(&path).await.unwrap();
+    assert_eq!(
+        document(&data)["payload"]["meta"]["password"],
+        "rotated-secret"
+    );
+
+    assert_eq!(
+        agent.stderr().matches("registered").count()
+            - agent.stderr().matches("deregistered").count(),
+        1,
+        "registered once, never re-created:\n{}",
+        agent.stderr()
+    );
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.exited().await.code(), Some(0), "{}", agent.stderr());
+    for secret in ["first-secret", "rotated-secret"] {
+        assert!(
+            !agent.stderr().contains(secret),
+            "{secret} logged:\n{}",
+            agent.stderr()
+        );
+    }
+}
+
+#[tokio::test]
+async fn run_service_passes_sighup_to_cmd_and_declares_again() {
+    let root = root("run_sighup");
+    let s = Scratch::new("run_sighup");
+    let path = node(&root, "api", "web1");
+    let env_dir = s.path("env");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let version = s.path("version");
+    std::fs::write(&version, "1").unwrap();
+    let export = s.path("export");
+    script(
+        &export,
+        "CONFIG_VERSION",
+        &format!("cat {}", version.display()),
+    );
+    let got_hup = s.path("got-hup");
+    let body = format!(
+        "trap 'touch {got}' HUP; while :; do sleep 0.01; done",
+        got = got_hup.display()
+    );
+    let watcher = client().await;
+    let mut agent = Agent::spawn(
+        herald(&root)
+            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
+            .args(["--address", "127.0.0.1", "--env-dir"])
+            .arg(&env_dir)
+            .arg("--export-dir")
+            .arg(&export)
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--", "sh", "-c", &body]),
+    );
+    let (data, first) = appears(&watcher, &path).await;
+    assert_eq!(document(&data)["payload"]["meta"]["CONFIG_VERSION"], "1");
+    std::fs::write(&version, "2").unwrap();
+    agent.signal(libc::SIGHUP);
+    let (_, stat) = document_becomes(&watcher, &path, "CONFIG_VERSION 2", |d| {
+        d["payload"]["meta"]["CONFIG_VERSION"] == "2"
+    })
+    .await;
+    assert_eq!(stat.czxid, first.czxid, "rewritten in place");
+    eventually("CMD to get the SIGHUP", || async {
+        got_hup.exists().then_some(()).ok_or("not yet".to_owned())
+    })
+    .await;
+    agent.signal(libc::SIGTERM);
+    vanishes(&watcher, &path).await;
+    agent.exited().await;
+}
+
 #[tokio::test]
 async fn run_service_registers_the_child_and_deregisters_when_it_exits() {
     let root = root("run_service");
@@ -368,14 +537,7 @@ async fn run_service_registers_the_child_and_deregisters_when_it_exits() {
     let env_dir = s.path("env");
     let export_dir = s.path("export");
     std::fs::create_dir_all(&env_dir).unwrap();
-    std::fs::create_dir_all(&export_dir).unwrap();
-    let declaration = export_dir.join("DB_USER");
-    std::fs::write(&declaration, "#!/bin/sh\necho app\n").unwrap();
-    std::fs::set_permissions(
-        &declaration,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    script(&export_dir, "DB_USER", "echo app");
     let done = s.path("done");
     let body = format!(
         "while [ ! -e {} ]; do sleep 0.02; done; exit 3",

@@ -3,7 +3,7 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use support::*;
@@ -11,12 +11,6 @@ use support::*;
 fn write(path: &Path, content: &str, mode: u32) {
     std::fs::write(path, content).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    write(&path, &format!("#!/bin/sh\n{body}\n"), 0o755);
-    path
 }
 
 /// herald with a clean environment (no ZooKeeper needed).

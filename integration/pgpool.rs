@@ -10,7 +10,6 @@ mod support;
 mod postgres;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use postgres::{Cluster, PgDir, Pgpool, pgpool_base_conf, psql};
@@ -22,14 +21,11 @@ const KEY: &str = "PGPOOL_BACKENDS";
 /// connections, with its data directory declared in /export.
 fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str) -> Daemon {
     let export = dir.path(&format!("export-{id}"));
-    std::fs::create_dir_all(&export).unwrap();
-    let declaration = export.join("data_directory");
-    std::fs::write(
-        &declaration,
-        format!("#!/bin/sh\necho {}\n", cluster.data.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&declaration, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script(
+        &export,
+        "data_directory",
+        &format!("echo {}", cluster.data.display()),
+    );
     let port = cluster.port.to_string();
     Daemon::spawn(
         herald(root)
@@ -58,6 +54,13 @@ fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str) -> Daemon {
 /// Waits until pgpool's node table has exactly `live` (slot, port) up and every other loaded
 /// slot down, and fresh sessions are answered by every live server and by no other.
 async fn routes_exactly(pgpool: &Pgpool, live: &[(u32, u16)], watch: &Daemon) {
+    let answering: Vec<u16> = live.iter().map(|&(_, port)| port).collect();
+    routes(pgpool, live, &answering, watch).await;
+}
+
+/// [`routes_exactly`] where only the servers on the `answering` ports get sessions (pgpool
+/// holds the others up with weight 0).
+async fn routes(pgpool: &Pgpool, live: &[(u32, u16)], answering: &[u16], watch: &Daemon) {
     let want: BTreeSet<(u32, u16)> = live.iter().copied().collect();
     eventually(
         &format!("pgpool's node table = {want:?} up, the rest down"),
@@ -65,14 +68,18 @@ async fn routes_exactly(pgpool: &Pgpool, live: &[(u32, u16)], watch: &Daemon) {
             let nodes = pgpool.nodes()?;
             let up: BTreeSet<(u32, u16)> = nodes
                 .iter()
-                .filter(|(_, _, status)| *status == 1 || *status == 2)
-                .map(|&(slot, port, _)| (slot, port))
+                .filter(|n| n.status == 1 || n.status == 2)
+                .map(|n| (n.slot, n.port))
                 .collect();
-            if up == want {
+            let weightless = nodes
+                .iter()
+                .filter(|n| up.contains(&(n.slot, n.port)))
+                .all(|n| (n.weight == 0.0) != answering.contains(&n.port));
+            if up == want && weightless {
                 Ok(())
             } else {
                 Err(format!(
-                    "{nodes:?} (slot, port, status); herald watch said:\n{}\npgpool's log ends:\n{}",
+                    "{nodes:?}; herald watch said:\n{}\npgpool's log ends:\n{}",
                     watch.stderr(),
                     pgpool.log()
                 ))
@@ -80,7 +87,7 @@ async fn routes_exactly(pgpool: &Pgpool, live: &[(u32, u16)], watch: &Daemon) {
         },
     )
     .await;
-    let ports: BTreeSet<String> = live.iter().map(|(_, port)| port.to_string()).collect();
+    let ports: BTreeSet<String> = answering.iter().map(u16::to_string).collect();
     let mut seen = BTreeSet::new();
     let mut sessions = 0;
     // Load balancing picks a backend per session, by weight: sessions until every live server
@@ -241,7 +248,22 @@ async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
     published(&client, &root, &[(1, port(1)), (2, port(2))]).await;
     routes_exactly(&pgpool, &[(1, port(1)), (2, port(2))], &watch).await;
 
-    // A drain: pg1 keeps running (and answering directly) but gets no new session via pgpool.
+    // A soft drain: pg1 stays attached with weight 0, so it gets no new session via pgpool.
+    let soft = run(herald(&root)
+        .args(["drain", "--soft", "--id", "pg1", "--control-dir"])
+        .arg(dir.path("control")));
+    assert!(soft.status.success(), "drain --soft: {}", describe(&soft));
+    eventually("backend_weight1 = 0 in the value", || async {
+        let value = value_of(&client, &root).await;
+        value
+            .contains("backend_weight1 = 0\n")
+            .then_some(())
+            .ok_or(value)
+    })
+    .await;
+    routes(&pgpool, &[(1, port(1)), (2, port(2))], &[port(2)], &watch).await;
+
+    // A drain: pg1 keeps running (and answering directly) but leaves pgpool.
     let drained = run(herald(&root)
         .args(["drain", "--id", "pg1", "--control-dir"])
         .arg(dir.path("control")));

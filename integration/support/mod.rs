@@ -403,6 +403,19 @@ pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -
     }
 }
 
+/// Writes the executable shell script `dir/name` (creating `dir`) running `body`.
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    // Written whole under another name, then renamed: a script never runs half-written.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
 /// [`wait_until`] for async probes (ZooKeeper reads, HTTP requests).
 pub async fn eventually<T, F>(what: &str, probe: impl FnMut() -> F) -> T
 where

@@ -377,9 +377,9 @@ impl Pgpool {
         }
     }
 
-    /// pgpool's node table: `(slot, port, status)` for every loaded slot, from the plain
-    /// `pcp_node_info -n N` line (`host port status weight status_name …`).
-    pub fn nodes(&self) -> Result<Vec<(u32, u16, u32)>, String> {
+    /// pgpool's node table: every loaded slot, from the plain `pcp_node_info -n N` line
+    /// (`host port status weight status_name …`).
+    pub fn nodes(&self) -> Result<Vec<Node>, String> {
         let count: u32 = self
             .pcp("pcp_node_count", &[])?
             .trim()
@@ -389,14 +389,31 @@ impl Pgpool {
         for slot in 0..count {
             let line = self.pcp("pcp_node_info", &["-n", &slot.to_string()])?;
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() >= 3
-                && let (Ok(port), Ok(status)) = (fields[1].parse(), fields[2].parse())
+            if fields.len() >= 4
+                && let (Ok(port), Ok(status), Ok(weight)) =
+                    (fields[1].parse(), fields[2].parse(), fields[3].parse())
             {
-                nodes.push((slot, port, status));
+                nodes.push(Node {
+                    slot,
+                    port,
+                    status,
+                    weight,
+                });
             }
         }
         Ok(nodes)
     }
+}
+
+/// One slot of pgpool's node table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Node {
+    pub slot: u32,
+    pub port: u16,
+    /// 1 up (no connection yet), 2 up, 3 down.
+    pub status: u32,
+    /// Its share of load balancing (weights normalised to a sum of 1).
+    pub weight: f64,
 }
 
 impl Drop for Pgpool {

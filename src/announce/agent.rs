@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use super::control::Control;
+use super::document::{Drain, Switch};
 use super::node::Node;
 use super::registrar::{Registered, Status, maintain};
 use super::{AnnounceError, all_of, duplicate_wait};
 use crate::health::{self, Check, Policy, Target};
-use crate::instance::Instance;
+use crate::instance::{DocumentError, Instance};
 use crate::reaper::Reaper;
 use crate::zk::{Session, ZkConfig};
 
@@ -53,7 +54,7 @@ pub struct Agent {
     registrar: Option<tokio::task::JoinHandle<Result<(), AnnounceError>>>,
     /// Ends the checks and the control socket.
     cancel: CancellationToken,
-    serving: watch::Sender<bool>,
+    switch: Arc<Switch>,
     status: watch::Receiver<Status>,
 }
 
@@ -95,24 +96,25 @@ impl Connected {
             reaper,
             cancel.clone(),
         );
-        let (serving, serving_rx) = watch::channel(true);
+        let switch = Switch::new(plan.instance.clone(), plan.node.data.clone());
         let (status_tx, status) = watch::channel(Status {
             registered: Registered::No,
             wanted: false,
+            document: 0,
         });
         if let Some(dir) = &plan.control_dir {
             match Control::bind(dir, &plan.instance.service, &plan.instance.id) {
                 Ok(control) => {
                     tokio::spawn(
                         control
-                            .serve(serving.clone(), status.clone(), cancel.clone())
+                            .serve(switch.clone(), status.clone(), cancel.clone())
                             .instrument(span.clone()),
                     );
                 }
                 Err(err) => warn!("{err}; `herald drain` will not reach this agent"),
             }
         }
-        let wanted = all_of(vec![healthy, serving_rx]);
+        let wanted = all_of(vec![healthy, switch.serving()]);
         let negotiated = session.live().client.session_timeout();
         let duplicate_wait = plan
             .give_up_on_duplicate
@@ -120,11 +122,20 @@ impl Connected {
         let registrar_cancel = CancellationToken::new();
         let registrar = tokio::spawn({
             let node = plan.node;
+            let document = switch.document();
             let cancel = registrar_cancel.clone();
             let session = session.handle();
             async move {
-                let result =
-                    maintain(&session, &node, wanted, status_tx, duplicate_wait, cancel).await;
+                let result = maintain(
+                    &session,
+                    &node,
+                    wanted,
+                    document,
+                    status_tx,
+                    duplicate_wait,
+                    cancel,
+                )
+                .await;
                 if let Err(err) = &result {
                     tracing::error!("{err}");
                 }
@@ -137,16 +148,27 @@ impl Connected {
             registrar_cancel,
             registrar: Some(registrar),
             cancel,
-            serving,
+            switch,
             status,
         }
     }
 }
 
 impl Agent {
-    /// Deregisters and keeps running (`true`), or registers again (`false`).
-    pub fn drain(&self, drained: bool) {
-        self.serving.send_replace(!drained);
+    /// Drains (softly: weight 0; or out: deregistered) or serves again.
+    pub fn drain(&self, drain: Drain) {
+        self.switch.set_drain(drain);
+    }
+
+    /// New metadata (declared again): the node is rewritten in place. `Ok(false)` when it is
+    /// the same as before.
+    pub fn set_meta(&self, meta: BTreeMap<String, String>) -> Result<bool, DocumentError> {
+        self.switch.set_meta(meta)
+    }
+
+    /// The wanted state, shared with the control socket.
+    pub fn switch(&self) -> Arc<Switch> {
+        self.switch.clone()
     }
 
     /// Follows whether the node exists.

@@ -3,6 +3,7 @@
 //! is in neither name), one request line and one reply line per connection.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::document::{Drain, Switch};
 use super::registrar::{Registered, Status};
 use crate::layout::{InstanceId, ServiceName};
 
@@ -20,7 +22,10 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
+    /// Deregister and keep running.
     Drain,
+    /// Stay registered with weight 0.
+    DrainSoft,
     Undrain,
     Status,
 }
@@ -29,28 +34,46 @@ impl Request {
     fn as_str(self) -> &'static str {
         match self {
             Request::Drain => "drain",
+            Request::DrainSoft => "drain-soft",
             Request::Undrain => "undrain",
             Request::Status => "status",
         }
     }
 }
 
-/// What the agent answers: whether it is drained, and whether its node exists.
+/// What the agent answers: how drained it is, whether its node exists, and whether the node
+/// had not followed the request yet when the agent stopped waiting for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
-    pub drained: bool,
+    pub drain: Drain,
     pub registered: bool,
+    pub pending: bool,
+}
+
+fn drain_word(drain: Drain) -> &'static str {
+    match drain {
+        Drain::Serving => "serving",
+        Drain::Soft => "soft-drained",
+        Drain::Out => "drained",
+    }
 }
 
 impl std::fmt::Display for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let drain = if self.drained { "drained" } else { "serving" };
+        let drain = match self.drain {
+            Drain::Soft => "drained softly (weight 0)",
+            other => drain_word(other),
+        };
         let node = if self.registered {
             "registered"
         } else {
             "not registered"
         };
-        write!(f, "{drain}, {node}")
+        write!(f, "{drain}, {node}")?;
+        if self.pending {
+            write!(f, ", not yet carried out")?;
+        }
+        Ok(())
     }
 }
 
@@ -128,11 +151,12 @@ impl Control {
         &self.path
     }
 
-    /// Answers requests until `cancel`: drain clears `serving` and waits for the node to go,
-    /// undrain sets it and waits (briefly) for the node to come back.
+    /// Answers requests until `cancel`: drain deregisters and waits for the node to go, a soft
+    /// drain waits for the node to say weight 0, undrain waits (briefly) for the node to come
+    /// back with its weight.
     pub async fn serve(
         self,
-        serving: watch::Sender<bool>,
+        switch: Arc<Switch>,
         status: watch::Receiver<Status>,
         cancel: CancellationToken,
     ) {
@@ -149,10 +173,10 @@ impl Control {
                     }
                 },
             };
-            let serving = serving.clone();
+            let switch = switch.clone();
             let status = status.clone();
             tokio::spawn(async move {
-                if let Err(err) = answer(stream, serving, status).await {
+                if let Err(err) = answer(stream, &switch, status).await {
                     debug!(error = %err, "control request failed");
                 }
             });
@@ -168,7 +192,7 @@ impl Drop for Control {
 
 async fn answer(
     stream: UnixStream,
-    serving: watch::Sender<bool>,
+    switch: &Switch,
     mut status: watch::Receiver<Status>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -182,8 +206,9 @@ async fn answer(
         return Ok(());
     }
     let wanted = match line.trim() {
-        "drain" => Some(Registered::No),
-        "undrain" => Some(Registered::Yes),
+        "drain" => Some(Drain::Out),
+        "drain-soft" => Some(Drain::Soft),
+        "undrain" => Some(Drain::Serving),
         "status" => None,
         other => {
             write
@@ -192,32 +217,36 @@ async fn answer(
             return Ok(());
         }
     };
-    if let Some(target) = wanted {
-        let drain = target == Registered::No;
-        if serving.send_replace(!drain) == drain {
-            info!(
-                "{} by a control request",
-                if drain { "drained" } else { "undrained" }
-            );
+    let mut pending = false;
+    if let Some(drain) = wanted {
+        let (previous, generation) = switch.set_drain(drain);
+        if previous != drain {
+            info!("{} by a control request", drain_word(drain));
         }
-        // Done when the registrar has acted on the change: the node is gone (drain) or back.
-        let done = |s: &Status| s.wanted != drain && s.registered == target;
-        let _ = tokio::time::timeout(SETTLE, status.wait_for(done)).await;
+        // Done when the registrar has carried the change out: the node is gone (drain), or
+        // holds the document with the new weight.
+        let done = |s: &Status| match drain {
+            Drain::Out => !s.wanted && s.registered == Registered::No,
+            Drain::Soft | Drain::Serving => {
+                s.registered == Registered::Yes && s.document >= generation
+            }
+        };
+        pending = tokio::time::timeout(SETTLE, status.wait_for(done))
+            .await
+            .is_err();
     }
-    let reply = Reply {
-        drained: !*serving.borrow(),
-        registered: status.borrow().registered == Registered::Yes,
-    };
+    let registered = status.borrow().registered == Registered::Yes;
     write
         .write_all(
             format!(
-                "{} {}\n",
-                if reply.drained { "drained" } else { "serving" },
-                if reply.registered {
+                "{} {}{}\n",
+                drain_word(switch.drain()),
+                if registered {
                     "registered"
                 } else {
                     "unregistered"
-                }
+                },
+                if pending { " pending" } else { "" }
             )
             .as_bytes(),
         )
@@ -263,14 +292,17 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlErro
         _ => return Err(no_answer()),
     }
     let mut words = line.split_whitespace();
-    let drained = match words.next() {
-        Some("drained") => true,
-        Some("serving") => false,
+    let drain = match words.next() {
+        Some("drained") => Drain::Out,
+        Some("soft-drained") => Drain::Soft,
+        Some("serving") => Drain::Serving,
         _ => return Err(no_answer()),
     };
     let registered = words.next() == Some("registered");
+    let pending = words.next() == Some("pending");
     Ok(Reply {
-        drained,
+        drain,
         registered,
+        pending,
     })
 }

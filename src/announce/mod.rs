@@ -9,6 +9,7 @@
 
 mod agent;
 mod control;
+mod document;
 mod host;
 mod node;
 mod registrar;
@@ -24,6 +25,7 @@ use crate::zk::ZkError;
 
 pub use agent::{Agent, Plan};
 pub use control::{Control, ControlError, Reply, Request, default_control_dir, request, sockets};
+pub use document::{Document, Drain, Switch};
 pub use host::{default_address, default_id, hostname};
 pub use node::Node;
 pub use registrar::{Registered, Status, maintain};

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use super::AnnounceError;
+use super::document::Document;
 use super::node::{Claim, Node, Owned};
 use crate::zk::{Live, SessionHandle, ZkError, state_error};
 
@@ -28,13 +29,16 @@ pub enum Registered {
 pub struct Status {
     pub registered: Registered,
     pub wanted: bool,
+    /// The generation of the document the node holds (0: none confirmed).
+    pub document: u64,
 }
 
 /// How long to wait before retrying after a connection loss (the client reconnects meanwhile).
 const RETRY: Duration = Duration::from_millis(100);
 
-/// Keeps `node` registered while `want` is true, until `cancel`; then deletes it (if ours) and
-/// returns. `status` follows what was carried out.
+/// Keeps `node` registered while `want` is true, holding the latest `document` (rewritten in
+/// place when it changes), until `cancel`; then deletes it (if ours) and returns. `status`
+/// follows what was carried out.
 ///
 /// At the first registration a node held by another session is waited for up to
 /// `duplicate_wait` (a crashed predecessor's session expires by then), then refused as a
@@ -48,13 +52,14 @@ pub async fn maintain(
     session: &SessionHandle,
     node: &Node,
     mut want: watch::Receiver<bool>,
+    mut document: watch::Receiver<Document>,
     status: watch::Sender<Status>,
     duplicate_wait: Option<Duration>,
     cancel: CancellationToken,
 ) -> Result<(), AnnounceError> {
     let mut live = session.live();
     let mut reg = Registrar {
-        node,
+        node: node.clone(),
         ours: None,
         maybe: false,
         ever_registered: false,
@@ -63,25 +68,32 @@ pub async fn maintain(
     };
     loop {
         let wanted = *want.borrow_and_update();
+        let generation = {
+            let doc = document.borrow_and_update();
+            if *reg.node.data != *doc.bytes {
+                reg.node.data = doc.bytes.to_vec();
+            }
+            doc.generation
+        };
         let mut next = Next::default();
         match reg.round(&live, wanted, &mut next).await {
             Ok(()) => {}
             Err(zk::Error::NodeExists) => {
-                let owner = match live.client.check_stat(&node.path).await {
+                let owner = match live.client.check_stat(&reg.node.path).await {
                     Ok(Some(stat)) => stat.ephemeral_owner,
                     _ => 0,
                 };
                 return Err(AnnounceError::Duplicate {
-                    path: node.path.clone(),
+                    path: reg.node.path.clone(),
                     owner,
                 });
             }
             Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => reg.session_ended(),
             Err(zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionMoved) => {
-                debug!(path = %node.path, "connection lost; retrying");
+                debug!(path = %reg.node.path, "connection lost; retrying");
                 next.retry_at = Some(Instant::now() + RETRY);
             }
-            Err(err) => return Err(ZkError::op("register", &node.path, err).into()),
+            Err(err) => return Err(ZkError::op("register", &reg.node.path, err).into()),
         }
         let now = Status {
             registered: if reg.ours.is_some() {
@@ -90,10 +102,11 @@ pub async fn maintain(
                 Registered::No
             },
             wanted,
+            document: if reg.ours.is_some() { generation } else { 0 },
         };
         status.send_if_modified(|s| std::mem::replace(s, now) != now);
 
-        let generation = live.generation;
+        let session_generation = live.generation;
         tokio::select! {
             _ = cancel.cancelled() => {
                 reg.release_before_exit(&live).await;
@@ -106,7 +119,13 @@ pub async fn maintain(
                     return Ok(());
                 }
             }
-            renewed = session.renewed(generation) => {
+            changed = document.changed() => {
+                if changed.is_err() {
+                    reg.release_before_exit(&live).await;
+                    return Ok(());
+                }
+            }
+            renewed = session.renewed(session_generation) => {
                 live = renewed?;
                 reg.session_ended();
                 debug!(generation = live.generation, "new session; registering again");
@@ -118,7 +137,7 @@ pub async fn maintain(
                             reg.session_ended();
                         }
                     } else {
-                        debug!(path = %node.path, event = ?event.event_type, "our node changed");
+                        debug!(path = %reg.node.path, event = ?event.event_type, "our node changed");
                     }
                 }
             }
@@ -134,8 +153,9 @@ struct Next {
     retry_at: Option<Instant>,
 }
 
-struct Registrar<'a> {
-    node: &'a Node,
+struct Registrar {
+    /// Its data is the latest document.
+    node: Node,
     /// Our node, confirmed, in the current session.
     ours: Option<Owned>,
     /// A create was sent whose outcome is unknown (its reply was lost): the node may be ours.
@@ -145,7 +165,7 @@ struct Registrar<'a> {
     duplicate_wait: Option<Duration>,
 }
 
-impl Registrar<'_> {
+impl Registrar {
     /// One step towards `wanted`.
     async fn round(&mut self, live: &Live, wanted: bool, next: &mut Next) -> Result<(), zk::Error> {
         let client = &live.client;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use herald::announce::{self, Agent, Node, Plan};
+use herald::announce::{self, Agent, Drain, Node, Plan, Switch};
 use herald::harness::{self, Limits};
 use herald::health::{Check, Policy};
 use herald::instance::{Instance, UriSpec};
@@ -25,7 +25,7 @@ use super::{Outcome, ZkArgs, pairs, parse_duration, without_credentials};
 pub const DEREGISTER_GRACE: Duration = Duration::from_secs(5);
 
 /// What to register and when it is healthy.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RegistrationArgs {
     /// Service name to register under (<root>/services/SERVICE).
     #[arg(long, env = "HERALD_SERVICE", value_name = "SERVICE")]
@@ -123,14 +123,7 @@ impl RegistrationArgs {
         if let Some(spec) = &self.uri_spec {
             instance.uri_spec = Some(UriSpec::parse(spec).map_err(|e| usage(e.to_string()))?);
         }
-        instance.meta = declared
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        if let Some(file) = &self.meta_file {
-            instance.meta.extend(read_meta_file(file)?);
-        }
-        instance.meta.extend(pairs("--meta", &self.meta)?);
+        instance.meta = self.metadata(declared)?;
         instance.labels = pairs("--label", &self.labels)?;
         for (name, port) in pairs("--endpoint", &self.endpoints)? {
             let port = port.parse::<u16>().map_err(|_| {
@@ -175,6 +168,65 @@ impl RegistrationArgs {
     }
 }
 
+impl RegistrationArgs {
+    /// The metadata: /export's outputs, then --meta-file, then --meta (later ones win).
+    pub fn metadata(
+        &self,
+        declared: BTreeMap<EnvKey, String>,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut meta: BTreeMap<String, String> = declared
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        if let Some(file) = &self.meta_file {
+            meta.extend(read_meta_file(file)?);
+        }
+        meta.extend(pairs("--meta", &self.meta)?);
+        Ok(meta)
+    }
+}
+
+/// How SIGHUP declares the metadata again: /export run as at start, then --meta-file and --meta.
+pub struct Redeclare {
+    /// The /export directory and whether it was given explicitly (a missing default is empty).
+    pub export: Option<(PathBuf, bool)>,
+    pub env: BTreeMap<OsString, OsString>,
+    pub limits: Limits,
+    pub registration: RegistrationArgs,
+    /// One declaration at a time, in the order the signals came.
+    pub running: tokio::sync::Mutex<()>,
+}
+
+impl Redeclare {
+    /// Declares again in the background (stop signals are not held up by the scripts).
+    pub fn spawn(self: &Arc<Self>, switch: Arc<Switch>) {
+        let this = self.clone();
+        tokio::spawn(async move { this.run(&switch).await });
+    }
+
+    /// Declares again and rewrites the instance node in place when the metadata changed; on any
+    /// failure the node keeps what it says (nothing half-declared is registered).
+    pub async fn run(&self, switch: &Switch) {
+        let _one = self.running.lock().await;
+        let registration = &self.registration;
+        let declared = match &self.export {
+            Some((dir, explicit)) => harness::declare(dir, *explicit, &self.env, self.limits).await,
+            None => Ok(BTreeMap::new()),
+        };
+        let meta = declared
+            .map_err(anyhow::Error::from)
+            .and_then(|declared| registration.metadata(declared));
+        let outcome = meta.and_then(|meta| Ok(switch.set_meta(meta)?));
+        match outcome {
+            Ok(true) => tracing::info!(
+                "SIGHUP: metadata declared again; the instance node is rewritten in place"
+            ),
+            Ok(false) => tracing::info!("SIGHUP: metadata declared again, unchanged"),
+            Err(err) => tracing::error!("SIGHUP: {err:#}; the instance keeps the metadata it has"),
+        }
+    }
+}
+
 fn read_meta_file(file: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {
     let bad = |why: String| Outcome::Usage(format!("--meta-file {}: {why}", file.display()));
     let text = std::fs::read(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
@@ -199,8 +251,11 @@ Examples:
   herald announce --service api --port 8080 --export-dir /export    (/export outputs become meta)
 
 Registers <root>/services/SERVICE/ID as an ephemeral znode while every --check passes (at once
-without checks). SIGUSR1 or `herald drain` deregisters and keeps running; SIGUSR2 or `herald
-undrain` registers again. SIGTERM/SIGINT deletes the node, then exits 0. A node with this id held by
+without checks). SIGUSR1 or `herald drain` deregisters and keeps running; `herald drain --soft`
+keeps it registered with weight 0; SIGUSR2 or `herald undrain` registers again. SIGHUP runs
+/export again (and rereads --meta-file) and rewrites the node in place when the metadata changed
+(credential rotation); a failing declaration leaves the node as it was. SIGTERM/SIGINT deletes the
+node, then exits 0. A node with this id held by
 another live session is never taken: exit 8 after waiting twice the session timeout for it to go.")]
 pub struct AnnounceArgs {
     #[command(flatten)]
@@ -219,17 +274,26 @@ pub async fn run(zk: &ZkArgs, args: AnnounceArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-    let declared = match &args.export_dir {
-        Some(dir) => {
-            let limits = Limits {
-                script_timeout: args.script_timeout,
-            };
-            harness::declare(dir, true, &env, limits).await?
+    let redeclare = Arc::new(Redeclare {
+        export: args.export_dir.clone().map(|dir| (dir, true)),
+        env,
+        limits: Limits {
+            script_timeout: args.script_timeout,
+        },
+        registration: args.registration,
+        running: tokio::sync::Mutex::new(()),
+    });
+    let declared = match &redeclare.export {
+        Some((dir, explicit)) => {
+            harness::declare(dir, *explicit, &redeclare.env, redeclare.limits).await?
         }
         None => BTreeMap::new(),
     };
-    let plan = args.registration.plan(zk, declared, env)?;
+    let plan = redeclare
+        .registration
+        .plan(zk, declared, redeclare.env.clone())?;
     let reaper = Arc::new(Reaper::start().context("cannot watch for child processes")?);
     let mut agent = tokio::select! {
         connected = Agent::connect(plan) => connected?.start(reaper),
@@ -242,12 +306,13 @@ pub async fn run(zk: &ZkArgs, args: AnnounceArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = usr1.recv() => {
                 tracing::info!("drained by SIGUSR1");
-                agent.drain(true);
+                agent.drain(Drain::Out);
             }
             _ = usr2.recv() => {
                 tracing::info!("undrained by SIGUSR2");
-                agent.drain(false);
+                agent.drain(Drain::Serving);
             }
+            _ = hup.recv() => redeclare.spawn(agent.switch()),
             err = agent.failed() => return Err(err.into()),
         }
     }

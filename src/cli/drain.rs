@@ -14,10 +14,17 @@ use super::Outcome;
 Examples:
   herald drain                   deregister every agent here; returns once their nodes are gone
   herald drain --service pg      only the pg agent
-  herald undrain                 register again (once the health checks pass)
+  herald drain --soft            stay registered with weight 0: no new work, sessions finish
+  herald undrain                 register again (once the health checks pass), with its weight
+
+A soft drain keeps the instance in every derived value with weight 0: pgpool (backend_weightN)
+and HAProxy (weight) send it no new sessions while open ones go on, and the url and hostports
+presets leave it out. `herald drain` then deregisters it: the pgpool preset drops the backend
+and `herald watch --pgpool` detaches it.
 
 Agents are found by their control sockets in --control-dir (default /run/herald as root).
-Exit 3 when no agent matches; `drain` exits 4 when a node was not confirmed gone within 5s.")]
+Exit 3 when no agent matches; `drain` exits 4 when a node was not confirmed gone (or, with
+--soft, rewritten) within 5s.")]
 pub struct DrainArgs {
     /// Only the agent of this service.
     #[arg(long, value_name = "SERVICE")]
@@ -28,6 +35,25 @@ pub struct DrainArgs {
     /// Where the agents' control sockets are.
     #[arg(long, env = "HERALD_CONTROL_DIR", value_name = "DIR")]
     pub control_dir: Option<PathBuf>,
+}
+
+/// `herald drain`'s own flags.
+#[derive(Debug, Args)]
+pub struct DrainCommand {
+    /// Stay registered with weight 0 instead of deregistering.
+    #[arg(long)]
+    pub soft: bool,
+    #[command(flatten)]
+    pub agents: DrainArgs,
+}
+
+pub async fn drain(args: DrainCommand) -> anyhow::Result<()> {
+    let request = if args.soft {
+        Request::DrainSoft
+    } else {
+        Request::Drain
+    };
+    run(args.agents, request).await
 }
 
 pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
@@ -57,7 +83,7 @@ pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
         match announce::request(&path, request).await {
             Ok(reply) => {
                 println!("{}: {reply}", name.replacen('@', "/", 1));
-                if request == Request::Drain && reply.registered {
+                if matches!(request, Request::Drain | Request::DrainSoft) && reply.pending {
                     unsettled += 1;
                 }
             }

@@ -78,8 +78,8 @@ pub enum Command {
     Env(env::EnvArgs),
     /// Register a service process (sidecar) while its health checks pass.
     Announce(announce::AnnounceArgs),
-    /// Deregister the agents here and keep them running.
-    Drain(drain::DrainArgs),
+    /// Deregister the agents here (or, --soft, give them weight 0) and keep them running.
+    Drain(drain::DrainCommand),
     /// Register drained agents again.
     Undrain(drain::DrainArgs),
     /// Show whether the agents here are drained and registered.
@@ -222,7 +222,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => return run::run(&cli.zk, args).await,
         Command::Env(args) => env::run(args).await,
         Command::Announce(args) => announce::run(&cli.zk, args).await,
-        Command::Drain(args) => drain::run(args, Request::Drain).await,
+        Command::Drain(args) => drain::drain(args).await,
         Command::Undrain(args) => drain::run(args, Request::Undrain).await,
         Command::Status(args) => drain::run(args, Request::Status).await,
         Command::Watch(args) => watch::run(&cli.zk, args).await,

@@ -14,7 +14,7 @@ use herald::layout::EnvKey;
 use herald::reaper::Reaper;
 use std::sync::Arc;
 
-use super::announce::{DEREGISTER_GRACE, RegistrationArgs};
+use super::announce::{DEREGISTER_GRACE, Redeclare, RegistrationArgs};
 use super::{ZkArgs, env, parse_duration};
 
 /// Where the entries are and how they run; shared by `run` and `env`.
@@ -47,6 +47,20 @@ pub struct Prepared {
 }
 
 impl HarnessArgs {
+    /// The /export directory, and whether it was given (the default may be missing).
+    pub fn export_location(&self) -> (PathBuf, bool) {
+        match &self.export_dir {
+            Some(dir) => (dir.clone(), true),
+            None => (PathBuf::from("/export"), false),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            script_timeout: self.script_timeout,
+        }
+    }
+
     pub async fn prepare(&self) -> anyhow::Result<Prepared> {
         let dirs: Vec<Dir> = if self.env_dirs.is_empty() {
             vec![Dir {
@@ -62,15 +76,10 @@ impl HarnessArgs {
                 })
                 .collect()
         };
-        let limits = Limits {
-            script_timeout: self.script_timeout,
-        };
+        let limits = self.limits();
         let inherited: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
         let resolved = harness::build(&dirs, inherited, self.keep_existing, limits).await?;
-        let (export_dir, explicit) = match &self.export_dir {
-            Some(dir) => (dir.clone(), true),
-            None => (PathBuf::from("/export"), false),
-        };
+        let (export_dir, explicit) = self.export_location();
         let export = harness::declare(&export_dir, explicit, &resolved.env, limits).await?;
         Ok(Prepared { resolved, export })
     }
@@ -97,7 +106,8 @@ SIGINT arriving --kill-timeout after the first kills CMD's process group.
 With --service (and --port; every `herald announce` option applies) herald supervises CMD and
 registers it once it runs and its checks pass, with the /export outputs as metadata. The first
 SIGTERM/SIGINT deregisters before it is forwarded; when CMD exits the node is deleted before herald
-exits with CMD's code. Drain with `herald drain` (SIGUSR1/SIGUSR2 go to CMD).
+exits with CMD's code. Drain with `herald drain` (SIGUSR1/SIGUSR2 go to CMD). SIGHUP goes to CMD
+and also runs /export again: changed metadata is rewritten into the node in place.
 
   herald run --service api --port 8080 --check http://127.0.0.1:8080/health -- api-server")]
 pub struct RunArgs {
@@ -156,10 +166,27 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let redeclare = Arc::new(Redeclare {
+        export: Some(args.harness.export_location()),
+        env: prepared.resolved.env.clone(),
+        limits: args.harness.limits(),
+        registration: args.registration.clone(),
+        running: tokio::sync::Mutex::new(()),
+    });
     let reaper = Arc::new(Reaper::start()?);
     tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
     let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.env)?;
     let mut agent = connected.map(|connected| connected.start(reaper.clone()));
+    let switch = agent.as_ref().map(Agent::switch);
+    // SIGHUP reaches CMD (e.g. a server reloading its configuration) and declares the
+    // metadata again.
+    let after_forward = |sig| {
+        if sig == libc::SIGHUP
+            && let Some(switch) = &switch
+        {
+            redeclare.spawn(switch.clone());
+        }
+    };
     let deregister = async {
         if let Some(agent) = &mut agent
             && let Err(err) = agent.deregister(DEREGISTER_GRACE).await
@@ -167,7 +194,9 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("{err}");
         }
     };
-    let ended = child.wait(signals, args.kill_timeout, deregister).await;
+    let ended = child
+        .wait(signals, args.kill_timeout, deregister, after_forward)
+        .await;
     tracing::debug!(?ended, "the command ended");
     // Whatever happened to the registration, herald exits with CMD's code.
     if let Some(agent) = agent

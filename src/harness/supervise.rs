@@ -149,12 +149,14 @@ impl Child {
     /// Forwards every signal in `signals` to the child until it exits, and returns its status.
     /// The first SIGTERM or SIGINT runs `before_stop` (e.g. deregistration) before it is
     /// forwarded; one arriving `kill_timeout` or more after the first kills the child's whole
-    /// process group instead.
+    /// process group instead. `after_forward` hears of every signal passed on (herald's own
+    /// part of it, e.g. SIGHUP declaring the metadata again).
     pub async fn wait(
         mut self,
         signals: &mut Signals,
         kill_timeout: Duration,
         before_stop: impl Future<Output = ()>,
+        mut after_forward: impl FnMut(libc::c_int),
     ) -> Ended {
         let mut before_stop = Some(before_stop);
         let mut first_stop: Option<Instant> = None;
@@ -201,6 +203,7 @@ impl Child {
                         // SAFETY: plain syscall. The pid is still ours: it is not reaped yet.
                         unsafe { libc::kill(self.pid, sig) };
                     }
+                    after_forward(sig);
                 }
             }
         }

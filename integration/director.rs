@@ -582,14 +582,15 @@ async fn a_director_starting_amid_registrations_publishes_once() {
     );
 }
 
-/// The pgpool backend block for `(slot, port)` pairs as `register` writes them.
-fn pgpool_block(backends: &[(u32, u16)]) -> String {
+/// The pgpool backend block for `(slot, id, port)` as `register` writes them.
+fn pgpool_block(backends: &[(u32, &str, u16)]) -> String {
     backends
         .iter()
-        .map(|(n, port)| {
+        .map(|(n, id, port)| {
             format!(
                 "backend_hostname{n} = '10.0.0.{}'\nbackend_port{n} = {port}\nbackend_weight{n} = 1\n\
-                 backend_data_directory{n} = '/var/lib/postgresql/data'\nbackend_flag{n} = 'ALLOW_TO_FAILOVER'\n",
+                 backend_data_directory{n} = '/var/lib/postgresql/data'\n\
+                 backend_application_name{n} = '{id}'\nbackend_flag{n} = 'ALLOW_TO_FAILOVER'\n",
                 port % 250
             )
         })
@@ -619,7 +620,7 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
     value_becomes(
         &client,
         &path,
-        &pgpool_block(&[(0, 5432), (1, 5433), (2, 5434)]),
+        &pgpool_block(&[(0, "a", 5432), (1, "b", 5433), (2, "c", 5434)]),
     )
     .await;
 
@@ -629,7 +630,12 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
         .delete(&format!("{root}/services/pg/a"), None)
         .await
         .unwrap();
-    value_becomes(&client, &path, &pgpool_block(&[(1, 5433), (2, 5434)])).await;
+    value_becomes(
+        &client,
+        &path,
+        &pgpool_block(&[(1, "b", 5433), (2, "c", 5434)]),
+    )
+    .await;
 
     // The leader dies; the new one reads the numbers from ZooKeeper and goes on with them.
     let mut first = first;
@@ -641,7 +647,7 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
     value_becomes(
         &client,
         &path,
-        &pgpool_block(&[(1, 5433), (2, 5434), (3, 5435)]),
+        &pgpool_block(&[(1, "b", 5433), (2, "c", 5434), (3, "d", 5435)]),
     )
     .await;
     // …but the same server back gets its own number again.
@@ -649,7 +655,12 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
     value_becomes(
         &client,
         &path,
-        &pgpool_block(&[(0, 5432), (1, 5433), (2, 5434), (3, 5435)]),
+        &pgpool_block(&[
+            (0, "a", 5432),
+            (1, "b", 5433),
+            (2, "c", 5434),
+            (3, "d", 5435),
+        ]),
     )
     .await;
     let (map, _) = client

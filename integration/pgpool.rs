@@ -18,14 +18,19 @@ use support::*;
 const KEY: &str = "PGPOOL_BACKENDS";
 
 /// `herald run --service pg` around one PostgreSQL server, registered while it accepts
-/// connections, with its data directory declared in /export.
-fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str) -> Daemon {
+/// connections, with its data directory declared in /export (and, with `declare_role`, its
+/// role: a data directory with standby.signal is a standby).
+fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str, declare_role: bool) -> Daemon {
     let export = dir.path(&format!("export-{id}"));
-    script(
-        &export,
-        "data_directory",
-        &format!("echo {}", cluster.data.display()),
-    );
+    let data = cluster.data.display();
+    script(&export, "data_directory", &format!("echo {data}"));
+    if declare_role {
+        script(
+            &export,
+            "role",
+            &format!("if [ -e {data}/standby.signal ]; then echo standby; else echo primary; fi"),
+        );
+    }
     let port = cluster.port.to_string();
     Daemon::spawn(
         herald(root)
@@ -164,6 +169,59 @@ fn herald_in(root: &str, dir: &Path) -> std::process::Command {
     command
 }
 
+/// The director publishing the pgpool backend block of the `pg` instances.
+fn director(root: &str) -> Daemon {
+    Daemon::spawn(
+        herald(root)
+            .args([
+                "director",
+                "--key",
+                KEY,
+                "--service",
+                "pg",
+                "--preset",
+                "pgpool",
+            ])
+            .args(["--settle", "200ms"]),
+    )
+}
+
+/// pgpool.conf rendered by herald from the published value (embedded in the rest of pgpool's
+/// settings), pgpool started on it, and `herald watch --pgpool` keeping both right.
+fn start_pgpool(root: &str, dir: &PgDir, sr_check_period: u32) -> (Pgpool, Daemon) {
+    // The file exists before herald writes it, owned by pgpool's user, so herald keeps its
+    // owner and mode.
+    let mut pgpool = Pgpool::prepare(dir);
+    let template = dir.write(
+        "pgpool.conf.j2",
+        &format!(
+            "{}{{{{ value }}}}\n",
+            pgpool_base_conf(&dir.0, pgpool.port, pgpool.pcp_port, sr_check_period)
+        ),
+        0o644,
+    );
+    dir.write("pgpool.conf", "", 0o600);
+    let out = run(herald_in(root, &dir.0)
+        .args(["watch", KEY, "--once", "--out"])
+        .arg(&pgpool.conf)
+        .arg("--template")
+        .arg(&template));
+    assert!(out.status.success(), "watch --once: {}", describe(&out));
+    pgpool.start();
+    let watch = Daemon::spawn(
+        herald_in(root, &dir.0)
+            .args(["watch", KEY, "--out"])
+            .arg(&pgpool.conf)
+            .arg("--template")
+            .arg(&template)
+            .args(["--pgpool", &format!("127.0.0.1:{}", pgpool.pcp_port)])
+            .args(["--pcp-user", "pcpadmin", "--pgpool-every", "300ms"])
+            .arg("--pcp-passfile")
+            .arg(&pgpool.passfile),
+    );
+    (pgpool, watch)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
     let root = root("pgpool_follows");
@@ -176,23 +234,11 @@ async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
         .collect();
     let port = |n: usize| clusters[n].port;
 
-    let _director = Daemon::spawn(
-        herald(&root)
-            .args([
-                "director",
-                "--key",
-                KEY,
-                "--service",
-                "pg",
-                "--preset",
-                "pgpool",
-            ])
-            .args(["--settle", "200ms"]),
-    );
+    let _director = director(&root);
     // Two servers, one after the other (so their numbers are known: oldest first).
-    let mut servers = vec![server(&root, &dir, &clusters[0], "pg0")];
+    let mut servers = vec![server(&root, &dir, &clusters[0], "pg0", false)];
     published(&client, &root, &[(0, port(0))]).await;
-    servers.push(server(&root, &dir, &clusters[1], "pg1"));
+    servers.push(server(&root, &dir, &clusters[1], "pg1", false));
     published(&client, &root, &[(0, port(0)), (1, port(1))]).await;
     let value = value_of(&client, &root).await;
     assert!(
@@ -203,40 +249,11 @@ async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
         "/export's data_directory is in the value:\n{value}"
     );
 
-    // pgpool.conf is herald's output, embedded in the rest of pgpool's settings. It exists
-    // before herald writes it, owned by pgpool's user, so herald keeps its owner and mode.
-    let mut pgpool = Pgpool::prepare(&dir);
-    let template = dir.write(
-        "pgpool.conf.j2",
-        &format!(
-            "{}{{{{ value }}}}\n",
-            pgpool_base_conf(&dir.0, pgpool.port, pgpool.pcp_port)
-        ),
-        0o644,
-    );
-    dir.write("pgpool.conf", "", 0o600);
-    let out = run(herald_in(&root, &dir.0)
-        .args(["watch", KEY, "--once", "--out"])
-        .arg(&pgpool.conf)
-        .arg("--template")
-        .arg(&template));
-    assert!(out.status.success(), "watch --once: {}", describe(&out));
-    pgpool.start();
-    let watch = Daemon::spawn(
-        herald_in(&root, &dir.0)
-            .args(["watch", KEY, "--out"])
-            .arg(&pgpool.conf)
-            .arg("--template")
-            .arg(&template)
-            .args(["--pgpool", &format!("127.0.0.1:{}", pgpool.pcp_port)])
-            .args(["--pcp-user", "pcpadmin", "--pgpool-every", "300ms"])
-            .arg("--pcp-passfile")
-            .arg(&pgpool.passfile),
-    );
+    let (mut pgpool, watch) = start_pgpool(&root, &dir, 0);
     routes_exactly(&pgpool, &[(0, port(0)), (1, port(1))], &watch).await;
 
     // A third server: loaded by the reload, attached by herald (pgpool alone keeps it down).
-    servers.push(server(&root, &dir, &clusters[2], "pg2"));
+    servers.push(server(&root, &dir, &clusters[2], "pg2", false));
     published(&client, &root, &[(0, port(0)), (1, port(1)), (2, port(2))]).await;
     routes_exactly(&pgpool, &[(0, port(0)), (1, port(1)), (2, port(2))], &watch).await;
 
@@ -296,5 +313,85 @@ async fn pgpool_follows_additions_a_crash_a_drain_and_its_own_restart() {
     );
     pgpool.start();
     routes_exactly(&pgpool, &[(1, port(1)), (2, port(2))], &watch).await;
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_and_its_streaming_standby_behind_pgpool() {
+    let root = root("pgpool_sr");
+    let client = client().await;
+    let dir = PgDir::new("sr");
+    std::fs::create_dir_all(dir.path("control")).unwrap();
+    std::fs::create_dir_all(dir.path("environment")).unwrap();
+    let _director = director(&root);
+    let primary = Cluster::init(&dir, "pg0");
+    let mut servers = vec![server(&root, &dir, &primary, "pg0", true)];
+    published(&client, &root, &[(0, primary.port)]).await;
+    // Registered once it accepts connections: pg_basebackup can copy it.
+    let standby = Cluster::standby_of(&dir, "pg1", &primary);
+    servers.push(server(&root, &dir, &standby, "pg1", true));
+    published(&client, &root, &[(0, primary.port), (1, standby.port)]).await;
+    let value = value_of(&client, &root).await;
+    for line in [
+        "backend_flag0 = 'ALLOW_TO_FAILOVER|ALWAYS_PRIMARY'\n",
+        "backend_flag1 = 'ALLOW_TO_FAILOVER'\n",
+        "backend_application_name1 = 'pg1'\n",
+    ] {
+        assert!(
+            value.contains(line),
+            "{line:?} is not in the value:\n{value}"
+        );
+    }
+
+    let (pgpool, watch) = start_pgpool(&root, &dir, 1);
+    eventually(
+        "pgpool: slot 0 the primary, slot 1 a streaming standby",
+        || async {
+            let nodes = pgpool.nodes()?;
+            let seen: Vec<(u32, u16, &str, &str)> = nodes
+                .iter()
+                .filter(|n| n.status == 1 || n.status == 2)
+                .map(|n| (n.slot, n.port, n.role.as_str(), n.replication.as_str()))
+                .collect();
+            if seen
+                == [
+                    (0, primary.port, "primary", "none"),
+                    (1, standby.port, "standby", "streaming"),
+                ]
+            {
+                Ok(())
+            } else {
+                Err(format!("{nodes:?}\n{}\n{}", watch.stderr(), pgpool.log()))
+            }
+        },
+    )
+    .await;
+    // Writes go to the primary (the standby would refuse them); reads are balanced over both.
+    psql(
+        pgpool.port,
+        "create table t (x int); insert into t values (42)",
+    )
+    .unwrap_or_else(|e| panic!("a write through pgpool failed: {e}\n{}", pgpool.log()));
+    routes_exactly(&pgpool, &[(0, primary.port), (1, standby.port)], &watch).await;
+    eventually("the standby to have replayed the write", || async {
+        match psql(standby.port, "select x from t") {
+            Ok(x) if x == "42" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // The standby crashes: detached; writes and reads go on, on the primary.
+    // SAFETY: plain syscall on the test's own server.
+    unsafe { libc::kill(standby.postmaster_pid().unwrap(), libc::SIGKILL) };
+    servers[1].exited().await;
+    published(&client, &root, &[(0, primary.port)]).await;
+    routes_exactly(&pgpool, &[(0, primary.port)], &watch).await;
+    psql(pgpool.port, "insert into t values (43)")
+        .unwrap_or_else(|e| panic!("a write through pgpool failed: {e}\n{}", pgpool.log()));
+    assert_eq!(
+        psql(pgpool.port, "select count(*) from t").as_deref(),
+        Ok("2")
+    );
     drop(servers);
 }

@@ -124,6 +124,9 @@ fn check(command: &mut Command, what: &str) {
 /// An initialised PostgreSQL data directory (trust authentication on loopback, no fsync) and
 /// the port it is to serve on. It is not started: the test decides how (e.g. under herald).
 pub struct Cluster {
+    /// Also its `cluster_name`: what its walreceiver says as application_name when it is a
+    /// standby.
+    pub name: String,
     pub data: PathBuf,
     pub port: u16,
     /// Where its Unix socket goes.
@@ -141,6 +144,26 @@ impl Cluster {
             "initdb",
         );
         Cluster {
+            name: name.to_owned(),
+            data,
+            port: free_port(),
+            socket_dir: dir.0.clone(),
+        }
+    }
+
+    /// A streaming standby of `primary` (which must be running): `pg_basebackup -R`, which
+    /// writes standby.signal and primary_conninfo.
+    pub fn standby_of(dir: &PgDir, name: &str, primary: &Cluster) -> Cluster {
+        let data = dir.path(name);
+        check(
+            postgres_command(pg_bin().join("pg_basebackup"))
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+                .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync", "-D"])
+                .arg(&data),
+            "pg_basebackup",
+        );
+        Cluster {
+            name: name.to_owned(),
             data,
             port: free_port(),
             socket_dir: dir.0.clone(),
@@ -165,6 +188,8 @@ impl Cluster {
                 "fsync=off",
                 "-c",
                 "max_connections=40",
+                "-c",
+                &format!("cluster_name={}", self.name),
             ]
             .map(String::from),
         );
@@ -219,20 +244,23 @@ pub struct Pgpool {
     child: Option<Child>,
 }
 
-/// pgpool.conf without backends, for a test's directory and ports. Independent servers in
-/// `streaming_replication` mode with load balancing: SELECTs go to every backend, by weight.
-/// No health check: herald's registrations say who is live.
-pub fn pgpool_base_conf(dir: &Path, port: u16, pcp_port: u16) -> String {
+/// pgpool.conf without backends, for a test's directory and ports, in `streaming_replication`
+/// mode with load balancing: SELECTs go to every backend, by weight. No health check: herald's
+/// registrations say who is live. `sr_check_period` 0 is for independent servers (no
+/// replication to check); a real standby wants a period so pgpool shows its state.
+pub fn pgpool_base_conf(dir: &Path, port: u16, pcp_port: u16, sr_check_period: u32) -> String {
     let dir = dir.display();
+    // pgpool 4.3 calls the socket directory socket_dir (4.4: unix_socket_directories); an
+    // unknown name is ignored, so both are written.
     format!(
         "backend_clustering_mode = 'streaming_replication'\n\
          listen_addresses = '127.0.0.1'\nport = {port}\n\
-         unix_socket_directories = '{dir}'\n\
+         socket_dir = '{dir}'\nunix_socket_directories = '{dir}'\n\
          pcp_listen_addresses = '127.0.0.1'\npcp_port = {pcp_port}\npcp_socket_dir = '{dir}'\n\
          pid_file_name = '{dir}/pgpool.pid'\nlogdir = '{dir}'\n\
          pool_passwd = ''\nenable_pool_hba = off\n\
          num_init_children = 8\nmax_pool = 2\nload_balance_mode = on\n\
-         sr_check_period = 0\nsr_check_user = 'postgres'\n\
+         sr_check_period = {sr_check_period}\nsr_check_user = 'postgres'\n\
          health_check_period = 0\nhealth_check_user = 'postgres'\n\
          search_primary_node_timeout = 1\n"
     )
@@ -389,7 +417,7 @@ impl Pgpool {
         for slot in 0..count {
             let line = self.pcp("pcp_node_info", &["-n", &slot.to_string()])?;
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() >= 4
+            if fields.len() >= 10
                 && let (Ok(port), Ok(status), Ok(weight)) =
                     (fields[1].parse(), fields[2].parse(), fields[3].parse())
             {
@@ -398,6 +426,8 @@ impl Pgpool {
                     port,
                     status,
                     weight,
+                    role: fields[6].to_owned(),
+                    replication: fields[9].to_owned(),
                 });
             }
         }
@@ -406,7 +436,7 @@ impl Pgpool {
 }
 
 /// One slot of pgpool's node table.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub slot: u32,
     pub port: u16,
@@ -414,6 +444,10 @@ pub struct Node {
     pub status: u32,
     /// Its share of load balancing (weights normalised to a sum of 1).
     pub weight: f64,
+    /// `primary` or `standby` (SR mode), as pgpool sees it.
+    pub role: String,
+    /// A standby's replication state (`streaming`), `none` when unknown.
+    pub replication: String,
 }
 
 impl Drop for Pgpool {

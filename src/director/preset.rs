@@ -40,15 +40,20 @@ pub enum Preset {
     /// `pgpool`: the backend block of pgpool.conf, one backend per instance, numbered by the
     /// output's stable slots (see [`super::slots`]: an instance keeps its number while it is
     /// registered, and a removed one leaves a gap), in slot order. The data directory
-    /// is the instance's meta `data_directory` (default `/var/lib/postgresql/data`), the flag its
-    /// meta `pgpool_flag` (default `ALLOW_TO_FAILOVER`); the weight is as registered (0 kept).
-    /// A value that would break the file (a quote, a backslash, a newline) is an error.
+    /// is the instance's meta `data_directory` (default `/var/lib/postgresql/data`); the
+    /// application name (what a standby's walreceiver says in `pg_stat_replication`, so
+    /// pgpool can show its replication state) is meta `application_name`, default the
+    /// instance id. The flag is meta `pgpool_flag` when given, else `ALLOW_TO_FAILOVER`, with
+    /// `|ALWAYS_PRIMARY` for the instance whose `role` (meta, else label) is `primary`; the
+    /// weight is as registered (0 kept). A value that would break the file (a quote, a
+    /// backslash, a newline) is an error.
     ///
     /// ```text
     /// backend_hostname0 = '10.0.0.5'
     /// backend_port0 = 5432
     /// backend_weight0 = 1
     /// backend_data_directory0 = '/var/lib/postgresql/data'
+    /// backend_application_name0 = 'db1'
     /// backend_flag0 = 'ALLOW_TO_FAILOVER'
     /// backend_hostname1 = '10.0.0.6'
     /// …
@@ -342,10 +347,25 @@ fn pgpool(instances: &[&Instance], slots: Option<&SlotOf>) -> Result<String, Der
                 "its meta data_directory is empty or contains a quote, a backslash or a control character",
             ));
         }
-        let flag = i
+        let application_name = i
             .meta
-            .get("pgpool_flag")
-            .map_or(DEFAULT_PGPOOL_FLAG, String::as_str);
+            .get("application_name")
+            .map_or(i.id.as_str(), String::as_str);
+        if !pgpool_quotable(application_name) {
+            return Err(instance_error(
+                "pgpool",
+                i,
+                "its meta application_name is empty or contains a quote, a backslash or a control character",
+            ));
+        }
+        let role = i.meta.get("role").or_else(|| i.labels.get("role"));
+        let flag = match i.meta.get("pgpool_flag") {
+            Some(flag) => flag.clone(),
+            None if role.is_some_and(|r| r == "primary") => {
+                format!("{DEFAULT_PGPOOL_FLAG}|ALWAYS_PRIMARY")
+            }
+            None => DEFAULT_PGPOOL_FLAG.to_owned(),
+        };
         if flag.is_empty()
             || !flag
                 .chars()
@@ -362,6 +382,7 @@ fn pgpool(instances: &[&Instance], slots: Option<&SlotOf>) -> Result<String, Der
              backend_port{n} = {port}\n\
              backend_weight{n} = {weight}\n\
              backend_data_directory{n} = '{data_directory}'\n\
+             backend_application_name{n} = '{application_name}'\n\
              backend_flag{n} = '{flag}'\n",
             address = i.address,
             weight = i.weight,
@@ -416,7 +437,9 @@ mod tests {
         db1.meta.insert("user".into(), "app".into());
         db1.labels.insert("role".into(), "primary".into());
         db1.endpoints.insert("metrics".into(), 9187);
-        let db2 = instance("db2", "10.0.0.6", Some(5432), 0, 10);
+        let mut db2 = instance("db2", "10.0.0.6", Some(5432), 0, 10);
+        db2.meta
+            .insert("application_name".into(), "standby_a".into());
         let mut db3 = instance("db3", "::1", Some(5433), 2, 20);
         db3.meta.insert("data_directory".into(), "/srv/pg".into());
         db3.meta.insert(
@@ -459,16 +482,19 @@ mod tests {
                  backend_port0 = 5432\n\
                  backend_weight0 = 1\n\
                  backend_data_directory0 = '/var/lib/postgresql/data'\n\
-                 backend_flag0 = 'ALLOW_TO_FAILOVER'\n\
+                 backend_application_name0 = 'db1'\n\
+                 backend_flag0 = 'ALLOW_TO_FAILOVER|ALWAYS_PRIMARY'\n\
                  backend_hostname1 = '10.0.0.6'\n\
                  backend_port1 = 5432\n\
                  backend_weight1 = 0\n\
                  backend_data_directory1 = '/var/lib/postgresql/data'\n\
+                 backend_application_name1 = 'standby_a'\n\
                  backend_flag1 = 'ALLOW_TO_FAILOVER'\n\
                  backend_hostname2 = '::1'\n\
                  backend_port2 = 5433\n\
                  backend_weight2 = 2\n\
                  backend_data_directory2 = '/srv/pg'\n\
+                 backend_application_name2 = 'db3'\n\
                  backend_flag2 = 'DISALLOW_TO_FAILOVER|ALWAYS_PRIMARY'\n",
             ),
             (

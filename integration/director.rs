@@ -671,3 +671,78 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
     assert_eq!(map["slots"]["3"]["instance"], "pg/d", "{map}");
     assert!(map["slots"]["0"].get("retired_ms").is_none(), "{map}");
 }
+
+/// PostgreSQL's md5 password hash, from coreutils: `md5` + md5(password + user).
+fn md5_of(user: &str, password: &str) -> String {
+    let out = run(Command::new("sh").args([
+        "-c",
+        &format!("printf %s '{password}{user}' | md5sum | cut -d' ' -f1"),
+    ]));
+    format!("md5{}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[tokio::test]
+async fn pool_passwd_follows_a_password_rotation_by_sighup_and_refuses_disagreement() {
+    let root = root("dir_pool_passwd");
+    let s = Scratch::new("dir_pool_passwd");
+    let client = client().await;
+    let path = value_path(&root, "POOL_PASSWD");
+    let d = Director::spawn(&mut director(
+        &root,
+        "POOL_PASSWD",
+        "pg",
+        &["--preset", "pool_passwd", "--settle", "0s"],
+    ));
+    let meta = |id: &str, password: &str| {
+        let file = s.path(&format!("{id}.json"));
+        std::fs::write(
+            &file,
+            format!(r#"{{"user":"app","password":"{password}"}}"#),
+        )
+        .unwrap();
+        file
+    };
+    let agent = |id: &str, port: &str| {
+        Director::spawn(
+            herald(&root)
+                .args(["announce", "--service", "pg", "--id", id])
+                .args(["--address", "127.0.0.1", "--port", port])
+                .arg("--control-dir")
+                .arg(s.path("control"))
+                .arg("--meta-file")
+                .arg(meta(id, "apppw")),
+        )
+    };
+    let a = agent("a", "5432");
+    let b = agent("b", "5433");
+    // The hash PostgreSQL stores for app/apppw under md5.
+    value_becomes(&client, &path, "app:md5f44ca69ffd2494f6d3e571acf7a949aa\n").await;
+    a.wait_log("meta password looks secret", 1).await;
+    d.wait_log("publishes password hashes", 1).await;
+
+    // a rotates first: the two disagree, so the value stays and the director names both.
+    meta("a", "rotated");
+    a.signal(libc::SIGHUP);
+    let log = d.wait_log("give user \"app\" different passwords", 1).await;
+    assert!(log.contains("pg/a") && log.contains("pg/b"), "{log}");
+    let (data, _) = client.get_data(&path).await.unwrap();
+    assert_eq!(data, b"app:md5f44ca69ffd2494f6d3e571acf7a949aa\n");
+    // b follows: one new hash.
+    meta("b", "rotated");
+    b.signal(libc::SIGHUP);
+    value_becomes(
+        &client,
+        &path,
+        &format!("app:{}\n", md5_of("app", "rotated")),
+    )
+    .await;
+    for daemon in [&d, &a, &b] {
+        for secret in ["apppw", "rotated"] {
+            assert!(
+                !daemon.stderr().contains(secret),
+                "{secret} logged:\n{}",
+                daemon.stderr()
+            );
+        }
+    }
+}

@@ -274,3 +274,58 @@ async fn a_failed_reload_is_tried_again_and_said_once() {
         "the cause is said once: {failure}"
     );
 }
+
+#[tokio::test]
+async fn a_template_binds_several_keys_and_waits_for_every_one() {
+    let root = root("watch_keys");
+    let s = Scratch::new("watch_keys");
+    let template = s.path("pgpool.conf.j2");
+    std::fs::write(
+        &template,
+        "sr_check_user = '{{ values.SR_USER }}'\n{{ value }}\n",
+    )
+    .unwrap();
+    let out = s.path("pgpool.conf");
+    put(&root, "BACKENDS", b"backend_hostname0 = 'db1'");
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args(["watch", "BACKENDS", "SR_USER", "--template"])
+            .arg(&template)
+            .arg("--out")
+            .arg(&out),
+    );
+    watch
+        .wait_log("waiting for SR_USER to be published", 1)
+        .await;
+    assert!(!out.exists(), "nothing is written while a key is missing");
+    put(&root, "SR_USER", b"monitor");
+    let expect = |content: &'static str| {
+        let out = out.clone();
+        move || {
+            let now = std::fs::read_to_string(&out).unwrap_or_default();
+            if now == content { Ok(()) } else { Err(now) }
+        }
+    };
+    wait_until(
+        "the file with both keys",
+        expect("sr_check_user = 'monitor'\nbackend_hostname0 = 'db1'\n"),
+    );
+    put(&root, "SR_USER", b"monitor2");
+    wait_until(
+        "the file after the second key changed",
+        expect("sr_check_user = 'monitor2'\nbackend_hostname0 = 'db1'\n"),
+    );
+    put(&root, "BACKENDS", b"backend_hostname1 = 'db2'");
+    wait_until(
+        "the file after the first key changed",
+        expect("sr_check_user = 'monitor2'\nbackend_hostname1 = 'db2'\n"),
+    );
+
+    let without = run(herald(&root).args(["watch", "BACKENDS", "SR_USER"]));
+    assert_eq!(without.status.code(), Some(2), "{}", describe(&without));
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("--template"),
+        "{}",
+        describe(&without)
+    );
+}

@@ -19,12 +19,14 @@
 //! - [`gateway`]: the single-machine HTTP daemon: containers POST and GET values.
 //! - [`watch`]: the consumer side: a value rendered into a file atomically, checked, reloaded.
 //! - [`command`]: running a user's shell command (check, reload) with a timeout.
+//! - [`first`]: the first of several futures to finish.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
 pub mod announce;
 pub mod catalog;
 pub mod command;
 pub mod director;
+pub mod first;
 pub mod gateway;
 pub mod harness;
 pub mod health;

@@ -80,7 +80,7 @@ pub fn all_of(mut inputs: Vec<watch::Receiver<bool>>) -> watch::Receiver<bool> {
     tokio::spawn(async move {
         loop {
             let changes = inputs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let (changed, _, _) = select_all(changes).await;
+            let (changed, _) = crate::first::first_of(changes).await;
             if changed.is_err() {
                 return;
             }
@@ -92,20 +92,4 @@ pub fn all_of(mut inputs: Vec<watch::Receiver<bool>>) -> watch::Receiver<bool> {
         }
     });
     rx
-}
-
-/// The first of `futures` to finish (a tiny `select_all`: the inputs are few).
-async fn select_all<F: std::future::Future + Unpin>(
-    futures: impl IntoIterator<Item = F>,
-) -> (F::Output, usize, ()) {
-    let mut futures: Vec<F> = futures.into_iter().collect();
-    std::future::poll_fn(|cx| {
-        for (i, f) in futures.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready((out, i, ()));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }

@@ -139,6 +139,15 @@ impl RegistrationArgs {
             .map(|c| c.parse::<Check>().map_err(|e| usage(e.to_string())))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let target = zk.target()?;
+        if target.config.auth.is_none() {
+            let secret = herald::instance::secret_looking(instance.meta.keys());
+            if !secret.is_empty() {
+                tracing::warn!(
+                    "meta {} looks secret, and without ZooKeeper credentials the instance node is readable (and writable) by every ZooKeeper client; set HERALD_ZK_AUTH or HERALD_ZK_AUTH_FILE",
+                    secret.join(", ")
+                );
+            }
+        }
         let node = Node::of(
             target.values.layout(),
             &instance,

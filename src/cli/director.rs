@@ -50,7 +50,7 @@ pub struct DirectorArgs {
     /// One output: a template file.
     #[arg(long, value_name = "FILE", group = "derivation")]
     pub template_file: Option<PathBuf>,
-    /// One output: hostports, url, json, pgpool or haproxy.
+    /// One output: hostports, url, json, pgpool, pool_passwd or haproxy.
     #[arg(long, value_name = "PRESET", group = "derivation")]
     pub preset: Option<String>,
     /// With --preset url: the URL, e.g. 'postgresql://app@{address}:{port}/app'.
@@ -137,6 +137,21 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let target = zk_args.target()?;
+    if target.config.auth.is_none() {
+        for output in &outputs {
+            if matches!(
+                output.derivation,
+                herald::director::derive::Derivation::Preset(
+                    herald::director::preset::Preset::PoolPasswd
+                )
+            ) {
+                tracing::warn!(
+                    "output {} (pool_passwd) publishes password hashes, and without ZooKeeper credentials every ZooKeeper client can read them; set HERALD_ZK_AUTH or HERALD_ZK_AUTH_FILE",
+                    output.key
+                );
+            }
+        }
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let env = without_credentials(std::env::vars_os());

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use herald::first::first_of;
 use herald::watch::pgpool::Pgpool;
 use herald::watch::{Applied, Embed, FileTarget};
 use herald::zk::Session;
@@ -24,6 +25,8 @@ Examples:
   herald watch DATABASE_URL                 print each new value, one per line (-0: NUL-separated)
   herald watch DATABASE_URL --out db.url --once
   herald watch PGPOOL_BACKENDS --out pgpool.conf --template pgpool.conf.j2   ({{ value }} inside)
+  herald watch PGPOOL_BACKENDS PGPOOL_SR_CHECK --out pgpool.conf --template pgpool.conf.j2
+      ({{ values.PGPOOL_SR_CHECK }} too; the file is written once every key is published)
   PCPPASSFILE=/etc/pgpool2/pcppass herald watch PGPOOL_BACKENDS --out /etc/pgpool2/pgpool.conf \
       --template pgpool.conf.j2 --pgpool 127.0.0.1:9898 --pcp-user pcpadmin
 
@@ -40,8 +43,9 @@ retried. Without --reload, pgpool is reloaded with pcp_reload_config. This also 
 every --pgpool-every, so a pgpool restarted with a stale pgpool_status is corrected. The PCP
 password is read by the PCP tools from PCPPASSFILE (or --pcp-passfile, or ~/.pcppass).")]
 pub struct WatchArgs {
-    /// The key to follow.
-    pub key: String,
+    /// The key to follow; with --template, more keys may follow ({{ values.KEY }}).
+    #[arg(required = true, value_name = "KEY")]
+    pub keys: Vec<String>,
     /// Write each value to this file (atomically) instead of printing it.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -57,7 +61,8 @@ pub struct WatchArgs {
     /// Mode of FILE when herald creates it (an existing file keeps its own).
     #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
-    /// Embed the value in this minijinja template ({{ value }}, {{ key }}) before writing FILE.
+    /// Embed the value in this minijinja template ({{ value }}, {{ key }}, {{ values.KEY }} for
+    /// every key) before writing FILE.
     #[arg(long, value_name = "FILE", requires = "out")]
     pub template: Option<PathBuf>,
     /// Handle the current value (waiting for it if need be), then exit.
@@ -88,7 +93,17 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
-    let key = parse_key(&args.key)?;
+    let keys = args
+        .keys
+        .iter()
+        .map(|k| parse_key(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.len() > 1 && args.template.is_none() {
+        return Err(Outcome::Usage(
+            "several keys go into one file through --template (each is {{ values.KEY }}); give --template, or watch one key".to_owned(),
+        )
+        .into());
+    }
     let target = zk_args.target()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -129,13 +144,26 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
     let handle = session.handle();
     let values = &target.values;
-    let mut known: Option<Vec<u8>> = None;
+    // Per key: the value each watch compares against (None: wait for it to exist), and the
+    // last value seen (kept when the key is deleted).
+    let mut known: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    let mut last: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
     // After a failed delivery: the same value is tried again after a pause (a new one at once).
     let mut failures: u32 = 0;
     let mut delivered_any = false;
+    let missing = |last: &[Option<Vec<u8>>]| {
+        keys.iter()
+            .zip(last)
+            .find(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+    };
     let outcome = loop {
-        let next = tokio::select! {
-            next = values.next(&handle, &key, known.as_deref()) => next,
+        let changes = keys
+            .iter()
+            .zip(&known)
+            .map(|(key, known)| Box::pin(values.next(&handle, key, known.as_deref())));
+        let (next, index) = tokio::select! {
+            changed = first_of(changes) => changed,
             _ = resync.tick(), if syncing && delivered_any => {
                 if let Some(file) = file.as_mut()
                     && let Err(err) = file.resync().await
@@ -144,22 +172,33 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
                 }
                 continue;
             }
-            _ = term.recv() => break stopped(args.once && !delivered_any, &key),
-            _ = int.recv() => break stopped(args.once && !delivered_any, &key),
+            _ = term.recv() => break stopped(args.once && !delivered_any, missing(&last)),
+            _ = int.recv() => break stopped(args.once && !delivered_any, missing(&last)),
         };
         let value = match next {
             Ok(Some(value)) => value,
             Ok(None) => {
-                tracing::warn!(key = %key, "the key was deleted; keeping the last value");
-                known = None;
+                tracing::warn!(key = %keys[index], "the key was deleted; keeping the last value");
+                known[index] = None;
                 continue;
             }
             Err(err) => break Err(anyhow::Error::from(err)),
         };
+        last[index] = Some(value.clone());
+        if let Some(waiting) = missing(&last) {
+            tracing::info!(key = %waiting, "waiting for {waiting} to be published before writing the file");
+            known[index] = Some(value);
+            continue;
+        }
         let delivery = async {
             match &embed {
                 Some((embed, origin)) => {
-                    let content = embed.render(key.as_str(), &value, origin)?;
+                    let bound: Vec<(&str, &[u8])> = keys
+                        .iter()
+                        .zip(&last)
+                        .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default()))
+                        .collect();
+                    let content = embed.render(&bound, origin)?;
                     deliver(file.as_mut(), &content, args.null).await
                 }
                 None => deliver(file.as_mut(), &value, args.null).await,
@@ -167,12 +206,12 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         };
         let delivered = tokio::select! {
             delivered = delivery => delivered,
-            _ = term.recv() => break stopped(args.once && !delivered_any, &key),
-            _ = int.recv() => break stopped(args.once && !delivered_any, &key),
+            _ = term.recv() => break stopped(args.once && !delivered_any, None),
+            _ = int.recv() => break stopped(args.once && !delivered_any, None),
         };
         match delivered {
             Ok(()) => {
-                known = Some(value);
+                known[index] = Some(value);
                 failures = 0;
                 delivered_any = true;
                 if args.once {
@@ -245,9 +284,12 @@ fn pgpool_target(
 }
 
 /// The outcome of a stop signal: an error for `--once` before anything was delivered.
-fn stopped(nothing_delivered: bool, key: &herald::layout::EnvKey) -> anyhow::Result<()> {
+fn stopped(nothing_delivered: bool, missing: Option<herald::layout::EnvKey>) -> anyhow::Result<()> {
     if nothing_delivered {
-        anyhow::bail!("stopped before {key} was published");
+        match missing {
+            Some(key) => anyhow::bail!("stopped before {key} was published"),
+            None => anyhow::bail!("stopped before the file was written"),
+        }
     }
     Ok(())
 }

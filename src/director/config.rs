@@ -753,7 +753,7 @@ template = """
             (
                 "[[output]]\nkey = \"K\"\nservice = \"pg\"\n\npreset = \"pgpol\"\n",
                 Some(5),
-                "output K: unknown preset \"pgpol\"; use hostports, url, json, pgpool or haproxy",
+                "output K: unknown preset \"pgpol\"; use hostports, url, json, pgpool, pool_passwd or haproxy",
             ),
             (
                 "[[output]]\nkey = \"K\"\nservice = \"pg\"\npreset = \"json\"\nurl = \"x\"\n",
@@ -874,7 +874,7 @@ template = """
             spec.validate(Path::new("command line"))
                 .unwrap_err()
                 .to_string(),
-            "command line: output DATABASE_URL: unknown preset \"pgpol\"; use hostports, url, json, pgpool or haproxy"
+            "command line: output DATABASE_URL: unknown preset \"pgpol\"; use hostports, url, json, pgpool, pool_passwd or haproxy"
         );
         let spec = OutputSpec {
             key: "DATABASE_URL".into(),

@@ -67,10 +67,22 @@ pub enum Preset {
     /// server db2 10.0.0.6:5432 weight 0 check
     /// ```
     Haproxy,
+    /// `pool_passwd`: pgpool's password file, one `USER:md5HASH` line per user (sorted), from
+    /// the instances' meta `user` and `password` (instances without both are skipped). The
+    /// hash is PostgreSQL's md5 (`md5` + md5(password + user)), never the password itself; it
+    /// works where the backends authenticate with md5 (scram-sha-256 needs pgpool's AES
+    /// entries and its key, which herald does not write). Instances that give one user
+    /// different passwords are refused, naming both (the old value stays published until
+    /// they agree, e.g. after every server has been given the new one by SIGHUP).
+    ///
+    /// ```text
+    /// app:md5f44ca69ffd2494f6d3e571acf7a949aa
+    /// ```
+    PoolPasswd,
 }
 
 /// The preset names, for error messages.
-pub const PRESET_NAMES: &str = "hostports, url, json, pgpool or haproxy";
+pub const PRESET_NAMES: &str = "hostports, url, json, pgpool, pool_passwd or haproxy";
 
 const DEFAULT_DATA_DIRECTORY: &str = "/var/lib/postgresql/data";
 const DEFAULT_PGPOOL_FLAG: &str = "ALLOW_TO_FAILOVER";
@@ -83,6 +95,7 @@ impl Preset {
             "json" => Preset::Json,
             "pgpool" => Preset::Pgpool,
             "haproxy" => Preset::Haproxy,
+            "pool_passwd" => Preset::PoolPasswd,
             "url" => {
                 let Some(format) = url else {
                     return Some(Err(DeriveError::UrlFormat {
@@ -106,6 +119,7 @@ impl Preset {
             Preset::Json => "json",
             Preset::Pgpool => "pgpool",
             Preset::Haproxy => "haproxy",
+            Preset::PoolPasswd => "pool_passwd",
         }
     }
 
@@ -131,6 +145,7 @@ impl Preset {
             }
             Preset::Pgpool => pgpool(instances, slots)?,
             Preset::Haproxy => haproxy(instances)?,
+            Preset::PoolPasswd => pool_passwd(instances)?,
         };
         Ok(out.into_bytes())
     }
@@ -406,6 +421,57 @@ fn haproxy(instances: &[&Instance]) -> Result<String, DeriveError> {
     Ok(out)
 }
 
+/// PostgreSQL's md5 password hash: `md5` + hex(md5(password + user)).
+pub fn md5_password(user: &str, password: &str) -> String {
+    use md5::{Digest, Md5};
+    let digest = Md5::new()
+        .chain_update(password.as_bytes())
+        .chain_update(user.as_bytes())
+        .finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("md5{hex}")
+}
+
+fn pool_passwd(instances: &[&Instance]) -> Result<String, DeriveError> {
+    // user → (hash, the first instance that gave it)
+    let mut users: std::collections::BTreeMap<&str, (String, &Instance)> =
+        std::collections::BTreeMap::new();
+    for i in instances {
+        let (Some(user), Some(password)) = (i.meta.get("user"), i.meta.get("password")) else {
+            continue;
+        };
+        if user.is_empty() || user.contains([':', '\n', '\r']) || user.chars().any(char::is_control)
+        {
+            return Err(instance_error(
+                "pool_passwd",
+                i,
+                "its meta user is empty or contains ':' or a control character",
+            ));
+        }
+        let hash = md5_password(user, password);
+        match users.get(user.as_str()) {
+            Some((known, first)) if *known != hash => {
+                return Err(instance_error(
+                    "pool_passwd",
+                    i,
+                    format!(
+                        "it and {}/{} give user {user:?} different passwords; give every server the same password (the value stays as it was meanwhile)",
+                        first.service, first.id
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                users.insert(user, (hash, i));
+            }
+        }
+    }
+    Ok(users
+        .into_iter()
+        .map(|(user, (hash, _))| format!("{user}:{hash}\n"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::derive::Derivation;
@@ -454,6 +520,39 @@ mod tests {
         Derivation::Preset(preset)
             .derive(instances, None)
             .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn pool_passwd_writes_md5_hashes_and_refuses_disagreeing_passwords() {
+        // The hash PostgreSQL itself stores for `create role app password 'apppw'` under md5.
+        assert_eq!(
+            md5_password("app", "apppw"),
+            "md5f44ca69ffd2494f6d3e571acf7a949aa"
+        );
+        let mut a = instance("a", "10.0.0.5", Some(5432), 1, 1);
+        let mut b = instance("b", "10.0.0.6", Some(5432), 1, 2);
+        let c = instance("c", "10.0.0.7", Some(5432), 1, 3);
+        for i in [&mut a, &mut b] {
+            i.meta.insert("user".into(), "app".into());
+            i.meta.insert("password".into(), "apppw".into());
+        }
+        b.meta.insert("password".into(), "apppw".into());
+        let mut d = instance("d", "10.0.0.8", Some(5432), 1, 4);
+        d.meta.insert("user".into(), "report".into());
+        d.meta.insert("password".into(), "r".into());
+        let value = derive(Preset::PoolPasswd, &[a.clone(), b.clone(), c, d]).unwrap();
+        assert_eq!(
+            value,
+            format!(
+                "app:md5f44ca69ffd2494f6d3e571acf7a949aa\nreport:{}\n",
+                md5_password("report", "r")
+            )
+        );
+        assert!(!value.contains("apppw"), "never the password itself");
+        b.meta.insert("password".into(), "rotated".into());
+        let err = derive(Preset::PoolPasswd, &[a, b]).unwrap_err().to_string();
+        assert!(err.contains("pg/b") && err.contains("pg/a"), "{err}");
+        assert!(!err.contains("rotated") && !err.contains("apppw"), "{err}");
     }
 
     fn url(format: &str) -> Preset {

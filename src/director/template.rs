@@ -33,6 +33,8 @@ pub const FUEL_PER_INSTANCE: u64 = 1_000;
 /// - `oldest`: the instance registered first (ties: smallest id), or `none` for an empty list;
 /// - `weighted`: the instances with weight > 0.
 ///
+/// Functions: `fail("message")` stops the render with that message (nothing is published).
+///
 /// ```jinja
 /// {% set primary = instances | with_label("role", "primary") | weighted | oldest %}
 /// postgresql://{{ primary.meta.user }}@{{ primary.address }}:{{ primary.port }}/app
@@ -67,7 +69,21 @@ pub fn environment() -> Result<Environment<'static>, Error> {
     env.set_syntax(syntax);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.add_function("fail", fail);
     Ok(env)
+}
+
+/// What `fail(…)`'s errors start with (the template's own words, so they are shown).
+pub const FAIL: &str = "fail(): ";
+
+/// `fail("message")`: stop rendering with the template's own error, e.g.
+/// `{% if not primary %}{{ fail("no primary registered") }}{% endif %}`. Nothing is written or
+/// published; the message is reported.
+fn fail(message: String) -> Result<Value, Error> {
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{FAIL}{message}"),
+    ))
 }
 
 impl Template {

@@ -60,9 +60,53 @@ impl Instance {
     }
 }
 
+/// The metadata keys whose names say they hold a secret (password, secret, token, credential,
+/// private or api key), for warnings that name the keys, never their values.
+pub fn secret_looking<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
+    const HINTS: [&str; 7] = [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "credential",
+        "private",
+        "api_key",
+    ];
+    keys.into_iter()
+        .filter(|k| {
+            let k = k.to_ascii_lowercase().replace('-', "_");
+            HINTS.iter().any(|h| k.contains(h)) || k.ends_with("apikey")
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_keys_are_found_by_name() {
+        let keys: Vec<String> = [
+            "user",
+            "PGPASSWORD",
+            "db-password",
+            "api-key",
+            "data_directory",
+            "auth_token",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            secret_looking(&keys),
+            ["PGPASSWORD", "db-password", "api-key", "auth_token"]
+        );
+    }
 }

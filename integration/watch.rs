@@ -329,3 +329,26 @@ async fn a_template_binds_several_keys_and_waits_for_every_one() {
         describe(&without)
     );
 }
+
+#[test]
+fn a_pcp_password_file_others_can_read_is_refused_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("watch_pcppass");
+    let passfile = s.path("pcppass");
+    std::fs::write(&passfile, "127.0.0.1:9898:pcpadmin:secret\n").unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(herald("/unused")
+        .args(["watch", "K", "--out"])
+        .arg(s.path("pgpool.conf"))
+        .args(["--pgpool", "127.0.0.1:9898", "--pcp-passfile"])
+        .arg(&passfile));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--pcp-passfile")
+            && stderr.contains("chmod 600")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"), "{stderr}");
+}

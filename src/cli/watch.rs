@@ -270,6 +270,16 @@ fn pgpool_target(
             ))
             .into());
         }
+        // The PCP tools silently ignore a password file others may read, then fail as if the
+        // password were wrong.
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Outcome::Usage(format!(
+                "--pcp-passfile {} has mode {mode:o}, and the PCP tools ignore a password file group or others can read; chmod 600 it",
+                file.display()
+            ))
+            .into());
+        }
         let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
         env.insert("PCPPASSFILE".into(), path.into_os_string());
     }

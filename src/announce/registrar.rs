@@ -191,8 +191,14 @@ impl Registrar {
                         if stat.ephemeral_owner == client.session_id().0
                             && stat.czxid == claimed.czxid =>
                     {
-                        if self.ours.is_none() {
-                            info!(path = %path, session = %client.session_id(), "registered");
+                        match self.ours {
+                            None => {
+                                info!(path = %path, session = %client.session_id(), "registered")
+                            }
+                            Some(before) if before.version != claimed.version => {
+                                info!(path = %path, "rewrote the instance document in place")
+                            }
+                            Some(_) => {}
                         }
                         // Rewritten by someone between the claim and the watch: claim again.
                         if stat.version != claimed.version {

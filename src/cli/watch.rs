@@ -317,7 +317,7 @@ async fn deliver(file: Option<&mut FileTarget>, value: &[u8], null: bool) -> any
     };
     match file.apply(value).await {
         Ok(Applied::Written) => {
-            tracing::info!(file = %file.path.display(), bytes = value.len(), "wrote the new value");
+            tracing::debug!(file = %file.path.display(), "the new value is applied");
             Ok(())
         }
         Ok(Applied::Reloaded) => {

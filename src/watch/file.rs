@@ -116,6 +116,7 @@ impl FileTarget {
                 let _ = dir.sync_all();
             }
         }
+        tracing::info!(file = %self.path.display(), bytes = content.len(), "wrote the new value");
         self.reload_owed = true;
         self.reload().await?;
         self.sync(content).await?;

@@ -309,7 +309,19 @@ impl Pgpool {
         let deadline = Instant::now() + self.load_timeout;
         let mut synced = Synced::default();
         loop {
-            let table = self.table(upto).await?;
+            let table = match self.table(upto).await {
+                Ok(table) => table,
+                // pgpool restarts its PCP process after an attach or detach: the next call
+                // may find nobody answering for a moment.
+                Err(PgpoolError::Pcp(_))
+                    if !(synced.attached.is_empty() && synced.detached.is_empty())
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let mut plan = plan(&file, &table);
             // pgpool carries out an attach or detach on its own time: each slot is asked once
             // per sync, then waited for.

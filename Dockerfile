@@ -20,9 +20,10 @@ ENTRYPOINT ["herald"]
 FROM postgres:15-bookworm AS postgres
 COPY --from=build /src/target/release/herald /usr/local/bin/herald
 COPY examples/compose/export-pg /export
-# herald is PID 1: it registers the server once it accepts connections and deregisters it
-# before passing a stop signal on; the container stops when either ends.
-ENTRYPOINT ["herald", "run", "--service", "pg", "--port", "5432", "--check", "tcp", "--"]
+# herald is PID 1: it registers the server once it answers (pg_isready: a tcp check would pass
+# while PostgreSQL is still starting up) and deregisters it before passing a stop signal on; the
+# container stops when either ends.
+ENTRYPOINT ["herald", "run", "--service", "pg", "--port", "5432", "--check", "exec:pg_isready -q -h 127.0.0.1 -p 5432", "--"]
 CMD ["docker-entrypoint.sh", "postgres"]
 
 FROM debian:bookworm-slim AS pgpool

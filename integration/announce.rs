@@ -25,6 +25,25 @@ fn announce(root: &str, scratch: &Scratch, service: &str, id: &str, extra: &[&st
     command
 }
 
+/// `herald run --service api --id web1` around `sh -c body`, with an empty /environment and
+/// `export` as /export when given.
+fn run_service(root: &str, s: &Scratch, export: Option<&std::path::Path>, body: &str) -> Command {
+    let env_dir = s.path("env");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let mut command = herald(root);
+    command
+        .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
+        .args(["--address", "127.0.0.1", "--env-dir"])
+        .arg(&env_dir)
+        .arg("--control-dir")
+        .arg(s.path("control"));
+    if let Some(export) = export {
+        command.arg("--export-dir").arg(export);
+    }
+    command.args(["--", "sh", "-c", body]);
+    command
+}
+
 /// Waits (by watch, with a deadline) until `path` exists; returns its data and stat.
 async fn appears(client: &zkc::Client, path: &str) -> (Vec<u8>, zkc::Stat) {
     tokio::time::timeout(DEADLINE, async {
@@ -484,8 +503,6 @@ async fn run_service_passes_sighup_to_cmd_and_declares_again() {
     let root = root("run_sighup");
     let s = Scratch::new("run_sighup");
     let path = node(&root, "api", "web1");
-    let env_dir = s.path("env");
-    std::fs::create_dir_all(&env_dir).unwrap();
     let version = s.path("version");
     std::fs::write(&version, "1").unwrap();
     let export = s.path("export");
@@ -500,17 +517,7 @@ async fn run_service_passes_sighup_to_cmd_and_declares_again() {
         got = got_hup.display()
     );
     let watcher = client().await;
-    let mut agent = Agent::spawn(
-        herald(&root)
-            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
-            .args(["--address", "127.0.0.1", "--env-dir"])
-            .arg(&env_dir)
-            .arg("--export-dir")
-            .arg(&export)
-            .arg("--control-dir")
-            .arg(s.path("control"))
-            .args(["--", "sh", "-c", &body]),
-    );
+    let mut agent = Agent::spawn(&mut run_service(&root, &s, Some(&export), &body));
     let (data, first) = appears(&watcher, &path).await;
     assert_eq!(document(&data)["payload"]["meta"]["CONFIG_VERSION"], "1");
     std::fs::write(&version, "2").unwrap();
@@ -534,9 +541,7 @@ async fn run_service_registers_the_child_and_deregisters_when_it_exits() {
     let root = root("run_service");
     let s = Scratch::new("run_service");
     let path = node(&root, "api", "web1");
-    let env_dir = s.path("env");
     let export_dir = s.path("export");
-    std::fs::create_dir_all(&env_dir).unwrap();
     script(&export_dir, "DB_USER", "echo app");
     let done = s.path("done");
     let body = format!(
@@ -544,17 +549,7 @@ async fn run_service_registers_the_child_and_deregisters_when_it_exits() {
         done.display()
     );
     let watcher = client().await;
-    let mut agent = Agent::spawn(
-        herald(&root)
-            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
-            .args(["--address", "127.0.0.1", "--env-dir"])
-            .arg(&env_dir)
-            .arg("--export-dir")
-            .arg(&export_dir)
-            .arg("--control-dir")
-            .arg(s.path("control"))
-            .args(["--", "sh", "-c", &body]),
-    );
+    let mut agent = Agent::spawn(&mut run_service(&root, &s, Some(&export_dir), &body));
     let (data, _) = appears(&watcher, &path).await;
     assert_eq!(document(&data)["payload"]["meta"]["DB_USER"], "app");
     std::fs::write(&done, "").unwrap();
@@ -577,8 +572,6 @@ async fn run_service_deregisters_before_forwarding_sigterm() {
     let root = root("run_sigterm");
     let s = Scratch::new("run_sigterm");
     let path = node(&root, "api", "web1");
-    let env_dir = s.path("env");
-    std::fs::create_dir_all(&env_dir).unwrap();
     let got_term = s.path("got-term");
     let body = format!(
         "trap 'touch {got}; exit 0' TERM; while :; do sleep 0.01; done",
@@ -586,16 +579,8 @@ async fn run_service_deregisters_before_forwarding_sigterm() {
     );
     let proxy = Proxy::start(zk().port);
     let watcher = client().await;
-    let mut agent = Agent::spawn(
-        herald(&root)
-            .env("HERALD_ZK", proxy.connect_string())
-            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
-            .args(["--address", "127.0.0.1", "--env-dir"])
-            .arg(&env_dir)
-            .arg("--control-dir")
-            .arg(s.path("control"))
-            .args(["--", "sh", "-c", &body]),
-    );
+    let mut agent =
+        Agent::spawn(run_service(&root, &s, None, &body).env("HERALD_ZK", proxy.connect_string()));
     appears(&watcher, &path).await;
     // Hold herald's requests: its delete cannot complete, so CMD must not hear of the SIGTERM.
     proxy.hold();

@@ -17,8 +17,17 @@ use support::*;
 
 const KEY: &str = "PGPOOL_BACKENDS";
 
+/// herald's health check for a server: `pg_isready`, which passes only once it accepts sessions.
+fn ready_check(cluster: &Cluster) -> String {
+    format!(
+        "exec:{} -q -h 127.0.0.1 -p {}",
+        postgres::pg_bin().join("pg_isready").display(),
+        cluster.port
+    )
+}
+
 /// `herald run --service pg` around one PostgreSQL server, registered while it accepts
-/// connections, with its data directory declared in /export (and, with `declare_role`, its
+/// queries, with its data directory declared in /export (and, with `declare_role`, its
 /// role: a data directory with standby.signal is a standby).
 fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str, declare_role: bool) -> Daemon {
     let export = dir.path(&format!("export-{id}"));
@@ -43,7 +52,9 @@ fn server(root: &str, dir: &PgDir, cluster: &Cluster, id: &str, declare_role: bo
                 "--address",
                 "127.0.0.1",
             ])
-            .args(["--port", &port, "--check", &format!("tcp:127.0.0.1:{port}")])
+            // Registered once it answers queries: a tcp check passes while PostgreSQL is still
+            // starting up (and refusing sessions).
+            .args(["--port", &port, "--check", &ready_check(cluster)])
             .args(["--rise", "1", "--check-interval", "100ms"])
             .arg("--control-dir")
             .arg(dir.path("control"))

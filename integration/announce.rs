@@ -636,3 +636,52 @@ fn bad_registration_flags_exit_2_naming_the_flag() {
         assert!(stderr.contains(named), "{args:?} names {named}: {stderr}");
     }
 }
+
+/// A typo in --address must not register an instance nobody can reach (HAProxy's check would
+/// then refuse every value that contains it, freezing the pool for everyone).
+#[tokio::test]
+async fn an_address_that_does_not_resolve_is_refused_before_registering() {
+    let root = root("bad_address");
+    let s = Scratch::new("bad_address");
+    let watcher = client().await;
+    let mut announce = herald(&root);
+    announce.args([
+        "announce",
+        "--service",
+        "web",
+        "--id",
+        "w1",
+        "--port",
+        "8080",
+    ]);
+    let mut run = herald(&root);
+    run.args(["run", "--service", "web", "--id", "w2", "--port", "8080"])
+        .arg("--env-dir")
+        .arg(s.path("."));
+    for command in [&mut announce, &mut run] {
+        command
+            .args(["--address", "db-typo.invalid", "--control-dir"])
+            .arg(s.path("control"));
+    }
+    run.args(["--", "sleep", "30"]);
+    for command in [announce, run] {
+        let mut command = command;
+        let mut agent = Agent::spawn(&mut command);
+        let status = agent.exited().await;
+        assert_eq!(status.code(), Some(2), "{}", agent.stderr());
+        let stderr = agent.stderr();
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("--address") && stderr.contains("db-typo.invalid"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        watcher
+            .check_stat(&format!("{root}/services/web"))
+            .await
+            .unwrap(),
+        None,
+        "nothing was registered"
+    );
+}

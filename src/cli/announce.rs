@@ -109,6 +109,13 @@ impl RegistrationArgs {
                     usage("no non-loopback IPv4 address found; give --address".to_owned())
                 })?,
         };
+        // Clients must reach what is advertised: a typo would register an instance every
+        // consumer fails on (a config check then refuses each value holding it).
+        if let Err(err) = std::net::ToSocketAddrs::to_socket_addrs(&(address.as_str(), port)) {
+            return Err(usage(format!(
+                "--address {address} does not resolve ({err}); give a host name or IP address clients can reach"
+            )));
+        }
         let id: InstanceId = match &self.id {
             Some(id) => id.parse()?,
             None => announce::hostname()

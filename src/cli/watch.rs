@@ -20,8 +20,8 @@ use super::{Outcome, ZkArgs, parse_duration, parse_key, without_credentials};
 #[command(after_help = "\
 Examples:
   herald watch PGPOOL_BACKENDS --out /etc/pgpool2/backends.conf --reload 'pgpool reload'
-  herald watch HAPROXY_SERVERS --out /etc/haproxy/servers.cfg \\
-      --check 'haproxy -c -f /etc/haproxy/haproxy.cfg -f \"$1\"' --reload 'systemctl reload haproxy'
+  herald watch HAPROXY_SERVERS --out /etc/haproxy/haproxy.cfg --template haproxy.cfg.j2 \\
+      --check 'haproxy -c -q -f \"$1\"' --reload 'systemctl reload haproxy'
   herald watch DATABASE_URL                 print each new value, one per line (-0: NUL-separated)
   herald watch DATABASE_URL --out db.url --once
   herald watch PGPOOL_BACKENDS --out pgpool.conf --template pgpool.conf.j2   ({{ value }} inside)

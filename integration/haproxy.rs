@@ -1,0 +1,303 @@
+//! HAProxy for real, run exactly as examples/haproxy shows (only the bind address changes):
+//! HTTP backends under `herald run --service web`, a director publishing the `server` lines, and
+//! `herald watch --template --check 'haproxy -c' --reload` keeping a real HAProxy's whole
+//! configuration. After every step, the backends that answer through HAProxy must be exactly the
+//! live ones; a client loop running through the graceful steps must see no failed request.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+const KEY: &str = "HAPROXY_SERVERS";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One HTTP GET through `port`; the body, or why not.
+fn get(port: u16) -> Result<String, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not HTTP: {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body.trim().to_owned())
+}
+
+/// `herald run --service web` around a Python HTTP server that answers its own name.
+fn backend(root: &str, s: &Scratch, name: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let dir = s.path(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), format!("{name}\n")).unwrap();
+    let daemon = Daemon::spawn(
+        herald(root)
+            .args([
+                "run",
+                "--service",
+                "web",
+                "--id",
+                name,
+                "--address",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string()])
+            .args(["--check", &format!("http://127.0.0.1:{port}/")])
+            .args(["--rise", "1", "--check-interval", "100ms", "--env-dir"])
+            .arg(s.path("environment"))
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--", "python3", "-m", "http.server", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--directory"])
+            .arg(&dir),
+    );
+    (daemon, port)
+}
+
+/// Waits until the answers through HAProxy are exactly `live`: the last three rounds of
+/// requests (three per live backend, round robin) all came from live backends and covered every
+/// one of them; then as many again must too.
+async fn answered_by(port: u16, live: &[&str], watch: &Daemon, log: &std::path::Path) {
+    let want: BTreeSet<String> = live.iter().map(|s| s.to_string()).collect();
+    // After a reload the old worker keeps accepting for a moment (both listen, SO_REUSEPORT):
+    // the configuration in force is the one once a single worker is left.
+    let pidfile = log.with_file_name("haproxy.pid");
+    eventually("HAProxy down to one worker", || {
+        let n = workers(&pidfile);
+        async move {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} workers"))
+            }
+        }
+    })
+    .await;
+    let window = 3 * live.len();
+    let mut recent: std::collections::VecDeque<Result<String, String>> = Default::default();
+    eventually(&format!("HAProxy answered by {want:?}"), || {
+        recent.push_back(get(port));
+        if recent.len() > window {
+            recent.pop_front();
+        }
+        let names: BTreeSet<String> = recent.iter().filter_map(|r| r.clone().ok()).collect();
+        let result = if recent.len() == window && recent.iter().all(|r| r.is_ok()) && names == want
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "the last answers {recent:?}; watch said:\n{}\nHAProxy said:\n{}",
+                watch.stderr(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            ))
+        };
+        async move { result }
+    })
+    .await;
+    for _ in 0..window {
+        let name = get(port).unwrap_or_else(|e| panic!("a request through HAProxy failed: {e}"));
+        assert!(want.contains(&name), "{name} answered; live: {want:?}");
+    }
+}
+
+/// How many worker processes the HAProxy master (pid in `pidfile`) has.
+fn workers(pidfile: &std::path::Path) -> usize {
+    let Some(master) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid …: comm may hold spaces, so read after the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(master)
+        })
+        .count()
+}
+
+/// Requests through HAProxy in a loop on a thread until stopped; counts them and the failures.
+struct Client {
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(port: u16) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread = std::thread::spawn({
+            let (stop, requests, failures) = (stop.clone(), requests.clone(), failures.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = get(port) {
+                        failures.lock().unwrap().push(e);
+                    }
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Client {
+            stop,
+            requests,
+            failures,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop: (requests, failures).
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (self.requests.load(Ordering::Relaxed), failures)
+    }
+}
+
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_request() {
+    let root = root("haproxy");
+    let s = Scratch::new("haproxy");
+    std::fs::create_dir_all(s.path("environment")).unwrap();
+    let client = client().await;
+    let _director = Daemon::spawn(
+        herald(&root)
+            .args([
+                "director",
+                "--key",
+                KEY,
+                "--service",
+                "web",
+                "--preset",
+                "haproxy",
+            ])
+            .args(["--settle", "0s"]),
+    );
+    let (mut web0, port0) = backend(&root, &s, "web0");
+    let _web1 = backend(&root, &s, "web1");
+    eventually("both backends published", || async {
+        match client.get_data(&format!("{root}/environment/{KEY}")).await {
+            Ok((data, _)) if String::from_utf8_lossy(&data).lines().count() == 2 => Ok(()),
+            Ok((data, _)) => Err(String::from_utf8_lossy(&data).into_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+
+    // The example's template, listening on a port of the test's own.
+    let port = free_port();
+    let example = std::fs::read_to_string(repo().join("examples/haproxy/haproxy.cfg.j2")).unwrap();
+    assert!(example.contains("    bind *:8080\n"));
+    let template = s.path("haproxy.cfg.j2");
+    std::fs::write(
+        &template,
+        example.replace("    bind *:8080\n", &format!("    bind 127.0.0.1:{port}\n")),
+    )
+    .unwrap();
+    let conf = s.path("haproxy.cfg");
+    let pidfile = s.path("haproxy.pid");
+    let haproxy_log = s.path("haproxy.log");
+    let once = run(herald(&root)
+        .args(["watch", KEY, "--once", "--out"])
+        .arg(&conf)
+        .arg("--template")
+        .arg(&template));
+    assert!(once.status.success(), "{}", describe(&once));
+    let _haproxy = Haproxy(
+        Command::new("haproxy")
+            .args(["-W", "-db", "-f"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&haproxy_log).unwrap())
+            .spawn()
+            .expect("run haproxy (scripts/haproxy install)"),
+    );
+    let reload = format!("kill -USR2 \"$(cat {})\"", pidfile.display());
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args(["watch", KEY, "--out"])
+            .arg(&conf)
+            .arg("--template")
+            .arg(&template)
+            .args(["--check", "haproxy -c -q -f \"$1\"", "--reload", &reload]),
+    );
+    answered_by(port, &["web0", "web1"], &watch, &haproxy_log).await;
+
+    // Graceful changes, with a client loop that must see no failed request.
+    let loop_client = Client::start(port);
+    let (mut web2, _) = backend(&root, &s, "web2");
+    answered_by(port, &["web0", "web1", "web2"], &watch, &haproxy_log).await;
+    let drain = |id: &str, verb: &str| {
+        let out = run(herald(&root)
+            .args([verb, "--id", id, "--control-dir"])
+            .arg(s.path("control")));
+        assert!(out.status.success(), "{verb} {id}: {}", describe(&out));
+    };
+    drain("web1", "drain");
+    answered_by(port, &["web0", "web2"], &watch, &haproxy_log).await;
+    drain("web1", "undrain");
+    answered_by(port, &["web0", "web1", "web2"], &watch, &haproxy_log).await;
+    // A graceful leave: herald run deregisters before passing SIGTERM on.
+    web2.signal(libc::SIGTERM);
+    web2.exited().await;
+    answered_by(port, &["web0", "web1"], &watch, &haproxy_log).await;
+    let (requests, failures) = loop_client.finish();
+    assert!(requests > 50, "the client loop ran: {requests} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed during graceful changes: {failures:?}",
+        failures.len()
+    );
+
+    // A crash: web0's server dies; its sidecar deregisters it and HAProxy stops sending there.
+    let killed = run(Command::new("pkill").args(["-KILL", "-f", &format!("^[^ ]*python3 -m http.server {port0} ")]));
+    assert!(killed.status.success(), "{}", describe(&killed));
+    assert_eq!(web0.exited().await.code(), Some(137), "{}", web0.stderr());
+    answered_by(port, &["web1"], &watch, &haproxy_log).await;
+}

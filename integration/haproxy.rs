@@ -296,7 +296,11 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     );
 
     // A crash: web0's server dies; its sidecar deregisters it and HAProxy stops sending there.
-    let killed = run(Command::new("pkill").args(["-KILL", "-f", &format!("^[^ ]*python3 -m http.server {port0} ")]));
+    let killed = run(Command::new("pkill").args([
+        "-KILL",
+        "-f",
+        &format!("^[^ ]*python3 -m http.server {port0} "),
+    ]));
     assert!(killed.status.success(), "{}", describe(&killed));
     assert_eq!(web0.exited().await.code(), Some(137), "{}", web0.stderr());
     answered_by(port, &["web1"], &watch, &haproxy_log).await;

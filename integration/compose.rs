@@ -344,6 +344,11 @@ fn the_mounted_environment_and_the_pgpool_template_work_against_a_real_zookeeper
         conf.contains("pcp_port = 9898"),
         "the PCP port watch uses:\n{conf}"
     );
+    assert_eq!(
+        conf.matches("backend_hostname0").count(),
+        1,
+        "the block once, not also in a comment:\n{conf}"
+    );
     assert!(read("examples/compose/pgpool/pcppass").starts_with("pgpool:9898:pcpadmin:"));
 
     // The data directory declaration the postgres image runs, with its PGDATA.

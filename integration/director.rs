@@ -746,3 +746,32 @@ async fn pool_passwd_follows_a_password_rotation_by_sighup_and_refuses_disagreem
         }
     }
 }
+
+/// HAProxy reloads on every change: the haproxy preset waits for a burst to end by default.
+#[tokio::test]
+async fn the_haproxy_preset_coalesces_a_burst_by_default() {
+    let root = root("dir_haproxy_burst");
+    let client = client().await;
+    let path = value_path(&root, "HAPROXY_SERVERS");
+    let d = Director::spawn(&mut director(
+        &root,
+        "HAPROXY_SERVERS",
+        "web",
+        &["--preset", "haproxy", "--settle", "0s"],
+    ));
+    d.wait_log("leading", 1).await;
+    // Two registrations 20 ms apart, as a scale-up's would be: one value, one reload.
+    register(&client, &root, "web", "a", 1001).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    register(&client, &root, "web", "b", 1002).await;
+    let stat = value_becomes(
+        &client,
+        &path,
+        "server a 10.0.0.1:1001 weight 1 check\nserver b 10.0.0.2:1002 weight 1 check\n",
+    )
+    .await;
+    assert_eq!(
+        stat.version, 0,
+        "one write for the burst (created once, never set)"
+    );
+}

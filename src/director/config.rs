@@ -75,6 +75,10 @@ pub struct Output {
     pub slots: bool,
 }
 
+/// The default `wait` of the haproxy preset: a burst (a scale-up, a deploy) makes one value,
+/// so HAProxy reloads once for it.
+pub const HAPROXY_WAIT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(1));
+
 /// `settle` when none is given: re-registrations after a mass session loss arrive within
 /// milliseconds of each other, so a second of quiet sees them through; ten at most.
 pub const DEFAULT_SETTLE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
@@ -494,6 +498,8 @@ impl OutputSpec {
 
         let (wait_min, wait_max) = match &self.wait {
             Some(text) => parse_wait("wait", text).map_err(|why| field_error("wait", why))?,
+            // HAProxy reloads (a new worker per change): a burst of changes makes one value.
+            None if matches!(derivation, Derivation::Preset(Preset::Haproxy)) => HAPROXY_WAIT,
             None => (Duration::ZERO, Duration::ZERO),
         };
         let (settle_quiet, settle_max) = match &self.settle {

@@ -75,50 +75,63 @@ fn backend(root: &str, s: &Scratch, name: &str) -> (Daemon, u16) {
     (daemon, port)
 }
 
-/// Waits until the answers through HAProxy are exactly `live`: the last three rounds of
-/// requests (three per live backend, round robin) all came from live backends and covered every
-/// one of them; then as many again must too.
-async fn answered_by(port: u16, live: &[&str], watch: &Daemon, log: &std::path::Path) {
+/// The servers of backend `web` in the configuration HAProxy runs, from its stats socket.
+fn servers_in_force(socket: &std::path::Path) -> Result<BTreeSet<String>, String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"show servers state web\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    // `1` (format version), `# be_id be_name srv_id srv_name …`, then one line per server.
+    Ok(out
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 4)
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .collect())
+}
+
+/// Waits until HAProxy runs exactly the `live` servers (its stats socket says so, and the worker
+/// of any older configuration is gone), then until every one of them has answered; no answer
+/// may come from anyone else.
+async fn answered_by(port: u16, live: &[&str], watch: &Daemon, dir: &std::path::Path) {
     let want: BTreeSet<String> = live.iter().map(|s| s.to_string()).collect();
-    // After a reload the old worker keeps accepting for a moment (both listen, SO_REUSEPORT):
-    // the configuration in force is the one once a single worker is left.
-    let pidfile = log.with_file_name("haproxy.pid");
-    eventually("HAProxy down to one worker", || {
-        let n = workers(&pidfile);
-        async move {
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(format!("{n} workers"))
-            }
-        }
-    })
-    .await;
-    let window = 3 * live.len();
-    let mut recent: std::collections::VecDeque<Result<String, String>> = Default::default();
-    eventually(&format!("HAProxy answered by {want:?}"), || {
-        recent.push_back(get(port));
-        if recent.len() > window {
-            recent.pop_front();
-        }
-        let names: BTreeSet<String> = recent.iter().filter_map(|r| r.clone().ok()).collect();
-        let result = if recent.len() == window && recent.iter().all(|r| r.is_ok()) && names == want
-        {
+    let socket = dir.join("haproxy.sock");
+    let pidfile = dir.join("haproxy.pid");
+    let log = dir.join("haproxy.log");
+    eventually(&format!("HAProxy running {want:?}"), || {
+        let servers = servers_in_force(&socket);
+        let workers = workers(&pidfile);
+        let result = if servers.as_ref() == Ok(&want) && workers == 1 {
             Ok(())
         } else {
             Err(format!(
-                "the last answers {recent:?}; watch said:\n{}\nHAProxy said:\n{}",
+                "{servers:?} in {workers} worker(s); watch said:\n{}\nHAProxy said:\n{}",
                 watch.stderr(),
-                std::fs::read_to_string(log).unwrap_or_default()
+                std::fs::read_to_string(&log).unwrap_or_default()
             ))
         };
         async move { result }
     })
     .await;
-    for _ in 0..window {
-        let name = get(port).unwrap_or_else(|e| panic!("a request through HAProxy failed: {e}"));
-        assert!(want.contains(&name), "{name} answered; live: {want:?}");
-    }
+    let mut seen = BTreeSet::new();
+    eventually("every live server to answer", || {
+        let answer = get(port);
+        if let Ok(name) = &answer {
+            assert!(want.contains(name), "{name} answered; live: {want:?}");
+            seen.insert(name.clone());
+        }
+        let result = if seen == want {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}; last {answer:?}"))
+        };
+        async move { result }
+    })
+    .await;
 }
 
 /// How many worker processes the HAProxy master (pid in `pidfile`) has.
@@ -230,13 +243,23 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     // The example's template, listening on a port of the test's own.
     let port = free_port();
     let example = std::fs::read_to_string(repo().join("examples/haproxy/haproxy.cfg.j2")).unwrap();
-    assert!(example.contains("    bind *:8080\n"));
+    let socket = s.path("haproxy.sock");
+    let mut ours = example.clone();
+    for (theirs, mine) in [
+        (
+            "    bind *:8080\n".to_owned(),
+            format!("    bind 127.0.0.1:{port}\n"),
+        ),
+        (
+            "stats socket /run/haproxy/admin.sock ".to_owned(),
+            format!("stats socket {} ", socket.display()),
+        ),
+    ] {
+        assert!(ours.contains(&theirs), "{theirs:?} is in the example");
+        ours = ours.replace(&theirs, &mine);
+    }
     let template = s.path("haproxy.cfg.j2");
-    std::fs::write(
-        &template,
-        example.replace("    bind *:8080\n", &format!("    bind 127.0.0.1:{port}\n")),
-    )
-    .unwrap();
+    std::fs::write(&template, ours).unwrap();
     let conf = s.path("haproxy.cfg");
     let pidfile = s.path("haproxy.pid");
     let haproxy_log = s.path("haproxy.log");
@@ -267,12 +290,12 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
             .arg(&template)
             .args(["--check", "haproxy -c -q -f \"$1\"", "--reload", &reload]),
     );
-    answered_by(port, &["web0", "web1"], &watch, &haproxy_log).await;
+    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
 
     // Graceful changes, with a client loop that must see no failed request.
     let loop_client = Client::start(port);
     let (mut web2, _) = backend(&root, &s, "web2");
-    answered_by(port, &["web0", "web1", "web2"], &watch, &haproxy_log).await;
+    answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
     let drain = |id: &str, verb: &str| {
         let out = run(herald(&root)
             .args([verb, "--id", id, "--control-dir"])
@@ -280,13 +303,13 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
         assert!(out.status.success(), "{verb} {id}: {}", describe(&out));
     };
     drain("web1", "drain");
-    answered_by(port, &["web0", "web2"], &watch, &haproxy_log).await;
+    answered_by(port, &["web0", "web2"], &watch, &s.path(".")).await;
     drain("web1", "undrain");
-    answered_by(port, &["web0", "web1", "web2"], &watch, &haproxy_log).await;
+    answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
     // A graceful leave: herald run deregisters before passing SIGTERM on.
     web2.signal(libc::SIGTERM);
     web2.exited().await;
-    answered_by(port, &["web0", "web1"], &watch, &haproxy_log).await;
+    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
     let (requests, failures) = loop_client.finish();
     assert!(requests > 50, "the client loop ran: {requests} requests");
     assert!(
@@ -303,5 +326,5 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     ]));
     assert!(killed.status.success(), "{}", describe(&killed));
     assert_eq!(web0.exited().await.code(), Some(137), "{}", web0.stderr());
-    answered_by(port, &["web1"], &watch, &haproxy_log).await;
+    answered_by(port, &["web1"], &watch, &s.path(".")).await;
 }

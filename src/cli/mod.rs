@@ -134,6 +134,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// [`parse_duration`] where 0 is allowed (it turns something off).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ => parse_duration(s),
+    }
+}
+
 /// Validated connection settings and layout, built before any connection is made.
 pub struct Target {
     pub config: ZkConfig,

@@ -8,14 +8,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use herald::announce::Agent;
+use herald::announce::{Agent, Registered};
 use herald::harness::{self, Dir, Limits, Resolved};
 use herald::layout::EnvKey;
 use herald::reaper::Reaper;
 use std::sync::Arc;
 
 use super::announce::{DEREGISTER_GRACE, Redeclare, RegistrationArgs};
-use super::{ZkArgs, env, parse_duration};
+use super::{ZkArgs, env, parse_duration, parse_duration_or_zero};
 
 /// Where the entries are and how they run; shared by `run` and `env`.
 #[derive(Debug, Args)]
@@ -105,8 +105,8 @@ SIGINT arriving --kill-timeout after the first kills CMD's process group.
 
 With --service (and --port; every `herald announce` option applies) herald supervises CMD and
 registers it once it runs and its checks pass, with the /export outputs as metadata. The first
-SIGTERM/SIGINT deregisters before it is forwarded; when CMD exits the node is deleted before herald
-exits with CMD's code. Drain with `herald drain` (SIGUSR1/SIGUSR2 go to CMD). SIGHUP goes to CMD
+SIGTERM/SIGINT deregisters, waits --stop-delay (2s) so consumers stop sending work, and only then
+is forwarded; when CMD exits the node is deleted before herald exits with CMD's code. Drain with `herald drain` (SIGUSR1/SIGUSR2 go to CMD). SIGHUP goes to CMD
 and also runs /export again: changed metadata is rewritten into the node in place.
 
   herald run --service api --port 8080 --check http://127.0.0.1:8080/health -- api-server")]
@@ -122,6 +122,11 @@ pub struct RunArgs {
     /// Under --supervise: a SIGTERM/SIGINT this long after the first one sends SIGKILL.
     #[arg(long, value_name = "DURATION", env = "HERALD_KILL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kill_timeout: Duration,
+    /// Under --service: after the first SIGTERM/SIGINT has deregistered the instance, wait this
+    /// long before passing the signal on, so consumers stop sending work first (a director's
+    /// wait, a reload of HAProxy or pgpool). 0s passes it on at once.
+    #[arg(long, value_name = "DURATION", env = "HERALD_STOP_DELAY", default_value = "2s", value_parser = parse_duration_or_zero)]
+    pub stop_delay: Duration,
     #[command(flatten)]
     pub registration: RegistrationArgs,
     /// The command and its arguments.
@@ -187,11 +192,22 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             redeclare.spawn(switch.clone());
         }
     };
+    let stop_delay = args.stop_delay;
     let deregister = async {
-        if let Some(agent) = &mut agent
-            && let Err(err) = agent.deregister(DEREGISTER_GRACE).await
-        {
-            tracing::warn!("{err}");
+        if let Some(agent) = &mut agent {
+            let was_registered = agent.status().borrow().registered == Registered::Yes;
+            if let Err(err) = agent.deregister(DEREGISTER_GRACE).await {
+                tracing::warn!("{err}");
+            }
+            // Consumers learn of the deregistration through ZooKeeper, a director and a
+            // reload: until then they may still send work here.
+            if was_registered && !stop_delay.is_zero() {
+                tracing::info!(
+                    "deregistered; passing the stop signal on in {}",
+                    humantime::format_duration(stop_delay)
+                );
+                tokio::time::sleep(stop_delay).await;
+            }
         }
     };
     let ended = child

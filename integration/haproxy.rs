@@ -6,6 +6,9 @@
 
 mod support;
 
+#[path = "support/standalone.rs"]
+mod standalone;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -45,14 +48,21 @@ fn get(port: u16) -> Result<String, String> {
     Ok(body.trim().to_owned())
 }
 
+/// herald on the ZooKeeper `zk`.
+fn herald_on(root: &str, zk: &str) -> Command {
+    let mut command = herald(root);
+    command.env("HERALD_ZK", zk);
+    command
+}
+
 /// `herald run --service web` around a Python HTTP server that answers its own name.
-fn backend(root: &str, s: &Scratch, name: &str) -> (Daemon, u16) {
+fn backend(root: &str, zk: &str, s: &Scratch, name: &str) -> (Daemon, u16) {
     let port = free_port();
     let dir = s.path(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), format!("{name}\n")).unwrap();
     let daemon = Daemon::spawn(
-        herald(root)
+        herald_on(root, zk)
             .args([
                 "run",
                 "--service",
@@ -210,14 +220,12 @@ impl Drop for Haproxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_request() {
-    let root = root("haproxy");
-    let s = Scratch::new("haproxy");
-    std::fs::create_dir_all(s.path("environment")).unwrap();
-    let client = client().await;
-    let _director = Daemon::spawn(
-        herald(&root)
+/// The director, the example's configuration (on a port and socket of the test's own) rendered
+/// once, HAProxy started on it, and `herald watch` keeping both; returns HAProxy, the watch and
+/// HAProxy's port.
+fn start_haproxy(root: &str, zk: &str, s: &Scratch) -> (Daemon, Haproxy, Daemon, u16) {
+    let director = Daemon::spawn(
+        herald_on(root, zk)
             .args([
                 "director",
                 "--key",
@@ -229,18 +237,6 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
             ])
             .args(["--settle", "0s"]),
     );
-    let (mut web0, port0) = backend(&root, &s, "web0");
-    let _web1 = backend(&root, &s, "web1");
-    eventually("both backends published", || async {
-        match client.get_data(&format!("{root}/environment/{KEY}")).await {
-            Ok((data, _)) if String::from_utf8_lossy(&data).lines().count() == 2 => Ok(()),
-            Ok((data, _)) => Err(String::from_utf8_lossy(&data).into_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
-
-    // The example's template, listening on a port of the test's own.
     let port = free_port();
     let example = std::fs::read_to_string(repo().join("examples/haproxy/haproxy.cfg.j2")).unwrap();
     let socket = s.path("haproxy.sock");
@@ -263,13 +259,13 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     let conf = s.path("haproxy.cfg");
     let pidfile = s.path("haproxy.pid");
     let haproxy_log = s.path("haproxy.log");
-    let once = run(herald(&root)
+    let once = run(herald_on(root, zk)
         .args(["watch", KEY, "--once", "--out"])
         .arg(&conf)
         .arg("--template")
         .arg(&template));
     assert!(once.status.success(), "{}", describe(&once));
-    let _haproxy = Haproxy(
+    let haproxy = Haproxy(
         Command::new("haproxy")
             .args(["-W", "-db", "-f"])
             .arg(&conf)
@@ -283,18 +279,30 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     );
     let reload = format!("kill -USR2 \"$(cat {})\"", pidfile.display());
     let watch = Daemon::spawn(
-        herald(&root)
+        herald_on(root, zk)
             .args(["watch", KEY, "--out"])
             .arg(&conf)
             .arg("--template")
             .arg(&template)
             .args(["--check", "haproxy -c -q -f \"$1\"", "--reload", &reload]),
     );
+    (director, haproxy, watch, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_request() {
+    let root = root("haproxy");
+    let s = Scratch::new("haproxy");
+    std::fs::create_dir_all(s.path("environment")).unwrap();
+    let zk = zk().connect_string();
+    let (mut web0, port0) = backend(&root, &zk, &s, "web0");
+    let _web1 = backend(&root, &zk, &s, "web1");
+    let (_director, _haproxy, watch, port) = start_haproxy(&root, &zk, &s);
     answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
 
     // Graceful changes, with a client loop that must see no failed request.
     let loop_client = Client::start(port);
-    let (mut web2, _) = backend(&root, &s, "web2");
+    let (mut web2, _) = backend(&root, &zk, &s, "web2");
     answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
     let drain = |id: &str, verb: &str| {
         let out = run(herald(&root)
@@ -327,4 +335,45 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     assert!(killed.status.success(), "{}", describe(&killed));
     assert_eq!(web0.exited().await.code(), Some(137), "{}", web0.stderr());
     answered_by(port, &["web1"], &watch, &s.path(".")).await;
+}
+
+/// ZooKeeper stops for a while: HAProxy keeps its servers and serves every request; once it is
+/// back, a new backend is added as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zookeeper_outage_costs_no_request_and_changes_go_on_after_it() {
+    let server = standalone::Standalone::start("haproxy_outage").await;
+    let zk = server.connect_string();
+    let root = root("haproxy_outage");
+    let s = Scratch::new("haproxy_outage");
+    std::fs::create_dir_all(s.path("environment")).unwrap();
+    let _web0 = backend(&root, &zk, &s, "web0");
+    let _web1 = backend(&root, &zk, &s, "web1");
+    let (_director, _haproxy, watch, port) = start_haproxy(&root, &zk, &s);
+    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
+
+    let loop_client = Client::start(port);
+    server.stop(libc::SIGKILL).await;
+    // Requests go on through the outage (the client loop), for at least a second of it.
+    let during = loop_client.requests.load(Ordering::Relaxed);
+    eventually("requests during the outage", || {
+        let n = loop_client.requests.load(Ordering::Relaxed);
+        async move {
+            if n >= during + 100 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        }
+    })
+    .await;
+    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
+    server.restart().await;
+    let _web2 = backend(&root, &zk, &s, "web2");
+    answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
+    let (requests, failures) = loop_client.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed around the outage: {failures:?}",
+        failures.len()
+    );
 }

@@ -729,6 +729,14 @@ impl Daemon {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Fails the test if any of `secrets` appears in the log.
+    pub fn assert_never_logged(&self, secrets: &[&str]) {
+        let log = self.stderr();
+        for secret in secrets {
+            assert!(!log.contains(secret), "{secret} logged:\n{log}");
+        }
+    }
+
     /// How often `needle` occurs in stderr so far.
     pub fn count(&self, needle: &str) -> usize {
         self.stderr().matches(needle).count()

@@ -439,6 +439,15 @@ async fn after_a_zookeeper_outage_every_process_keeps_its_session_and_nothing_fl
         "the file was written once before and once after, never for the outages:\n{log}"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap().trim_end(), four);
-    let reloaded = std::fs::read_to_string(&reloads).unwrap_or_default();
+    // The file is written (and logged) before its reload runs: wait for the reload itself.
+    let reloaded = eventually("the second reload", || async {
+        let reloaded = std::fs::read_to_string(&reloads).unwrap_or_default();
+        if reloaded.lines().count() >= 2 {
+            Ok(reloaded)
+        } else {
+            Err(format!("{reloaded:?}"))
+        }
+    })
+    .await;
     assert_eq!(reloaded.lines().count(), 2, "two reloads: {reloaded:?}");
 }

@@ -1,8 +1,10 @@
 //! HAProxy for real, run exactly as examples/haproxy shows (only the bind address changes):
 //! HTTP backends under `herald run --service web`, a director publishing the `server` lines, and
-//! `herald watch --template --check 'haproxy -c' --reload` keeping a real HAProxy's whole
-//! configuration. After every step, the backends that answer through HAProxy must be exactly the
-//! live ones; a client loop running through the graceful steps must see no failed request.
+//! `herald watch --template --check 'haproxy -c' --reload --haproxy SOCKET` keeping a real
+//! HAProxy's whole configuration, with membership changes made through its Runtime API. After
+//! every step, the backends that answer through HAProxy must be exactly the live ones; a client
+//! loop running through the graceful steps must see no failed request; and HAProxy's worker
+//! must be the one it started with (no reload) unless the change could not be made at runtime.
 
 mod support;
 
@@ -146,25 +148,32 @@ async fn answered_by(port: u16, live: &[&str], watch: &Daemon, dir: &std::path::
 
 /// How many worker processes the HAProxy master (pid in `pidfile`) has.
 fn workers(pidfile: &std::path::Path) -> usize {
+    worker_pids(pidfile).len()
+}
+
+/// The worker processes of the HAProxy master whose pid is in `pidfile`.
+fn worker_pids(pidfile: &std::path::Path) -> BTreeSet<u32> {
     let Some(master) = std::fs::read_to_string(pidfile)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
     else {
-        return 0;
+        return BTreeSet::new();
     };
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return BTreeSet::new();
     };
     entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             // pid (comm) state ppid …: comm may hold spaces, so read after the last ')'.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                == Some(master)
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())?;
+            (ppid == master).then_some(pid)
         })
-        .count()
+        .collect()
 }
 
 /// Requests through HAProxy in a loop on a thread until stopped; counts them and the failures.
@@ -220,10 +229,46 @@ impl Drop for Haproxy {
     }
 }
 
-/// The director, the example's configuration (on a port and socket of the test's own) rendered
-/// once, HAProxy started on it, and `herald watch` keeping both; returns HAProxy, the watch and
-/// HAProxy's port.
-fn start_haproxy(root: &str, zk: &str, s: &Scratch) -> (Daemon, Haproxy, Daemon, u16) {
+/// Everything of one deployment: the director, HAProxy, the watch keeping it, and where they are.
+struct Deployment {
+    _director: Daemon,
+    _haproxy: Haproxy,
+    watch: Daemon,
+    /// HAProxy's port.
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Deployment {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("haproxy.sock")
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("haproxy.pid")
+    }
+
+    async fn answered_by(&self, live: &[&str]) {
+        answered_by(self.port, live, &self.watch, &self.dir).await;
+    }
+}
+
+/// One command on HAProxy's admin socket; its answer.
+fn ask(socket: &std::path::Path, command: &str) -> String {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The director, the example's configuration (on a port and socket of the test's own, with
+/// `edits` made to it) rendered once, HAProxy started on it, and `herald watch` keeping both as
+/// the example runs it (checks every second instead of every 5 s).
+fn start_haproxy(root: &str, zk: &str, s: &Scratch, edits: &[(&str, &str)]) -> Deployment {
     let director = Daemon::spawn(
         herald_on(root, zk)
             .args([
@@ -241,7 +286,7 @@ fn start_haproxy(root: &str, zk: &str, s: &Scratch) -> (Daemon, Haproxy, Daemon,
     let example = std::fs::read_to_string(repo().join("examples/haproxy/haproxy.cfg.j2")).unwrap();
     let socket = s.path("haproxy.sock");
     let mut ours = example.clone();
-    for (theirs, mine) in [
+    let mut replacements = vec![
         (
             "    bind *:8080\n".to_owned(),
             format!("    bind 127.0.0.1:{port}\n"),
@@ -250,7 +295,13 @@ fn start_haproxy(root: &str, zk: &str, s: &Scratch) -> (Daemon, Haproxy, Daemon,
             "stats socket /run/haproxy/admin.sock ".to_owned(),
             format!("stats socket {} ", socket.display()),
         ),
-    ] {
+    ];
+    replacements.extend(
+        edits
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned())),
+    );
+    for (theirs, mine) in replacements {
         assert!(ours.contains(&theirs), "{theirs:?} is in the example");
         ours = ours.replace(&theirs, &mine);
     }
@@ -277,6 +328,13 @@ fn start_haproxy(root: &str, zk: &str, s: &Scratch) -> (Daemon, Haproxy, Daemon,
             .spawn()
             .expect("run haproxy (scripts/haproxy install)"),
     );
+    // Started after HAProxy listens, as a service manager would order them (a watch that finds
+    // no socket falls back to the reload, which the tests tell apart).
+    wait_until("HAProxy's admin socket", || {
+        std::os::unix::net::UnixStream::connect(&socket)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
     let reload = format!("kill -USR2 \"$(cat {})\"", pidfile.display());
     let watch = Daemon::spawn(
         herald_on(root, zk)
@@ -284,9 +342,33 @@ fn start_haproxy(root: &str, zk: &str, s: &Scratch) -> (Daemon, Haproxy, Daemon,
             .arg(&conf)
             .arg("--template")
             .arg(&template)
-            .args(["--check", "haproxy -c -q -f \"$1\"", "--reload", &reload]),
+            .args(["--check", "haproxy -c -q -f \"$1\"", "--reload", &reload])
+            .arg("--haproxy")
+            .arg(&socket)
+            .args(["--haproxy-backend", "web", "--sync-every", "1s"]),
     );
-    (director, haproxy, watch, port)
+    Deployment {
+        _director: director,
+        _haproxy: haproxy,
+        watch,
+        port,
+        dir: s.path("."),
+    }
+}
+
+/// HAProxy's one worker, once it has one.
+async fn the_worker(d: &Deployment) -> u32 {
+    let pidfile = d.pidfile();
+    eventually("one HAProxy worker", || {
+        let pids = worker_pids(&pidfile);
+        async move {
+            match pids.iter().collect::<Vec<_>>()[..] {
+                [one] => Ok(*one),
+                _ => Err(format!("{pids:?}")),
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,13 +379,14 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     let zk = zk().connect_string();
     let (mut web0, port0) = backend(&root, &zk, &s, "web0");
     let _web1 = backend(&root, &zk, &s, "web1");
-    let (_director, _haproxy, watch, port) = start_haproxy(&root, &zk, &s);
-    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
+    let d = start_haproxy(&root, &zk, &s, &[]);
+    d.answered_by(&["web0", "web1"]).await;
+    let worker = the_worker(&d).await;
 
     // Graceful changes, with a client loop that must see no failed request.
-    let loop_client = Client::start(port);
+    let loop_client = Client::start(d.port);
     let (mut web2, _) = backend(&root, &zk, &s, "web2");
-    answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
+    d.answered_by(&["web0", "web1", "web2"]).await;
     let drain = |id: &str, verb: &str| {
         let out = run(herald(&root)
             .args([verb, "--id", id, "--control-dir"])
@@ -311,13 +394,13 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
         assert!(out.status.success(), "{verb} {id}: {}", describe(&out));
     };
     drain("web1", "drain");
-    answered_by(port, &["web0", "web2"], &watch, &s.path(".")).await;
+    d.answered_by(&["web0", "web2"]).await;
     drain("web1", "undrain");
-    answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
+    d.answered_by(&["web0", "web1", "web2"]).await;
     // A graceful leave: herald run deregisters before passing SIGTERM on.
     web2.signal(libc::SIGTERM);
     web2.exited().await;
-    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
+    d.answered_by(&["web0", "web1"]).await;
     let (requests, failures) = loop_client.finish();
     assert!(requests > 50, "the client loop ran: {requests} requests");
     assert!(
@@ -334,7 +417,97 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     ]));
     assert!(killed.status.success(), "{}", describe(&killed));
     assert_eq!(web0.exited().await.code(), Some(137), "{}", web0.stderr());
-    answered_by(port, &["web1"], &watch, &s.path(".")).await;
+    d.answered_by(&["web1"]).await;
+
+    // Every change went through the socket: the worker HAProxy started with still serves.
+    assert_eq!(
+        worker_pids(&d.pidfile()),
+        BTreeSet::from([worker]),
+        "HAProxy was reloaded; watch said:\n{}",
+        d.watch.stderr()
+    );
+    assert!(
+        d.watch.count("without a reload") >= 5,
+        "each change was made through the socket: {}",
+        d.watch.stderr()
+    );
+    d.watch.assert_never_logged(&["reloading HAProxy instead"]);
+}
+
+/// A burst of registrations and leaves within a second: HAProxy ends with exactly the live
+/// servers, still without a reload; and a HAProxy changed by hand is put back to the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_ends_with_exactly_the_live_servers_and_no_reload() {
+    let root = root("haproxy_burst");
+    let s = Scratch::new("haproxy_burst");
+    std::fs::create_dir_all(s.path("environment")).unwrap();
+    let zk = zk().connect_string();
+    let _web0 = backend(&root, &zk, &s, "web0");
+    let d = start_haproxy(&root, &zk, &s, &[]);
+    d.answered_by(&["web0"]).await;
+    let worker = the_worker(&d).await;
+    let mut burst: Vec<Daemon> = (1..=6)
+        .map(|n| backend(&root, &zk, &s, &format!("web{n}")).0)
+        .collect();
+    // Two of them leave again at once.
+    for leaver in burst.drain(4..) {
+        let mut leaver = leaver;
+        leaver.signal(libc::SIGTERM);
+        leaver.exited().await;
+    }
+    let live = ["web0", "web1", "web2", "web3", "web4"];
+    d.answered_by(&live).await;
+    assert_eq!(worker_pids(&d.pidfile()), BTreeSet::from([worker]));
+
+    // By hand: web1 taken away and web0 sent elsewhere. The next check (every second here)
+    // puts both back through the socket.
+    let socket = d.socket();
+    let moved = ask(&socket, "set server web/web0 addr 127.0.0.9");
+    assert!(moved.contains("IP changed"), "{moved}");
+    ask(&socket, "set server web/web1 state maint");
+    assert_eq!(
+        ask(&socket, "del server web/web1").trim(),
+        "Server deleted."
+    );
+    d.watch
+        .wait_log("without a reload: added web1; moved web0", 1)
+        .await;
+    d.answered_by(&live).await;
+    assert_eq!(worker_pids(&d.pidfile()), BTreeSet::from([worker]));
+    d.watch.assert_never_logged(&["reloading HAProxy instead"]);
+}
+
+/// A change HAProxy cannot make at runtime (here: `init-addr` in default-server, which 2.6
+/// refuses for a server added through the socket) falls back to the reload, and still ends with
+/// exactly the live servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_socket_cannot_make_falls_back_to_a_reload() {
+    let root = root("haproxy_fallback");
+    let s = Scratch::new("haproxy_fallback");
+    std::fs::create_dir_all(s.path("environment")).unwrap();
+    let zk = zk().connect_string();
+    let _web0 = backend(&root, &zk, &s, "web0");
+    let d = start_haproxy(
+        &root,
+        &zk,
+        &s,
+        &[(
+            "default-server inter 200ms rise 1 fall 1",
+            "default-server inter 200ms rise 1 fall 1 init-addr last,libc,none",
+        )],
+    );
+    d.answered_by(&["web0"]).await;
+    let worker = the_worker(&d).await;
+    let _web1 = backend(&root, &zk, &s, "web1");
+    d.answered_by(&["web0", "web1"]).await;
+    d.watch
+        .wait_log("'init-addr' option is not accepted for dynamic server", 1)
+        .await;
+    d.watch
+        .wait_log("HAProxy reloaded and runs the file", 1)
+        .await;
+    let reloaded = the_worker(&d).await;
+    assert_ne!(reloaded, worker, "the change was made by a reload");
 }
 
 /// ZooKeeper stops for a while: HAProxy keeps its servers and serves every request; once it is
@@ -348,10 +521,10 @@ async fn a_zookeeper_outage_costs_no_request_and_changes_go_on_after_it() {
     std::fs::create_dir_all(s.path("environment")).unwrap();
     let _web0 = backend(&root, &zk, &s, "web0");
     let _web1 = backend(&root, &zk, &s, "web1");
-    let (_director, _haproxy, watch, port) = start_haproxy(&root, &zk, &s);
-    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
+    let d = start_haproxy(&root, &zk, &s, &[]);
+    d.answered_by(&["web0", "web1"]).await;
 
-    let loop_client = Client::start(port);
+    let loop_client = Client::start(d.port);
     server.stop(libc::SIGKILL).await;
     // Requests go on through the outage (the client loop), for at least a second of it.
     let during = loop_client.requests.load(Ordering::Relaxed);
@@ -366,10 +539,10 @@ async fn a_zookeeper_outage_costs_no_request_and_changes_go_on_after_it() {
         }
     })
     .await;
-    answered_by(port, &["web0", "web1"], &watch, &s.path(".")).await;
+    d.answered_by(&["web0", "web1"]).await;
     server.restart().await;
     let _web2 = backend(&root, &zk, &s, "web2");
-    answered_by(port, &["web0", "web1", "web2"], &watch, &s.path(".")).await;
+    d.answered_by(&["web0", "web1", "web2"]).await;
     let (requests, failures) = loop_client.finish();
     assert!(
         failures.is_empty(),

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use herald::first::first_of;
+use herald::watch::haproxy::Haproxy;
 use herald::watch::pgpool::Pgpool;
-use herald::watch::{Applied, Embed, FileTarget};
+use herald::watch::{Applied, Applies, Embed, FileTarget, Program};
 use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,10 @@ Examples:
   herald watch PGPOOL_BACKENDS --out pgpool.conf --template pgpool.conf.j2   ({{ value }} inside)
   herald watch PGPOOL_BACKENDS PGPOOL_SR_CHECK --out pgpool.conf --template pgpool.conf.j2
       ({{ values.PGPOOL_SR_CHECK }} too; the file is written once every key is published)
-  PCPPASSFILE=/etc/pgpool2/pcppass herald watch PGPOOL_BACKENDS --out /etc/pgpool2/pgpool.conf \
+  herald watch HAPROXY_SERVERS --out haproxy.cfg --template haproxy.cfg.j2 \\
+      --check 'haproxy -c -q -f \"$1\"' --reload 'kill -USR2 \"$(cat haproxy.pid)\"' \\
+      --haproxy /run/haproxy/admin.sock --haproxy-backend web
+  PCPPASSFILE=/etc/pgpool2/pcppass herald watch PGPOOL_BACKENDS --out /etc/pgpool2/pgpool.conf \\
       --template pgpool.conf.j2 --pgpool 127.0.0.1:9898 --pcp-user pcpadmin
 
 At start and on every change the value is written to a file staged beside FILE (fsynced, with
@@ -40,8 +44,16 @@ With --pgpool, a reload is followed by making pgpool's node table match the file
 backends pgpool holds down are attached, backends no longer configured are detached, and
 what still differs (a new address for a loaded backend needs a pgpool restart) is an error,
 retried. Without --reload, pgpool is reloaded with pcp_reload_config. This also runs at start and
-every --pgpool-every, so a pgpool restarted with a stale pgpool_status is corrected. The PCP
-password is read by the PCP tools from PCPPASSFILE (or --pcp-passfile, or ~/.pcppass).")]
+every --sync-every, so a pgpool restarted with a stale pgpool_status is corrected. The PCP
+password is read by the PCP tools from PCPPASSFILE (or --pcp-passfile, or ~/.pcppass).
+
+With --haproxy, a change of the servers of --haproxy-backend is made through HAProxy's admin
+socket instead of a reload: added servers are added and enabled, removed ones drained (their
+sessions may last up to --haproxy-drain) and deleted, addresses and weights set, and HAProxy's
+`show servers state` must then match FILE. --reload runs only when that cannot be done (another
+option of a server changed, an option HAProxy refuses at runtime such as cookie or init-addr,
+the socket failed). This also runs at start and every --sync-every, so a HAProxy started from an
+older file, or changed by hand, is corrected.")]
 pub struct WatchArgs {
     /// The key to follow; with --template, more keys may follow ({{ values.KEY }}).
     #[arg(required = true, value_name = "KEY")]
@@ -77,9 +89,19 @@ pub struct WatchArgs {
     /// The PCP password file (host:port:user:password, mode 600); default $PCPPASSFILE.
     #[arg(long, value_name = "FILE", requires = "pgpool")]
     pub pcp_passfile: Option<PathBuf>,
-    /// How often to check pgpool's node table against FILE between changes.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, requires = "pgpool")]
-    pub pgpool_every: Duration,
+    /// Keep the servers of HAProxy's --haproxy-backend equal to FILE through this admin stats
+    /// socket, without reloads (--reload only when a change cannot be made so).
+    #[arg(long, value_name = "SOCKET", requires_all = ["out", "haproxy_backend"], conflicts_with = "pgpool")]
+    pub haproxy: Option<PathBuf>,
+    /// The backend (or listen section) of FILE whose servers --haproxy keeps; may be repeated.
+    #[arg(long, value_name = "NAME", requires = "haproxy")]
+    pub haproxy_backend: Vec<String>,
+    /// How long a removed HAProxy server may keep its sessions before they are shut.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, requires = "haproxy")]
+    pub haproxy_drain: Duration,
+    /// How often to check pgpool's node table or HAProxy's servers against FILE between changes.
+    #[arg(long, alias = "pgpool-every", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub sync_every: Duration,
     /// Separate printed values with NUL instead of newline.
     #[arg(short = '0', long = "null", conflicts_with = "out")]
     pub null: bool,
@@ -121,9 +143,10 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let pgpool = match &args.pgpool {
-        Some(addr) => Some(pgpool_target(addr, &args, &env)?),
-        None => None,
+    let program = match (&args.pgpool, &args.haproxy) {
+        (Some(addr), _) => Some(Program::Pgpool(pgpool_target(addr, &args, &env)?)),
+        (None, Some(socket)) => Some(Program::Haproxy(haproxy_target(socket, &args)?)),
+        (None, None) => None,
     };
     // A symlink is followed once, here: the file it points to is the one replaced.
     let mut file = args.out.as_ref().map(|path| FileTarget {
@@ -134,13 +157,14 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         command_timeout: args.command_timeout,
         env,
         reload_owed: false,
-        pgpool,
+        program,
+        applies: Applies::default(),
     });
-    let mut resync = tokio::time::interval(args.pgpool_every);
+    let mut resync = tokio::time::interval(args.sync_every);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first check is one period from now: the first value's apply checks pgpool too.
+    // The first check is one period from now: the first value's apply checks the program too.
     resync.reset();
-    let syncing = args.pgpool.is_some() && !args.once;
+    let syncing = (args.pgpool.is_some() || args.haproxy.is_some()) && !args.once;
     let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
     let handle = session.handle();
     let values = &target.values;
@@ -288,6 +312,25 @@ fn pgpool_target(
         port,
         user: args.pcp_user.clone(),
         env,
+        timeout: args.command_timeout,
+        load_timeout: Duration::from_secs(10),
+    })
+}
+
+/// `--haproxy SOCKET` and its companions, checked.
+fn haproxy_target(socket: &std::path::Path, args: &WatchArgs) -> anyhow::Result<Haproxy> {
+    for backend in &args.haproxy_backend {
+        if backend.is_empty() || backend.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(Outcome::Usage(format!(
+                "--haproxy-backend {backend:?} is not a backend name; write the name of a backend section of FILE"
+            ))
+            .into());
+        }
+    }
+    Ok(Haproxy {
+        socket: socket.to_owned(),
+        backends: args.haproxy_backend.clone(),
+        drain: args.haproxy_drain,
         timeout: args.command_timeout,
         load_timeout: Duration::from_secs(10),
     })

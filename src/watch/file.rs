@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::haproxy::{Haproxy, HaproxyError};
 use super::pgpool::{Pgpool, PgpoolError};
 use crate::command::{CommandError, run_command};
 
@@ -28,12 +29,36 @@ pub struct FileTarget {
     pub command_timeout: Duration,
     /// The environment check and reload run with.
     pub env: BTreeMap<OsString, OsString>,
-    /// The file was replaced but its reload (or pgpool sync) failed: the next apply reloads
-    /// even when the content is the same (a retry must not find the file current and skip it).
+    /// The file was replaced but its reload (or the program's sync) failed: the next apply
+    /// delivers it again even when the content is the same (a retry must not find the file
+    /// current and skip it).
     pub reload_owed: bool,
-    /// A pgpool to bring to the file after each reload (and reloaded by PCP when there is no
-    /// `reload`); see [`super::pgpool`].
-    pub pgpool: Option<Pgpool>,
+    /// The program that reads the file, when herald does more for it than `reload`.
+    pub program: Option<Program>,
+    /// How the changes reached the program so far.
+    pub applies: Applies,
+}
+
+/// A program herald brings to the file itself, beyond running `reload`.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A pgpool whose node table follows the file after each reload (reloaded by PCP when
+    /// there is no `reload`); see [`super::pgpool`].
+    Pgpool(Pgpool),
+    /// A HAProxy whose servers follow the file through its Runtime API; `reload` only when a
+    /// change cannot be made so; see [`super::haproxy`].
+    Haproxy(Haproxy),
+}
+
+/// Counts of how changes reached the program (a HAProxy: through its socket or by reload).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applies {
+    /// Made through the program's runtime interface, without a reload.
+    pub runtime: u64,
+    /// Made by the reload command.
+    pub reload: u64,
+    /// Not made (the error was reported; the change is tried again).
+    pub failed: u64,
 }
 
 /// What [`FileTarget::apply`] did.
@@ -62,6 +87,8 @@ pub enum WatchError {
     Reload { path: PathBuf, source: CommandError },
     #[error("{} was replaced, but pgpool does not match it yet", .path.display())]
     Pgpool { path: PathBuf, source: PgpoolError },
+    #[error("{} was replaced, but HAProxy does not run it yet", .path.display())]
+    Haproxy { path: PathBuf, source: HaproxyError },
     #[error("--template {origin}: {reason}; the old file stays")]
     Template { origin: String, reason: String },
 }
@@ -70,14 +97,15 @@ impl FileTarget {
     /// Makes the file hold `content`: stage, check, swap, reload. A reload that failed is run
     /// again by the next apply, even of the same content.
     pub async fn apply(&mut self, content: &[u8]) -> Result<Applied, WatchError> {
-        if std::fs::read(&self.path).is_ok_and(|old| old == content) {
+        let old = std::fs::read(&self.path).ok();
+        if old.as_deref() == Some(content) {
             if !self.reload_owed {
-                // pgpool may have drifted (a restart with a stale status, a failover).
+                // The program may have drifted (pgpool: a restart with a stale status, a
+                // failover; HAProxy: a restart from an older file, a change by hand).
                 self.sync(content).await?;
                 return Ok(Applied::Unchanged);
             }
-            self.reload().await?;
-            self.sync(content).await?;
+            self.deliver(None, content).await?;
             self.reload_owed = false;
             return Ok(Applied::Reloaded);
         }
@@ -118,16 +146,80 @@ impl FileTarget {
         }
         tracing::info!(file = %self.path.display(), bytes = content.len(), "wrote the new value");
         self.reload_owed = true;
-        self.reload().await?;
-        self.sync(content).await?;
+        self.deliver(old.as_deref(), content).await?;
         self.reload_owed = false;
         Ok(Applied::Written)
     }
 
-    /// Brings pgpool (if any) to what the file holds now, without a reload: at start, and
-    /// periodically, since pgpool can drift on its own.
+    /// Brings the program to the file just written (`old`: the file it replaced): a HAProxy
+    /// through its socket, by reload only when that cannot do it; anything else by reload
+    /// (then a pgpool's node table by PCP).
+    async fn deliver(&mut self, old: Option<&[u8]>, content: &[u8]) -> Result<(), WatchError> {
+        let Some(Program::Haproxy(haproxy)) = &self.program else {
+            self.reload().await?;
+            return self.sync_pgpool(content).await;
+        };
+        let haproxy = haproxy.clone();
+        let outcome = self.haproxy_apply(&haproxy, old, content).await;
+        match &outcome {
+            Ok(()) => {}
+            Err(_) => self.applies.failed += 1,
+        }
+        outcome
+    }
+
+    /// A runtime apply, else (with a reload command) a reload and a wait for HAProxy to run the
+    /// file.
+    async fn haproxy_apply(
+        &mut self,
+        haproxy: &Haproxy,
+        old: Option<&[u8]>,
+        content: &[u8],
+    ) -> Result<(), WatchError> {
+        let path = self.path.clone();
+        let haproxy_err = |source| WatchError::Haproxy { path, source };
+        let why = match haproxy.apply(old, content).await {
+            Ok(changed) => {
+                if !changed.is_empty() {
+                    self.applies.runtime += 1;
+                    tracing::info!(
+                        file = %self.path.display(),
+                        "HAProxy changed through its socket, without a reload: {changed} ({} so far: {} by socket, {} by reload, {} failed)",
+                        self.applies.runtime + self.applies.reload + self.applies.failed,
+                        self.applies.runtime,
+                        self.applies.reload,
+                        self.applies.failed,
+                    );
+                }
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        if self.reload.is_none() {
+            return Err(haproxy_err(why));
+        }
+        tracing::warn!(
+            file = %self.path.display(),
+            "{why}; reloading HAProxy instead"
+        );
+        self.reload().await?;
+        haproxy.settled(content).await.map_err(haproxy_err)?;
+        self.applies.reload += 1;
+        tracing::info!(
+            file = %self.path.display(),
+            "HAProxy reloaded and runs the file ({} so far: {} by socket, {} by reload, {} failed)",
+            self.applies.runtime + self.applies.reload + self.applies.failed,
+            self.applies.runtime,
+            self.applies.reload,
+            self.applies.failed,
+        );
+        Ok(())
+    }
+
+    /// Brings the program (if any) to what the file holds now: at start, and periodically,
+    /// since pgpool and HAProxy can drift on their own.
     pub async fn resync(&mut self) -> Result<(), WatchError> {
-        if self.pgpool.is_none() {
+        if self.program.is_none() {
             return Ok(());
         }
         let content = std::fs::read(&self.path).map_err(|source| WatchError::Write {
@@ -135,38 +227,50 @@ impl FileTarget {
             source,
         })?;
         if self.reload_owed {
-            self.reload().await?;
+            self.deliver(None, &content).await?;
+        } else {
+            self.sync(&content).await?;
         }
-        self.sync(&content).await?;
         self.reload_owed = false;
         Ok(())
     }
 
-    async fn sync(&self, content: &[u8]) -> Result<(), WatchError> {
-        let Some(pgpool) = &self.pgpool else {
-            return Ok(());
-        };
-        let synced = pgpool
-            .sync(content)
-            .await
-            .map_err(|source| WatchError::Pgpool {
-                path: self.path.clone(),
-                source,
-            })?;
-        if !synced.attached.is_empty() || !synced.detached.is_empty() {
-            tracing::info!(
-                attached = ?synced.attached,
-                detached = ?synced.detached,
-                "pgpool's backends match the file"
-            );
+    /// Corrects the program's drift from the file, without a reload where that can be done.
+    async fn sync(&mut self, content: &[u8]) -> Result<(), WatchError> {
+        match &self.program {
+            Some(Program::Haproxy(_)) => self.deliver(None, content).await,
+            _ => self.sync_pgpool(content).await,
         }
-        Ok(())
+    }
+
+    /// Brings a pgpool's node table (if any) to the file.
+    async fn sync_pgpool(&self, content: &[u8]) -> Result<(), WatchError> {
+        match &self.program {
+            None | Some(Program::Haproxy(_)) => Ok(()),
+            Some(Program::Pgpool(pgpool)) => {
+                let synced = pgpool
+                    .sync(content)
+                    .await
+                    .map_err(|source| WatchError::Pgpool {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                if !synced.attached.is_empty() || !synced.detached.is_empty() {
+                    tracing::info!(
+                        attached = ?synced.attached,
+                        detached = ?synced.detached,
+                        "pgpool's backends match the file"
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Runs the reload command (or, for a pgpool without one, `pcp_reload_config`).
     async fn reload(&mut self) -> Result<(), WatchError> {
         if self.reload.is_none()
-            && let Some(pgpool) = &self.pgpool
+            && let Some(Program::Pgpool(pgpool)) = &self.program
         {
             pgpool.reload().await.map_err(|source| WatchError::Pgpool {
                 path: self.path.clone(),

@@ -3,10 +3,13 @@
 //! checked by the user's command, then renamed over the old one — and the program is reloaded
 //! once per change. A value that cannot be written or fails its check leaves the old file alone.
 //! For pgpool, a reload is not enough: [`pgpool`] then brings pgpool's node table to the file.
+//! For HAProxy, a reload is more than needed: [`haproxy`] changes its servers through its
+//! Runtime API, and reloads only what cannot be changed so.
 
 mod embed;
 mod file;
+pub mod haproxy;
 pub mod pgpool;
 
 pub use embed::Embed;
-pub use file::{Applied, FileTarget, WatchError};
+pub use file::{Applied, Applies, FileTarget, Program, WatchError};

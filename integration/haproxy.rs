@@ -231,7 +231,7 @@ impl Drop for Haproxy {
 
 /// Everything of one deployment: the director, HAProxy, the watch keeping it, and where they are.
 struct Deployment {
-    _director: Daemon,
+    director: Daemon,
     _haproxy: Haproxy,
     watch: Daemon,
     /// HAProxy's port.
@@ -268,7 +268,13 @@ fn ask(socket: &std::path::Path, command: &str) -> String {
 /// The director, the example's configuration (on a port and socket of the test's own, with
 /// `edits` made to it) rendered once, HAProxy started on it, and `herald watch` keeping both as
 /// the example runs it (checks every second instead of every 5 s).
-fn start_haproxy(root: &str, zk: &str, s: &Scratch, edits: &[(&str, &str)]) -> Deployment {
+fn start_haproxy(
+    root: &str,
+    zk: &str,
+    s: &Scratch,
+    edits: &[(&str, &str)],
+    director_args: &[&str],
+) -> Deployment {
     let director = Daemon::spawn(
         herald_on(root, zk)
             .args([
@@ -280,7 +286,8 @@ fn start_haproxy(root: &str, zk: &str, s: &Scratch, edits: &[(&str, &str)]) -> D
                 "--preset",
                 "haproxy",
             ])
-            .args(["--settle", "0s"]),
+            .args(["--settle", "0s"])
+            .args(director_args),
     );
     let port = free_port();
     let example = std::fs::read_to_string(repo().join("examples/haproxy/haproxy.cfg.j2")).unwrap();
@@ -348,7 +355,7 @@ fn start_haproxy(root: &str, zk: &str, s: &Scratch, edits: &[(&str, &str)]) -> D
             .args(["--haproxy-backend", "web", "--sync-every", "1s"]),
     );
     Deployment {
-        _director: director,
+        director,
         _haproxy: haproxy,
         watch,
         port,
@@ -379,7 +386,7 @@ async fn haproxy_serves_exactly_the_live_backends_and_graceful_changes_fail_no_r
     let zk = zk().connect_string();
     let (mut web0, port0) = backend(&root, &zk, &s, "web0");
     let _web1 = backend(&root, &zk, &s, "web1");
-    let d = start_haproxy(&root, &zk, &s, &[]);
+    let d = start_haproxy(&root, &zk, &s, &[], &[]);
     d.answered_by(&["web0", "web1"]).await;
     let worker = the_worker(&d).await;
 
@@ -443,7 +450,7 @@ async fn a_burst_of_changes_ends_with_exactly_the_live_servers_and_no_reload() {
     std::fs::create_dir_all(s.path("environment")).unwrap();
     let zk = zk().connect_string();
     let _web0 = backend(&root, &zk, &s, "web0");
-    let d = start_haproxy(&root, &zk, &s, &[]);
+    let d = start_haproxy(&root, &zk, &s, &[], &[]);
     d.answered_by(&["web0"]).await;
     let worker = the_worker(&d).await;
     let mut burst: Vec<Daemon> = (1..=6)
@@ -495,6 +502,7 @@ async fn a_change_the_socket_cannot_make_falls_back_to_a_reload() {
             "default-server inter 200ms rise 1 fall 1",
             "default-server inter 200ms rise 1 fall 1 init-addr last,libc,none",
         )],
+        &[],
     );
     d.answered_by(&["web0"]).await;
     let worker = the_worker(&d).await;
@@ -510,6 +518,117 @@ async fn a_change_the_socket_cannot_make_falls_back_to_a_reload() {
     assert_ne!(reloaded, worker, "the change was made by a reload");
 }
 
+/// One bad registration (an address that does not resolve, written by a registrant that did not
+/// check it) never freezes the pool: the director's check (examples/haproxy/check-servers, i.e.
+/// `haproxy -c`) refuses every value with it, the director finds it by bisection, leaves it out
+/// and publishes the others; `herald ls` says so; once its registration is corrected it is
+/// tried again and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_registration_is_left_out_and_the_others_changes_go_on() {
+    let root = root("haproxy_typo");
+    let s = Scratch::new("haproxy_typo");
+    std::fs::create_dir_all(s.path("environment")).unwrap();
+    let zk = zk().connect_string();
+    let _web0 = backend(&root, &zk, &s, "web0");
+    let check = repo().join("examples/haproxy/check-servers");
+    let d = start_haproxy(&root, &zk, &s, &[], &["--check", check.to_str().unwrap()]);
+    d.answered_by(&["web0"]).await;
+
+    // web9 is registered by hand with a typo in its address (on a session of the test's own).
+    let registrant = client().await;
+    let path = format!("{root}/services/web/web9");
+    let document = |address: &str, port: u16| {
+        format!(
+            r#"{{"name":"web","id":"web9","address":"{address}","port":{port},"sslPort":null,"payload":{{"labels":{{}},"meta":{{}},"endpoints":{{}},"weight":1}},"registrationTimeUTC":1,"serviceType":"DYNAMIC","uriSpec":null}}"#
+        )
+    };
+    registrant
+        .create(
+            &path,
+            document("db-typo.invalid", 80).as_bytes(),
+            &zookeeper_client::CreateMode::Ephemeral
+                .with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    let (_web1, _) = backend(&root, &zk, &s, "web1");
+    d.answered_by(&["web0", "web1"]).await;
+    d.director
+        .wait_log("every value with this instance fails the check", 1)
+        .await;
+    assert_eq!(
+        d.director
+            .count("every value with this instance fails the check"),
+        1,
+        "only web9 is left out: {}",
+        d.director.stderr()
+    );
+    assert!(
+        d.director.stderr().contains("instance=web9"),
+        "{}",
+        d.director.stderr()
+    );
+    let ls = run(herald(&root).args(["ls", "web"]));
+    assert!(ls.status.success(), "{}", describe(&ls));
+    let listed = String::from_utf8_lossy(&ls.stdout).into_owned();
+    let web9 = listed
+        .lines()
+        .find(|l| l.starts_with("web9 "))
+        .unwrap_or_else(|| panic!("web9 listed: {listed}"));
+    assert!(
+        web9.contains("EXCLUDED from HAPROXY_SERVERS: check exited with status 1"),
+        "{listed}"
+    );
+    assert!(
+        !listed
+            .lines()
+            .any(|l| l.starts_with("web1 ") && l.contains("EXCLUDED")),
+        "{listed}"
+    );
+
+    // Corrected: web9 now points at a real server, is tried again and serves.
+    let port9 = free_port();
+    let dir9 = s.path("web9");
+    std::fs::create_dir_all(&dir9).unwrap();
+    std::fs::write(dir9.join("index.html"), "web9\n").unwrap();
+    let server9 = Haproxy(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port9.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&dir9)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("web9's server", || {
+        TcpStream::connect(("127.0.0.1", port9))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    registrant
+        .set_data(&path, document("127.0.0.1", port9).as_bytes(), None)
+        .await
+        .unwrap();
+    d.answered_by(&["web0", "web1", "web9"]).await;
+    d.director
+        .wait_log("an excluded instance changed or left", 1)
+        .await;
+    let ls = run(herald(&root).args(["ls", "web"]));
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("EXCLUDED"),
+        "{}",
+        describe(&ls)
+    );
+    drop(server9);
+}
+
 /// ZooKeeper stops for a while: HAProxy keeps its servers and serves every request; once it is
 /// back, a new backend is added as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +640,7 @@ async fn a_zookeeper_outage_costs_no_request_and_changes_go_on_after_it() {
     std::fs::create_dir_all(s.path("environment")).unwrap();
     let _web0 = backend(&root, &zk, &s, "web0");
     let _web1 = backend(&root, &zk, &s, "web1");
-    let d = start_haproxy(&root, &zk, &s, &[]);
+    let d = start_haproxy(&root, &zk, &s, &[], &[]);
     d.answered_by(&["web0", "web1"]).await;
 
     let loop_client = Client::start(d.port);

@@ -1,11 +1,13 @@
 //! A read-only view of the registered services: each service under `<root>/services` with its
-//! number of live instances, and a service's instances read from their documents.
+//! number of live instances, a service's instances read from their documents, and the
+//! instances the directors leave out of their values.
 
 use tracing::warn;
 use zookeeper_client as zk;
 
+use crate::director::culprits::{self, Excluded};
 use crate::instance::Instance;
-use crate::layout::{InstanceId, Layout, ServiceName};
+use crate::layout::{EnvKey, InstanceId, Layout, ServiceName};
 use crate::zk::{ZkError, list_named};
 
 /// Services with their instance counts, sorted by name. Children that are not valid service
@@ -66,4 +68,24 @@ pub async fn instances(
         }
     }
     Ok(found)
+}
+
+/// Every output's excluded instances (`<root>/excluded/<KEY>`), by key.
+pub async fn excluded(
+    client: &zk::Client,
+    layout: &Layout,
+) -> Result<Vec<(EnvKey, Vec<Excluded>)>, ZkError> {
+    let parent = layout.excluded_dir();
+    // No znode: nothing listed.
+    let listed = list_named::<EnvKey>(client, &parent).await?;
+    let mut out = Vec::new();
+    for (key, _) in listed {
+        let path = layout.excluded(&key);
+        match client.get_data(&path).await {
+            Ok((data, _)) => out.push((key, culprits::parse(&data))),
+            Err(zk::Error::NoNode) => {}
+            Err(err) => return Err(ZkError::op("read", &path, err)),
+        }
+    }
+    Ok(out)
 }

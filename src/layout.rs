@@ -267,6 +267,17 @@ impl Layout {
         format!("{}/slots/{key}", self.root)
     }
 
+    /// `<root>/excluded`: the parent of every output's list of excluded instances.
+    pub fn excluded_dir(&self) -> String {
+        format!("{}/excluded", self.root)
+    }
+
+    /// `<root>/excluded/<KEY>`: the instances output KEY leaves out because every value with
+    /// them failed its check (JSON), written with its value.
+    pub fn excluded(&self, key: &EnvKey) -> String {
+        format!("{}/excluded/{key}", self.root)
+    }
+
     /// `<root>/directors/<KEY>`: where the directors of output KEY hold their election.
     pub fn directors(&self, key: &EnvKey) -> String {
         format!("{}/directors/{key}", self.root)

@@ -18,7 +18,8 @@ Examples:
   herald ls pg                   the instances of service pg (Curator-registered ones too)
 
 Values are not shown (they may be credentials): only their sizes; of instance metadata, only the
-keys.")]
+keys. An instance a director leaves out of a value (every value with it failed the output's
+check) says `EXCLUDED from KEY: why` (JSON: excludedFrom).")]
 pub struct LsArgs {
     /// List this service's instances instead.
     #[arg(value_name = "SERVICE")]
@@ -86,16 +87,27 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
     let target = zk_args.target()?;
     let layout = target.values.layout();
     let client = zk::connect(&target.config).await?;
-    let listed = zk::bounded(
-        &target.config,
-        catalog::instances(&client, layout, &service),
-    )
+    let listed = zk::bounded(&target.config, async {
+        let instances = catalog::instances(&client, layout, &service).await?;
+        let excluded = catalog::excluded(&client, layout).await?;
+        anyhow::Ok((instances, excluded))
+    })
     .await;
     zk::close(client).await;
-    let instances = listed?.with_context(|| format!("cannot list {}", layout.service(&service)))?;
+    let (instances, excluded) =
+        listed?.with_context(|| format!("cannot list {}", layout.service(&service)))?;
     let mut out = String::new();
     for i in &instances {
         let meta_keys: Vec<&str> = i.meta.keys().map(String::as_str).collect();
+        // The outputs that leave this instance out, and why.
+        let left_out: Vec<(String, &str)> = excluded
+            .iter()
+            .flat_map(|(key, list)| {
+                list.iter()
+                    .filter(|x| x.service == service.as_str() && x.id == i.id.as_str())
+                    .map(move |x| (key.to_string(), x.reason.as_str()))
+            })
+            .collect();
         if json {
             out.push_str(
                 &json!({
@@ -103,6 +115,7 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
                     "sslPort": i.ssl_port, "weight": i.weight, "labels": i.labels,
                     "endpoints": i.endpoints, "metaKeys": meta_keys,
                     "registrationTimeUTC": i.registered_ms, "serviceType": i.service_type,
+                    "excludedFrom": left_out.iter().map(|(k, r)| (k.clone(), json!(r))).collect::<serde_json::Map<_, _>>(),
                 })
                 .to_string(),
             );
@@ -118,6 +131,9 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
                 labels.join(","),
                 meta_keys.join(",")
             ));
+            for (key, reason) in &left_out {
+                out.push_str(&format!("  EXCLUDED from {key}: {reason}"));
+            }
         }
         out.push('\n');
     }

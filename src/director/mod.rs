@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod culprits;
 pub mod derive;
 pub mod election;
 pub mod preset;

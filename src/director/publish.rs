@@ -1,7 +1,8 @@
 //! Writing an output's value as its leader, fenced: one multi-op checks the version of the
-//! leader's own election node and writes `<root>/environment/<KEY>` (and `<root>/slots/<KEY>`
-//! when the output keeps stable member numbers). If the leader's session has ended or its node
-//! is gone, nothing is written.
+//! leader's own election node and writes `<root>/environment/<KEY>` and with it the output's
+//! other znodes that changed (`<root>/slots/<KEY>` when the output keeps stable member numbers,
+//! `<root>/excluded/<KEY>` when it leaves instances out). If the leader's session has ended or
+//! its node is gone, nothing is written.
 
 use zookeeper_client::{self as zk, Acls, CreateMode, MultiWriteError};
 
@@ -18,17 +19,25 @@ pub enum Fenced {
     Deposed,
 }
 
+/// Another znode of the output, written with its value.
+#[derive(Debug, Clone, Copy)]
+pub enum Beside<'a> {
+    /// `<root>/slots/<KEY>`: the bytes, and whether the znode exists.
+    Slots(&'a [u8], bool),
+    /// `<root>/excluded/<KEY>`: the bytes, and whether the znode exists.
+    Excluded(&'a [u8], bool),
+}
+
 /// Writes `value` as KEY if `lead` still leads, and with it, in the same multi-op, the output's
-/// slot map when it keeps one (`slots`: the bytes, and whether the znode exists). `exists` is
-/// what the caller believes (it read the value when it began to lead): a wrong guess costs one
-/// more round trip, never a wrong write.
+/// `beside` znodes. `exists` is what the caller believes (it read the value when it began to
+/// lead): a wrong guess costs one more round trip, never a wrong write.
 pub async fn publish(
     lead: &Leadership,
     values: &Values,
     key: &EnvKey,
     value: &[u8],
     exists: bool,
-    slots: Option<(&[u8], bool)>,
+    beside: &[Beside<'_>],
 ) -> Result<Fenced, ValueError> {
     check_value(key, value)?;
     let layout = values.layout();
@@ -39,11 +48,17 @@ pub async fn publish(
         exists,
         created_parent: false,
     }];
-    if let Some((data, exists)) = slots {
+    for b in beside {
+        let (path, parent, data, exists) = match *b {
+            Beside::Slots(data, exists) => (layout.slots(key), layout.slots_dir(), data, exists),
+            Beside::Excluded(data, exists) => {
+                (layout.excluded(key), layout.excluded_dir(), data, exists)
+            }
+        };
         check_value(key, data)?;
         writes.push(Write {
-            path: layout.slots(key),
-            parent: layout.slots_dir(),
+            path,
+            parent,
             data,
             exists,
             created_parent: false,

@@ -17,11 +17,12 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::cache::{self, Instances, Snapshot};
 use super::config::Output;
+use super::culprits::{self, Excluded, Found};
 use super::derive::{Derivation, derive_exec};
 use super::election::{self, Leadership};
-use super::publish::{Fenced, publish};
+use super::publish::{Beside, Fenced, publish};
 use super::settle::Settle;
-use super::slots::{self, Refused, SlotMapError, Slots};
+use super::slots::{self, Refused, SlotMapError, SlotOf, Slots};
 use crate::command::run_command;
 use crate::instance::Instance;
 use crate::values::Values;
@@ -201,6 +202,24 @@ async fn serve(
         };
         slot_map = Some((Slots::parse(stored.as_deref()), stored));
     }
+    // The instances left out because every value with them failed the check, each with its
+    // document then (a changed document is tried again); and the list as stored.
+    let mut excluded: Vec<(Instance, Excluded)> = Vec::new();
+    let mut excluded_stored: Option<Vec<u8>> = None;
+    if output.check.is_some() {
+        let path = shared.values.layout().excluded(key);
+        excluded_stored = match lead.live.client.get_data(&path).await {
+            Ok((data, _)) => Some(data),
+            Err(zookeeper_client::Error::NoNode) => None,
+            Err(err) => {
+                warn!(error = %ZkError::op("read", &path, err), "cannot read the excluded instances; trying again in 1s");
+                return Ended::Failed;
+            }
+        };
+    }
+    // The instances of the last value that passed the check (or was published already): what
+    // is new or changed since is suspect when a value fails.
+    let mut last_passed: Option<Vec<Instance>> = None;
     // The refusals last logged, so each is said once.
     let mut refusals_said: Vec<Refused> = Vec::new();
     let lost = lead.lost();
@@ -295,6 +314,15 @@ async fn serve(
             .cloned()
             .collect();
         last_inputs = Some(inputs);
+        // An excluded instance is tried again once its registration changes (or it left).
+        excluded.retain(|(was, x)| {
+            let same = instances.contains(was);
+            if !same {
+                info!(service = %x.service, instance = %x.id, "an excluded instance changed or left: it is tried again");
+            }
+            same
+        });
+        instances.retain(|i| !excluded.iter().any(|(was, _)| was == i));
         // Stable numbers: who keeps what, who is new, who cannot have one (left out).
         let assigned = match &slot_map {
             None => None,
@@ -367,39 +395,84 @@ async fn serve(
             (Some(new), Some((_, stored))) => stored.as_deref() == Some(new.as_slice()),
             _ => true,
         };
-        if published.as_deref() == Some(value.as_slice()) && slots_same {
+        let excluded_bytes = output.check.as_ref().map(|_| {
+            let list: Vec<Excluded> = excluded.iter().map(|(_, x)| x.clone()).collect();
+            culprits::to_bytes(&list)
+        });
+        // An empty list that was never stored needs no znode.
+        let excluded_same = match &excluded_bytes {
+            None => true,
+            Some(bytes) => match &excluded_stored {
+                Some(stored) => stored == bytes,
+                None => excluded.is_empty(),
+            },
+        };
+        if published.as_deref() == Some(value.as_slice()) && slots_same && excluded_same {
             debug!(instances = instances.len(), "the value is unchanged");
+            last_passed = Some(instances.clone());
             failures = 0;
             continue;
         }
-        if let Some(check) = &output.check
-            && let Err(err) = run_command(
-                "check",
-                check,
-                &[],
-                Some(&value),
-                &shared.env,
-                CHECK_TIMEOUT,
-            )
-            .await
-        {
-            failures += 1;
-            let delay = backoff(failures);
-            error!(error = %err, value = %digest(Some(&value)), retry_in_s = delay.as_secs(), "the new value failed its check; nothing published");
-            retry_at = Some(Instant::now() + delay);
-            continue;
+        if let Some(check) = &output.check {
+            if let Err(err) = run_check(check, &shared.env, &value).await {
+                let found = find_culprits(
+                    output,
+                    shared,
+                    &instances,
+                    assigned.as_ref().map(|a| &a.of),
+                    last_passed.as_deref(),
+                )
+                .await;
+                match found {
+                    Found::Culprits(bad) => {
+                        for &n in &bad {
+                            let i = &instances[n];
+                            error!(
+                                service = %i.service,
+                                instance = %i.id,
+                                address = %i.address,
+                                error = %err,
+                                "every value with this instance fails the check (its output is above): it is left out of the value, and tried again when its registration changes"
+                            );
+                            excluded.push((
+                                i.clone(),
+                                Excluded {
+                                    service: i.service.to_string(),
+                                    id: i.id.to_string(),
+                                    reason: err.to_string(),
+                                },
+                            ));
+                        }
+                        // Derive again without them, at once.
+                        retry_at = Some(Instant::now());
+                    }
+                    Found::Nobody(why) => {
+                        failures += 1;
+                        let delay = backoff(failures);
+                        error!(error = %err, value = %digest(Some(&value)), retry_in_s = delay.as_secs(), "the new value failed its check ({why}); nothing published");
+                        retry_at = Some(Instant::now() + delay);
+                    }
+                }
+                continue;
+            }
+            last_passed = Some(instances.clone());
         }
-        let slots_write = slot_bytes
-            .as_deref()
-            .zip(slot_map.as_ref())
-            .map(|(bytes, (_, stored))| (bytes, stored.is_some()));
+        let mut beside = Vec::new();
+        if let (Some(bytes), Some((_, stored))) = (slot_bytes.as_deref(), slot_map.as_ref()) {
+            beside.push(Beside::Slots(bytes, stored.is_some()));
+        }
+        if let Some(bytes) = excluded_bytes.as_deref()
+            && !excluded_same
+        {
+            beside.push(Beside::Excluded(bytes, excluded_stored.is_some()));
+        }
         match publish(
             lead,
             &shared.values,
             key,
             &value,
             published.is_some(),
-            slots_write,
+            &beside,
         )
         .await
         {
@@ -410,10 +483,14 @@ async fn serve(
                     }
                     slot_map = Some((Ok(assigned.slots), slot_bytes));
                 }
+                if !excluded_same {
+                    excluded_stored = excluded_bytes;
+                }
                 info!(
                     old = %digest(published.as_deref()),
                     new = %digest(Some(&value)),
                     instances = instances.len(),
+                    excluded = excluded.len(),
                     latency_ms = last_change.map_or(0.0, |at| at.elapsed().as_secs_f64() * 1000.0),
                     "published"
                 );
@@ -448,6 +525,48 @@ fn backoff(failures: u32) -> Duration {
 
 /// Bound on an output's `check` program.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most check runs spent looking for the instances that make a value fail.
+const MAX_CULPRIT_CHECKS: usize = 64;
+
+/// Runs the output's check on a candidate value (on its stdin).
+async fn run_check(
+    check: &str,
+    env: &BTreeMap<OsString, OsString>,
+    value: &[u8],
+) -> Result<(), crate::command::CommandError> {
+    run_command("check", check, &[], Some(value), env, CHECK_TIMEOUT).await
+}
+
+/// Which of `instances` make the output's check fail: the suspects are those not in
+/// `last_passed` (all, without one), bisected on top of the others (see [`culprits`]).
+async fn find_culprits(
+    output: &Output,
+    shared: &Shared,
+    instances: &[Instance],
+    slots: Option<&SlotOf>,
+    last_passed: Option<&[Instance]>,
+) -> Found {
+    let Some(check) = &output.check else {
+        return Found::Nobody("there is no check");
+    };
+    let (base, suspects): (Vec<usize>, Vec<usize>) = (0..instances.len())
+        .partition(|&n| last_passed.is_some_and(|passed| passed.contains(&instances[n])));
+    culprits::culprits(&base, &suspects, MAX_CULPRIT_CHECKS, |set| async move {
+        let subset: Vec<Instance> = set.iter().map(|&n| instances[n].clone()).collect();
+        let derived = match &output.derivation {
+            Derivation::Exec { command, timeout } => {
+                derive_exec(command, *timeout, &shared.env, &subset, slots).await
+            }
+            derivation => derivation.derive(&subset, slots),
+        };
+        match derived {
+            Ok(value) => run_check(check, &shared.env, &value).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+}
 
 /// Waits for a change, then for quiet: `wait_min` without another change, but no longer than
 /// `wait_max` after the first (consul-template's `wait`). `false` when the cache is gone.

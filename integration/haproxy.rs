@@ -465,6 +465,27 @@ async fn a_burst_of_changes_ends_with_exactly_the_live_servers_and_no_reload() {
     let live = ["web0", "web1", "web2", "web3", "web4"];
     d.answered_by(&live).await;
     assert_eq!(worker_pids(&d.pidfile()), BTreeSet::from([worker]));
+    // Servers added through the socket keep idle connections to their backend for reuse, as
+    // web0 (read from the file) does: HAProxy 2.6's own default for them is none, a new
+    // connection per request.
+    let conns = ask(&d.socket(), "show servers conn web");
+    let reuse = |server: &str| {
+        let line = conns
+            .lines()
+            .find(|l| l.starts_with(&format!("web/{server} ")))
+            .unwrap_or_else(|| panic!("{server} in {conns}"));
+        // purge_delay and idle_lim
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields[5].to_owned(), fields[11].to_owned())
+    };
+    assert_eq!(
+        reuse("web0"),
+        ("5000".to_owned(), "-1".to_owned()),
+        "{conns}"
+    );
+    for added in ["web1", "web2", "web3", "web4"] {
+        assert_eq!(reuse(added), reuse("web0"), "{added}: {conns}");
+    }
 
     // By hand: web1 taken away and web0 sent elsewhere. The next check (every second here)
     // puts both back through the socket.

@@ -92,12 +92,25 @@ def parse_wrk(text):
     return {"requests": requests, "failed": errors + non2xx, "p50": latency["50"], "p99": latency["99"], "max": maximum}
 
 
-def run(changes, pause, connections, machine):
-    for tool in ("haproxy", "wrk"):
-        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
-            raise SystemExit(f"bench haproxy: {tool} is missing; apt-get install {tool}")
+def run(changes, pause, connections, rounds, machine):
+    subprocess.run([os.path.join(REPO, "scripts", "haproxy"), "install"], check=True)
+    if shutil.which("wrk") is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            raise SystemExit("bench haproxy: wrk is missing; apt-get install wrk")
+        log("installing Debian's wrk package")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
     herald = os.path.join(REPO, "target", "release", "herald")
+    per_round = []
+    for n in range(rounds):
+        # The way set up (and loaded) first gets more of the machine: each round swaps them.
+        order = WAYS if n % 2 == 0 else WAYS[::-1]
+        log(f"round {n + 1}/{rounds}: {' then '.join(order)}")
+        per_round.append(one_round(herald, changes, pause, connections, order))
+    report(per_round, changes, pause, connections, machine)
+
+
+def one_round(herald, changes, pause, connections, order):
     work = tempfile.mkdtemp(prefix="herald-bench-haproxy-")
     procs, ok = [], False
     zk_port = free_port()
@@ -121,7 +134,7 @@ def run(changes, pause, connections, machine):
             wait_for(f"backend {name}", lambda p=ports[name]: socket.create_connection(("127.0.0.1", p), 1).close() or True)
         example = open(os.path.join(REPO, "examples", "haproxy", "haproxy.cfg.j2")).read()
         setup = {}
-        for way in WAYS:
+        for way in order:
             d = f"{work}/{way}"
             os.makedirs(f"{d}/control")
             env = {"HERALD_ROOT": f"/bench-{way}", "HERALD_CONTROL_DIR": f"{d}/control"}
@@ -174,8 +187,7 @@ def run(changes, pause, connections, machine):
             time.sleep(pause)
         want = sorted(names[:4] + [n for n, r in registered.items() if r])
         for way, s in setup.items():
-            wait_for(f"{way}: HAProxy running {want}", lambda s=s: servers_in_force(f"{s['dir']}/admin.sock") == want or
-                     print(servers_in_force(f"{s['dir']}/admin.sock"), file=sys.stderr))
+            wait_for(f"{way}: HAProxy running {want}", lambda s=s: servers_in_force(f"{s['dir']}/admin.sock") == want)
         time.sleep(1)
         alive = {way: len(workers(s["master"])) for way, s in setup.items()}
         results = {}
@@ -190,8 +202,8 @@ def run(changes, pause, connections, machine):
                 results[way]["reloads"] = watch_log.count("HAProxy reloaded and runs the file")
                 results[way]["runtime"] = watch_log.count("without a reload")
             results[way]["workers"] = alive[way]
-        report(results, changes, pause, connections, machine)
         ok = True
+        return results
     finally:
         for p in procs:
             if p.poll() is None:
@@ -208,15 +220,27 @@ def run(changes, pause, connections, machine):
             log(f"logs kept in {work}")
 
 
-def report(results, changes, pause, connections, machine):
-    r, t = results["reload"], results["runtime"]
-    print(f"\n`scripts/bench haproxy --changes {changes} --pause {pause} --connections {connections}` on {machine}\n")
-    print("| | reload per change (`--reload`) | runtime API (`--haproxy`) | ratio |")
+def report(per_round, changes, pause, connections, machine):
+    import statistics
+
+    def total(way, k):
+        return sum(r[way][k] for r in per_round)
+
+    def median(way, k):
+        return statistics.median(r[way][k] for r in per_round)
+
+    print(f"\n`scripts/bench haproxy --changes {changes} --pause {pause} --connections {connections} "
+          f"--rounds {len(per_round)}` on {machine}\n")
+    print("| | reload per change (`--reload`) | runtime API (`--haproxy`) | ratio (runtime / reload) |")
     print("|---|---|---|---|")
-    print(f"| requests | {r['requests']} | {t['requests']} | {t['requests'] / max(r['requests'], 1):.2f} |")
-    print(f"| failed requests | {r['failed']} | {t['failed']} | |")
+    r_req, t_req = total("reload", "requests"), total("runtime", "requests")
+    print(f"| requests (all rounds) | {r_req} | {t_req} | {t_req / max(r_req, 1):.2f} |")
+    print(f"| failed requests (all rounds) | {total('reload', 'failed')} | {total('runtime', 'failed')} | |")
     for k in ("p50", "p99", "max"):
-        print(f"| latency {k} (ms) | {r[k]:.2f} | {t[k]:.2f} | {t[k] / max(r[k], 1e-9):.2f} |")
-    print(f"| HAProxy reloads | {r['reloads']} | {t['reloads']} (runtime applies: {t.get('runtime', 0)}) | |")
-    print(f"| HAProxy workers alive after the last change | {r['workers']} | {t['workers']} | |")
-    print(json.dumps(results), file=sys.stderr)
+        r, t = median("reload", k), median("runtime", k)
+        print(f"| latency {k}, median of rounds (ms) | {r:.2f} | {t:.2f} | {t / max(r, 1e-9):.2f} |")
+    print(f"| HAProxy reloads (all rounds) | {total('reload', 'reloads')} | {total('runtime', 'reloads')} "
+          f"(runtime applies: {total('runtime', 'runtime')}) | |")
+    print(f"| HAProxy workers alive after the last change (max) | {max(r['reload']['workers'] for r in per_round)} "
+          f"| {max(r['runtime']['workers'] for r in per_round)} | |")
+    print(json.dumps(per_round), file=sys.stderr)

@@ -579,18 +579,8 @@ impl Haproxy {
         }
         for name in &plan.add {
             let s = &section.servers[name];
-            let mut words: Vec<&str> = section.defaults.iter().map(String::as_str).collect();
-            words.extend(s.options.iter().map(String::as_str));
-            let address = if s.host.contains(':') {
-                format!("[{}]:{}", s.host, s.port)
-            } else {
-                format!("{}:{}", s.host, s.port)
-            };
-            self.tell(format!(
-                "add server {backend}/{name} {address} {}",
-                words.join(" ")
-            ))
-            .await?;
+            let (command, words) = add_command(backend, name, section, s);
+            self.tell(command).await?;
             if !s.disabled {
                 if words.contains(&"check") {
                     self.tell(format!("enable health {backend}/{name}")).await?;
@@ -663,6 +653,33 @@ impl Haproxy {
         }
         Ok(())
     }
+}
+
+/// What a server added at runtime gets before the file's options: the connection-reuse
+/// settings a server read from the file has by default. HAProxy 2.6 gives a dynamic server
+/// `pool-max-conn 0` and `pool-purge-delay 0` instead, so every request through it opens a new
+/// connection to the backend (measured: a third of the throughput of the same server loaded
+/// from the file). The file's own options, later on the line, win.
+const STATIC_DEFAULTS: [&str; 4] = ["pool-max-conn", "-1", "pool-purge-delay", "5s"];
+
+/// `add server B/N ADDR:PORT …` for a server of the file, and the option words it carries:
+/// the static defaults, the `default-server` options, then the server's own.
+fn add_command<'a>(
+    backend: &str,
+    name: &str,
+    section: &'a Section,
+    s: &'a Server,
+) -> (String, Vec<&'a str>) {
+    let mut words: Vec<&str> = STATIC_DEFAULTS.to_vec();
+    words.extend(section.defaults.iter().map(String::as_str));
+    words.extend(s.options.iter().map(String::as_str));
+    let address = if s.host.contains(':') {
+        format!("[{}]:{}", s.host, s.port)
+    } else {
+        format!("{}:{}", s.host, s.port)
+    };
+    let command = format!("add server {backend}/{name} {address} {}", words.join(" "));
+    (command, words)
 }
 
 fn describe(backend: &str, plan: &Plan) -> String {
@@ -836,6 +853,17 @@ mod tests {
             .into(),
         };
         assert!(plan(Some(&same), &same, &live).is_done());
+    }
+
+    #[test]
+    fn a_server_is_added_with_static_connection_reuse_then_the_files_options() {
+        let web = configured(CONF.as_bytes(), "web").unwrap();
+        let (command, words) = add_command("web", "db2", &web, &web.servers["db2"]);
+        assert_eq!(
+            command,
+            "add server web/db2 [::1]:5432 pool-max-conn -1 pool-purge-delay 5s inter 1s rise 1 fall 1 weight 0 check"
+        );
+        assert!(words.contains(&"check"));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - [`first`]: the first of several futures to finish.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
 
+pub mod acl;
 pub mod announce;
 pub mod catalog;
 pub mod command;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tracing::debug;
 use zookeeper_client::{self as zk, Acls, CreateMode};
 
+use crate::acl::{self, Policy};
 use crate::layout::{EnvKey, Layout};
 use crate::zk::{SessionHandle, ZkError, list_named, state_error};
 
@@ -39,19 +40,16 @@ pub fn check_value(key: &EnvKey, value: &[u8]) -> Result<(), ValueError> {
 #[derive(Debug, Clone)]
 pub struct Values {
     layout: Layout,
-    /// ACL of value znodes: `creator_all` when the session is authenticated (a value may be a
-    /// credential), `anyone_all` otherwise. Parents are always `anyone_all`.
-    value_acl: Acls<'static>,
+    /// The ACLs of the znodes herald creates (see [`crate::acl`]).
+    policy: Policy,
 }
 
 impl Values {
     pub fn new(layout: Layout, authenticated: bool) -> Values {
-        let value_acl = if authenticated {
-            Acls::creator_all()
-        } else {
-            Acls::anyone_all()
-        };
-        Values { layout, value_acl }
+        Values {
+            layout,
+            policy: Policy::new(authenticated),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -60,7 +58,12 @@ impl Values {
 
     /// The ACL value znodes are created with.
     pub fn value_acl(&self) -> Acls<'static> {
-        self.value_acl
+        self.policy.data()
+    }
+
+    /// The ACL policy of this session's znodes.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// Writes `value` as KEY, creating the znode and its parents when needed.
@@ -72,7 +75,7 @@ impl Values {
     ) -> Result<(), ValueError> {
         check_value(key, value)?;
         let path = self.layout.value(key);
-        let create = CreateMode::Persistent.with_acls(self.value_acl);
+        let create = CreateMode::Persistent.with_acls(self.policy.data());
         // Most writes replace a value; a missing node costs one extra round trip, missing
         // parents one more. A racing writer can make create see NodeExists: then set again.
         for _ in 0..3 {
@@ -86,9 +89,7 @@ impl Values {
                 Err(zk::Error::NodeExists) => continue,
                 Err(zk::Error::NoNode) => {
                     let parent = self.layout.environment();
-                    let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());
-                    client
-                        .mkdir(&parent, &dir)
+                    acl::make_dirs(client, self.layout.root(), &parent, self.policy)
                         .await
                         .map_err(|err| ZkError::op("create", &parent, err))?;
                     match client.create(&path, value, &create).await {

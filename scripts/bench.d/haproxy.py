@@ -8,8 +8,9 @@ Four steady backends and two that come and go: each change deregisters or re-reg
 the two (`herald drain` / `herald undrain`, a real removal and addition of a server), in both
 roots at once, every --pause. wrk (Debian's package) keeps --connections keep-alive connections
 through each HAProxy for the whole run. Reported per way: requests, failed requests (socket
-errors + non-2xx), latency p50/p99/max from wrk, HAProxy reloads (from watch's log), and HAProxy
-worker processes alive right after the last change (a reload's old worker lingers while it holds
+errors + non-2xx), latency p50/p99/max from wrk, reloads asked (watch's log) and carried out
+(HAProxy's "Loading success"), whether HAProxy ran exactly the live servers 10 s after the last
+change, and HAProxy worker processes alive then (a reload's old worker lingers while it holds
 connections)."""
 import json
 import os
@@ -186,8 +187,15 @@ def one_round(herald, changes, pause, connections, order):
             registered[name] = not registered[name]
             time.sleep(pause)
         want = sorted(names[:4] + [n for n, r in registered.items() if r])
+        # A way that never gets there (a reload lost) is reported, not waited for forever.
+        converged = {}
         for way, s in setup.items():
-            wait_for(f"{way}: HAProxy running {want}", lambda s=s: servers_in_force(f"{s['dir']}/admin.sock") == want)
+            try:
+                wait_for(f"{way}: HAProxy running {want}", lambda s=s: servers_in_force(f"{s['dir']}/admin.sock") == want, 10)
+                converged[way] = True
+            except SystemExit as stuck:
+                log(str(stuck))
+                converged[way] = False
         time.sleep(1)
         alive = {way: len(workers(s["master"])) for way, s in setup.items()}
         results = {}
@@ -202,6 +210,10 @@ def one_round(herald, changes, pause, connections, order):
                 results[way]["reloads"] = watch_log.count("HAProxy reloaded and runs the file")
                 results[way]["runtime"] = watch_log.count("without a reload")
             results[way]["workers"] = alive[way]
+            results[way]["converged"] = converged[way]
+            # Reloads HAProxy carried out (its master logs each); a signal sent while a reload
+            # is still running is not queued.
+            results[way]["loaded"] = open(f"{work}/{way}-haproxy.log").read().count("Loading success") - 1
         ok = True
         return results
     finally:
@@ -241,6 +253,10 @@ def report(per_round, changes, pause, connections, machine):
         print(f"| latency {k}, median of rounds (ms) | {r:.2f} | {t:.2f} | {t / max(r, 1e-9):.2f} |")
     print(f"| HAProxy reloads (all rounds) | {total('reload', 'reloads')} | {total('runtime', 'reloads')} "
           f"(runtime applies: {total('runtime', 'runtime')}) | |")
+    print(f"| reloads HAProxy carried out (all rounds) | {total('reload', 'loaded')} | {total('runtime', 'loaded')} | |")
+    print(f"| rounds ending with HAProxy running the live servers | "
+          f"{sum(r['reload']['converged'] for r in per_round)}/{len(per_round)} | "
+          f"{sum(r['runtime']['converged'] for r in per_round)}/{len(per_round)} | |")
     print(f"| HAProxy workers alive after the last change (max) | {max(r['reload']['workers'] for r in per_round)} "
           f"| {max(r['runtime']['workers'] for r in per_round)} | |")
     print(json.dumps(per_round), file=sys.stderr)

@@ -16,8 +16,8 @@ mod registrar;
 
 use std::time::Duration;
 
+use crate::acl::Policy;
 use tokio::sync::watch;
-use zookeeper_client::Acls;
 
 use crate::instance::{DocumentError, Instance};
 use crate::layout::Layout;
@@ -37,6 +37,10 @@ pub enum AnnounceError {
         "{path} is registered by another live session (0x{owner:x}); give this instance another --id, or stop the other one"
     )]
     Duplicate { path: String, owner: i64 },
+    #[error(
+        "a persistent node, not a registration, occupies {path}: no session owns it, so it never goes away by itself; remove it (zkCli.sh delete {path}) or give this instance another --id"
+    )]
+    Persistent { path: String },
     #[error(transparent)]
     Document(#[from] DocumentError),
     #[error(transparent)]
@@ -45,7 +49,7 @@ pub enum AnnounceError {
 
 impl Node {
     /// The node for `instance` under `layout`. With credentials the document gets the
-    /// `creator_all` ACL (its metadata may hold credentials), as values do.
+    /// `creator_all` ACL (its metadata may hold credentials), as values do; see [`crate::acl`].
     pub fn of(
         layout: &Layout,
         instance: &Instance,
@@ -55,11 +59,8 @@ impl Node {
             path: layout.instance(&instance.service, &instance.id),
             parent: layout.service(&instance.service),
             data: instance.to_json()?,
-            acl: if authenticated {
-                Acls::creator_all()
-            } else {
-                Acls::anyone_all()
-            },
+            root: layout.root().to_owned(),
+            policy: Policy::new(authenticated),
         })
     }
 }

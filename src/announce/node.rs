@@ -4,7 +4,9 @@
 //! is read from the node's `Stat` (no READ permission needed), and a delete is only ever issued
 //! for a node our session owns, at the version just read.
 
-use zookeeper_client::{self as zk, Acls, CreateMode, Stat};
+use zookeeper_client::{self as zk, CreateMode, Stat};
+
+use crate::acl::{self, Policy};
 
 /// Where the instance lives and what it says.
 #[derive(Debug, Clone)]
@@ -13,7 +15,9 @@ pub struct Node {
     /// The service directory (persistent, created when missing).
     pub parent: String,
     pub data: Vec<u8>,
-    pub acl: Acls<'static>,
+    /// herald's root (the service directory's ACL depends on it being below).
+    pub root: String,
+    pub policy: Policy,
 }
 
 /// Which node of ours: its creation zxid tells it from a later node at the same path.
@@ -38,13 +42,12 @@ impl Node {
     /// Creates the node, or recognises an existing one as ours (rewriting its data when someone
     /// changed it) or someone else's.
     pub async fn claim(&self, client: &zk::Client) -> Result<Claim, zk::Error> {
-        let mode = CreateMode::Ephemeral.with_acls(self.acl);
+        let mode = CreateMode::Ephemeral.with_acls(self.policy.data());
         match client.create(&self.path, &self.data, &mode).await {
             Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
             Err(zk::Error::NodeExists) => {}
             Err(zk::Error::NoNode) => {
-                let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());
-                client.mkdir(&self.parent, &dir).await?;
+                acl::make_dirs(client, &self.root, &self.parent, self.policy).await?;
                 match client.create(&self.path, &self.data, &mode).await {
                     Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
                     Err(zk::Error::NodeExists) => {}

@@ -80,6 +80,11 @@ pub async fn maintain(
             Ok(()) => {}
             Err(zk::Error::NodeExists) => {
                 let owner = match live.client.check_stat(&reg.node.path).await {
+                    Ok(Some(stat)) if stat.ephemeral_owner == 0 => {
+                        return Err(AnnounceError::Persistent {
+                            path: reg.node.path.clone(),
+                        });
+                    }
                     Ok(Some(stat)) => stat.ephemeral_owner,
                     _ => 0,
                 };
@@ -220,6 +225,8 @@ impl Registrar {
                     }
                 }
             }
+            // A persistent node: no session ends it, so there is nothing to wait for.
+            Claim::Foreign { owner: 0 } => return Err(zk::Error::NodeExists),
             Claim::Foreign { owner } => {
                 self.ours = None;
                 self.maybe = false;

@@ -29,7 +29,8 @@ pub enum Exit {
     Denied = 6,
     /// An /environment or /export entry is invalid or failed; the message names it.
     Entry = 7,
-    /// The instance id is registered by another live session; herald never takes it over.
+    /// The instance id is registered by another live session (herald never takes it over), or
+    /// held by a persistent node.
     Duplicate = 8,
     /// `herald run`: CMD was found but could not be executed.
     CannotExecute = 126,
@@ -76,7 +77,9 @@ impl Exit {
             }
             if let Some(announce) = cause.downcast_ref::<AnnounceError>() {
                 return match announce {
-                    AnnounceError::Duplicate { .. } => Exit::Duplicate,
+                    AnnounceError::Duplicate { .. } | AnnounceError::Persistent { .. } => {
+                        Exit::Duplicate
+                    }
                     AnnounceError::Document(_) => Exit::Usage,
                     AnnounceError::Zk(zk) => Self::of_zk(zk),
                 };

@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use tracing::{debug, info};
-use zookeeper_client::{self as zk, Acls, CreateMode, EventType};
+use zookeeper_client::{self as zk, CreateMode, EventType};
 
+use crate::acl;
+use crate::values::Values;
 use crate::zk::{Live, SessionHandle, ZkError, state_error};
 
 /// A won election: valid while `node` exists in `live`'s session.
@@ -33,13 +35,14 @@ fn sequence(name: &str) -> Option<u64> {
 /// sessions are waited out.
 pub async fn campaign(
     session: &SessionHandle,
+    values: &Values,
     dir: &str,
     identity: &[u8],
 ) -> Result<Leadership, ZkError> {
     let mut live = session.live();
     let mut ours: Option<(String, u64)> = None;
     loop {
-        match attempt(&live, dir, identity, &mut ours).await {
+        match attempt(&live, values, dir, identity, &mut ours).await {
             Ok(Some(leadership)) => return Ok(leadership),
             Ok(None) => {}
             Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
@@ -57,6 +60,7 @@ pub async fn campaign(
 /// One round: make sure we have a node, then lead or wait for the predecessor to go.
 async fn attempt(
     live: &Live,
+    values: &Values,
     dir: &str,
     identity: &[u8],
     ours: &mut Option<(String, u64)>,
@@ -86,13 +90,12 @@ async fn attempt(
         }
     }
     if ours.is_none() {
-        let mode = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let mode = CreateMode::EphemeralSequential.with_acls(values.policy().election());
         let prefix = format!("{dir}/n_");
         let created = match client.create(&prefix, identity, &mode).await {
             Ok((_, seq)) => seq,
             Err(zk::Error::NoNode) => {
-                let parent = CreateMode::Persistent.with_acls(Acls::anyone_all());
-                client.mkdir(dir, &parent).await?;
+                acl::make_dirs(client, values.layout().root(), dir, values.policy()).await?;
                 client.create(&prefix, identity, &mode).await?.1
             }
             Err(err) => return Err(err),

@@ -4,9 +4,10 @@
 //! `<root>/excluded/<KEY>` when it leaves instances out). If the leader's session has ended or
 //! its node is gone, nothing is written.
 
-use zookeeper_client::{self as zk, Acls, CreateMode, MultiWriteError};
+use zookeeper_client::{self as zk, CreateMode, MultiWriteError};
 
 use super::election::Leadership;
+use crate::acl;
 use crate::layout::EnvKey;
 use crate::values::{ValueError, Values, check_value};
 use crate::zk::ZkError;
@@ -104,8 +105,7 @@ pub async fn publish(
             zk::Error::NoNode if w.exists => w.exists = false,
             zk::Error::NoNode if !w.created_parent => {
                 w.created_parent = true;
-                let dir = CreateMode::Persistent.with_acls(Acls::anyone_all());
-                match client.mkdir(&w.parent, &dir).await {
+                match acl::make_dirs(client, layout.root(), &w.parent, values.policy()).await {
                     Ok(()) => {}
                     Err(err) if session_ended(&err) => return Ok(Fenced::Deposed),
                     Err(err) => return Err(ZkError::op("create", &w.parent, err).into()),

@@ -136,7 +136,7 @@ async fn lead(
     loop {
         let won = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            won = election::campaign(&session, &dir, shared.identity.as_bytes()) => won,
+            won = election::campaign(&session, &shared.values, &dir, shared.identity.as_bytes()) => won,
         };
         let leadership = match won {
             Ok(leadership) => leadership,

@@ -142,3 +142,48 @@ async fn a_persistent_node_at_the_instance_path_is_named_at_once() {
     // Not waited for as a crashed predecessor's node (twice the session timeout).
     assert!(!said.contains("waiting for it to go away"), "{said}");
 }
+
+/// Without credentials the tree is open; still, nodes planted in an election that are no
+/// director's (another name, or a persistent `n_` node that no session ends) take no part in
+/// it: the director leads and publishes, and names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_planted_in_an_election_take_no_part_in_it() {
+    let root = root("acl_election");
+    let planter = client().await;
+    let election = format!("{root}/directors/PLANTED");
+    let open = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    planter.mkdir(&election, &open).await.unwrap();
+    for name in ["a_0", "n_0000000000"] {
+        planter
+            .create(&format!("{election}/{name}"), b"", &open)
+            .await
+            .unwrap();
+    }
+    let instance = r#"{"name":"svc","id":"i1","address":"10.0.0.1","port":1001,"sslPort":null,"payload":{"labels":{},"meta":{},"endpoints":{},"weight":1},"registrationTimeUTC":1,"serviceType":"DYNAMIC","uriSpec":null}"#;
+    planter
+        .mkdir(&format!("{root}/services/svc"), &open)
+        .await
+        .unwrap();
+    planter
+        .create(
+            &format!("{root}/services/svc/i1"),
+            instance.as_bytes(),
+            &zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    let director = Daemon::spawn(
+        herald(&root)
+            .args(["director", "--key", "PLANTED", "--service", "svc"])
+            .args(["--preset", "hostports", "--settle", "0s"]),
+    );
+    director.wait_log("published old=", 1).await;
+    let value = run(herald(&root).args(["resolve", "PLANTED"]));
+    assert_eq!(String::from_utf8_lossy(&value.stdout), "10.0.0.1:1001");
+    let said = director.stderr();
+    assert!(
+        said.contains(&format!("{election}/a_0"))
+            && said.contains(&format!("{election}/n_0000000000")),
+        "both planted nodes named: {said}"
+    );
+}

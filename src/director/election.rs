@@ -4,9 +4,10 @@
 //! that checks the node's version and writes the value, so a leader whose session has ended
 //! (say, paused past its timeout) can never write.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use zookeeper_client::{self as zk, CreateMode, EventType};
 
 use crate::acl;
@@ -23,9 +24,14 @@ pub struct Leadership {
     pub version: i32,
 }
 
-/// Sequence number of an election node name `n_0000000012`.
+/// Sequence number of an election node name `n_0000000012` (ZooKeeper's ten digits); any other
+/// name is not a director's node.
 fn sequence(name: &str) -> Option<u64> {
-    name.rsplit('_').next()?.parse().ok()
+    let digits = name.strip_prefix("n_")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Campaigns until this director leads `dir` (the output's election directory).
@@ -41,8 +47,10 @@ pub async fn campaign(
 ) -> Result<Leadership, ZkError> {
     let mut live = session.live();
     let mut ours: Option<(String, u64)> = None;
+    // Nodes that are no director's (persistent ones): left out of the election, said once.
+    let mut ignored: BTreeSet<String> = BTreeSet::new();
     loop {
-        match attempt(&live, values, dir, identity, &mut ours).await {
+        match attempt(&live, values, dir, identity, &mut ours, &mut ignored).await {
             Ok(Some(leadership)) => return Ok(leadership),
             Ok(None) => {}
             Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
@@ -64,13 +72,20 @@ async fn attempt(
     dir: &str,
     identity: &[u8],
     ours: &mut Option<(String, u64)>,
+    ignored: &mut BTreeSet<String>,
 ) -> Result<Option<Leadership>, zk::Error> {
     let client = &live.client;
-    let children = match client.list_children(dir).await {
+    let mut children = match client.list_children(dir).await {
         Ok(children) => children,
         Err(zk::Error::NoNode) => Vec::new(),
         Err(err) => return Err(err),
     };
+    for name in &children {
+        if sequence(name).is_none() && ignored.insert(name.clone()) {
+            warn!(node = %format!("{dir}/{name}"), "not a director's election node (directors create n_ and ten digits); it takes no part in the election: remove it");
+        }
+    }
+    children.retain(|name| !ignored.contains(name));
     // After a connection loss during create, our node may exist without our knowing its name:
     // recognise it by its owner rather than creating a second one.
     // A failed stat must not read as "not ours": that would create a second node of ours.
@@ -136,6 +151,15 @@ async fn attempt(
     let Some(stat) = stat else {
         return Ok(None);
     };
+    // A persistent node is no director: no session would ever end it, and everyone behind it
+    // would stand by forever.
+    if stat.ephemeral_owner == 0 {
+        warn!(node = %predecessor, "a persistent node in the election is no director; it takes no part in the election: remove it");
+        if let Some(name) = predecessor.rsplit('/').next() {
+            ignored.insert(name.to_owned());
+        }
+        return Ok(None);
+    }
     // A node of our own session ahead of ours (left by an earlier round): remove it, or nobody
     // would ever lead.
     if stat.ephemeral_owner == client.session_id().0 {
@@ -176,5 +200,25 @@ impl Leadership {
     /// Steps down: deletes our election node so a standby takes over at once.
     pub async fn resign(self) {
         let _ = self.live.client.delete(&self.node, None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sequence;
+
+    #[test]
+    fn only_directors_node_names_count() {
+        assert_eq!(sequence("n_0000000012"), Some(12));
+        for other in [
+            "a_0",
+            "n_12",
+            "x_0000000001",
+            "n_000000001a",
+            "n_",
+            "n_00000000001",
+        ] {
+            assert_eq!(sequence(other), None, "{other}");
+        }
     }
 }

@@ -226,7 +226,7 @@ fn start_pgpool(root: &str, dir: &PgDir, sr_check_period: u32) -> (Pgpool, Daemo
             .arg("--template")
             .arg(&template)
             .args(["--pgpool", &format!("127.0.0.1:{}", pgpool.pcp_port)])
-            .args(["--pcp-user", "pcpadmin", "--pgpool-every", "300ms"])
+            .args(["--pcp-user", "pcpadmin", "--sync-every", "300ms"])
             .arg("--pcp-passfile")
             .arg(&pgpool.passfile),
     );

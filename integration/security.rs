@@ -187,3 +187,131 @@ async fn nodes_planted_in_an_election_take_no_part_in_it() {
         "both planted nodes named: {said}"
     );
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn is_root() -> bool {
+    // SAFETY: plain syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An agent in `control`, started with umask 000 (nothing the umask would have hidden).
+fn agent_in(root: &str, control: &std::path::Path, id: &str) -> Daemon {
+    use std::os::unix::process::CommandExt;
+    let mut command = herald(root);
+    command
+        .args(["announce", "--service", "svc", "--id", id])
+        .args(["--address", "127.0.0.1", "--port", "5432", "--control-dir"])
+        .arg(control);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    Daemon::spawn(&mut command)
+}
+
+/// The control socket is its user's alone: under umask 000 the directory herald creates is 0700
+/// and the socket 0600; and even when an operator opens both up by hand, the agent answers no
+/// other user (SO_PEERCRED) and its instance stays registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_answers_its_own_user_only() {
+    let root = root("control_perms");
+    let s = Scratch::new("control_perms");
+    let control = s.path("fresh/control");
+    let agent = agent_in(&root, &control, "c1");
+    agent.wait_log("registered", 1).await;
+    let socket = control.join("svc@c1.sock");
+    wait_until("the control socket", || {
+        socket
+            .exists()
+            .then_some(())
+            .ok_or_else(|| "absent".to_owned())
+    });
+    assert_eq!(mode_of(&control), 0o700, "the control directory");
+    assert_eq!(mode_of(&socket), 0o600, "the control socket");
+    if !is_root() {
+        eprintln!("not root: the other-user half of this test needs setpriv as root; skipped");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [s.path("fresh"), control.clone()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let scratch_top = s.path(".");
+    std::fs::set_permissions(&scratch_top, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // User nobody (Debian's python3, as herald's binary may sit where nobody cannot reach)
+    // asks the agent to drain.
+    let out = run(std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);s.sendall(b'drain\\n');print(s.makefile().read())",
+        ])
+        .arg(&socket));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("error: not allowed"),
+        "{}",
+        describe(&out)
+    );
+    agent
+        .wait_log("refused a control request from another user", 1)
+        .await;
+    let status = run(herald(&root)
+        .args(["status", "--id", "c1", "--control-dir"])
+        .arg(&control));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("serving, registered"),
+        "still registered: {}",
+        describe(&status)
+    );
+}
+
+/// A control directory another user owns, or that others may write, is not trusted: the agent
+/// makes no socket there (and says why), and `herald drain` refuses to believe what answers in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_directory_others_can_write_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = root("control_dir");
+    let s = Scratch::new("control_dir");
+    let open = s.path("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let agent = agent_in(&root, &open, "d1");
+    agent
+        .wait_log("is writable by group or others (mode 777)", 1)
+        .await;
+    assert!(!open.join("svc@d1.sock").exists());
+    // A socket planted there (by whoever could write the directory) is not believed.
+    let planted = std::os::unix::net::UnixListener::bind(open.join("svc@d1.sock")).unwrap();
+    let out = run(herald(&root)
+        .args(["drain", "--id", "d1", "--control-dir"])
+        .arg(&open));
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
+        "{}",
+        describe(&out)
+    );
+    drop(planted);
+    if is_root() {
+        let theirs = s.path("theirs");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let agent = agent_in(&root, &theirs, "d2");
+        agent.wait_log("is owned by uid 65534", 1).await;
+        assert!(!theirs.join("svc@d2.sock").exists());
+    }
+}

@@ -1,6 +1,12 @@
 //! The local control socket of a running agent, so `herald drain` / `herald undrain` from a shell
 //! in the container can reach it: one Unix socket per instance, `<dir>/<service>@<id>.sock` (`@`
 //! is in neither name), one request line and one reply line per connection.
+//!
+//! Whoever can answer on that socket decides what `herald drain` reports, and whoever can
+//! connect can drain the instance. So the directory is created 0700 and must be owned by herald's
+//! user (or root) and writable by nobody else; the socket is 0600 whatever the umask; and each
+//! side checks the other's uid (`SO_PEERCRED`): the agent answers only its own user and root, and
+//! `herald drain` believes only an agent of its own user or root.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::document::{Drain, Switch};
 use super::registrar::{Registered, Status};
@@ -94,6 +100,51 @@ pub enum ControlError {
     NoAnswer { path: PathBuf },
     #[error("another live agent answers on {}; give this instance another --id or --control-dir", .path.display())]
     InUse { path: PathBuf },
+    #[error("the control directory {} {why}: another user could answer for the agent or drain it; use a directory only this user (or root) owns and can write, e.g. chmod 700 it", .path.display())]
+    Unsafe { path: PathBuf, why: String },
+    #[error("{} is answered by uid {uid}, not this user or root; refusing to trust it", .path.display())]
+    Stranger { path: PathBuf, uid: u32 },
+}
+
+/// This process's effective uid.
+fn euid() -> u32 {
+    // SAFETY: plain syscall, cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether `uid` may talk to this process's control sockets: the same user, or root.
+fn trusted(uid: u32) -> bool {
+    uid == euid() || uid == 0
+}
+
+/// Refuses a control directory another user could write to or owns: a symlink, not a directory,
+/// owned by another non-root user, or writable by group or others.
+fn check_dir(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_because = |why: String| ControlError::Unsafe {
+        path: dir.to_owned(),
+        why,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| ControlError::Bind {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_because("is a symbolic link".to_owned()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_because("is not a directory".to_owned()));
+    }
+    if !trusted(meta.uid()) {
+        return Err(unsafe_because(format!("is owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_because(format!(
+            "is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Where control sockets go by default: /run/herald for root, else under XDG_RUNTIME_DIR or /tmp.
@@ -127,23 +178,32 @@ impl Control {
         service: &ServiceName,
         id: &InstanceId,
     ) -> Result<Control, ControlError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let path = socket_path(dir, service, id);
+        let bind_err = |source| ControlError::Bind {
+            path: path.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(bind_err)?;
+        check_dir(dir)?;
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(ControlError::InUse { path });
         }
-        let bind = || -> std::io::Result<UnixListener> {
-            std::fs::create_dir_all(dir)?;
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                info!(socket = %path.display(), "replaced a stale control socket (its agent is gone)")
             }
-            UnixListener::bind(&path)
-        };
-        let listener = bind().map_err(|source| ControlError::Bind {
-            path: path.clone(),
-            source,
-        })?;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let listener = UnixListener::bind(&path).map_err(bind_err)?;
+        // 0600 whatever the umask; the directory (0700, checked) keeps others out meanwhile.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_err)?;
         Ok(Control { path, listener })
     }
 
@@ -173,10 +233,17 @@ impl Control {
                     }
                 },
             };
+            // Another user's request is read (so the client sees the answer, not a reset) and
+            // refused.
+            let stranger = match stream.peer_cred() {
+                Ok(cred) if trusted(cred.uid()) => None,
+                Ok(cred) => Some(cred.uid().to_string()),
+                Err(_) => Some("unknown".to_owned()),
+            };
             let switch = switch.clone();
             let status = status.clone();
             tokio::spawn(async move {
-                if let Err(err) = answer(stream, &switch, status).await {
+                if let Err(err) = answer(stream, &switch, status, stranger).await {
                     debug!(error = %err, "control request failed");
                 }
             });
@@ -194,6 +261,7 @@ async fn answer(
     stream: UnixStream,
     switch: &Switch,
     mut status: watch::Receiver<Status>,
+    stranger: Option<String>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -203,6 +271,11 @@ async fn answer(
         .await
         .is_err()
     {
+        return Ok(());
+    }
+    if let Some(uid) = stranger {
+        warn!(uid, "refused a control request from another user");
+        write.write_all(b"error: not allowed\n").await?;
         return Ok(());
     }
     let wanted = match line.trim() {
@@ -273,7 +346,17 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlErro
         path: path.to_owned(),
         source,
     };
+    if let Some(dir) = path.parent() {
+        check_dir(dir)?;
+    }
     let mut stream = UnixStream::connect(path).await.map_err(connect)?;
+    let uid = stream.peer_cred().map_err(connect)?.uid();
+    if !trusted(uid) {
+        return Err(ControlError::Stranger {
+            path: path.to_owned(),
+            uid,
+        });
+    }
     stream
         .write_all(format!("{}\n", request.as_str()).as_bytes())
         .await

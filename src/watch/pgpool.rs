@@ -5,7 +5,7 @@
 //! loaded `down` and gets no query until it is attached; a backend removed from the file stays
 //! `up` and keeps getting queries until it is detached; a changed address of a loaded backend is
 //! ignored until pgpool restarts; and a restart with a stale `pgpool_status` brings a healthy
-//! backend back `down`. So after every swap (and at start, and every `--pgpool-every`) herald
+//! backend back `down`. So after every swap (and at start, and every `--sync-every`) herald
 //! reads the node table, attaches the configured backends pgpool holds down, detaches
 //! the ones that are up but no longer configured, and reads the table again:
 //! what still differs is an error that names the backend, never silence.

@@ -603,3 +603,51 @@ echo "reaped by $(cat /proc/1/comm)""#,
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(stdout(&out).trim(), "reaped by herald");
 }
+
+/// `HERALD_SUPERVISE` takes the booleans a shell user writes (1/0, true/false, yes/no, on/off):
+/// with 1 herald stays CMD's parent, with 0 it becomes CMD; anything else is exit 2 naming it.
+#[test]
+fn herald_supervise_takes_1_and_0() {
+    let s = Scratch::new("supervise_env");
+    let env = s.path("env");
+    std::fs::create_dir_all(&env).unwrap();
+    let parent_of_cmd = |value: &str| {
+        let out = run(herald_bare()
+            .env("HERALD_SUPERVISE", value)
+            .args(["run", "--env-dir"])
+            .arg(&env)
+            .args(["--", "sh", "-c", "cat /proc/$PPID/comm"]));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            out,
+        )
+    };
+    for yes in ["1", "true", "yes", "on"] {
+        let (code, parent, out) = parent_of_cmd(yes);
+        assert_eq!(code, Some(0), "{yes}: {}", describe(&out));
+        assert_eq!(
+            parent,
+            "herald",
+            "HERALD_SUPERVISE={yes}: {}",
+            describe(&out)
+        );
+    }
+    for no in ["0", "false"] {
+        let (code, parent, out) = parent_of_cmd(no);
+        assert_eq!(code, Some(0), "{no}: {}", describe(&out));
+        assert_ne!(
+            parent,
+            "herald",
+            "HERALD_SUPERVISE={no}: {}",
+            describe(&out)
+        );
+    }
+    let (code, _, out) = parent_of_cmd("maybe");
+    assert_eq!(code, Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--supervise"),
+        "{}",
+        describe(&out)
+    );
+}

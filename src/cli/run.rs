@@ -117,7 +117,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub print_env: bool,
     /// Stay as CMD's parent (forward signals, reap zombies) instead of replacing herald with it.
-    #[arg(long, env = "HERALD_SUPERVISE")]
+    #[arg(long, env = "HERALD_SUPERVISE", value_parser = clap::builder::BoolishValueParser::new())]
     pub supervise: bool,
     /// Under --supervise: a SIGTERM/SIGINT this long after the first one sends SIGKILL.
     #[arg(long, value_name = "DURATION", env = "HERALD_KILL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -315,3 +315,63 @@ async fn a_control_directory_others_can_write_is_not_trusted() {
         assert!(!theirs.join("svc@d2.sock").exists());
     }
 }
+
+/// A tree made before the policy (here: by a session without credentials) is reported at a
+/// director's start and by `herald acl check`, and `herald acl apply` brings it to the policy:
+/// afterwards a client without credentials can no longer replace the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tree_is_reported_and_brought_to_the_policy() {
+    let root = root("acl_apply");
+    let put = run(herald(&root).args(["put", "DATABASE_URL", "postgresql://old"]));
+    assert!(put.status.success(), "{}", describe(&put));
+    let director = Daemon::spawn(
+        owner(&root)
+            .args(["director", "--key", "HOSTS", "--service", "svc"])
+            .args(["--preset", "hostports"]),
+    );
+    director
+        .wait_log("more open than herald's ACL policy", 1)
+        .await;
+    assert!(
+        director.stderr().contains(&format!("znode={root} ")),
+        "{}",
+        director.stderr()
+    );
+    drop(director);
+
+    let check = run(owner(&root).args(["acl", "check"]));
+    assert_eq!(check.status.code(), Some(1), "{}", describe(&check));
+    let listed = String::from_utf8_lossy(&check.stdout).into_owned();
+    for path in [
+        root.clone(),
+        format!("{root}/environment"),
+        format!("{root}/environment/DATABASE_URL"),
+    ] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(&format!("{path}  world:anyone:cdrwa"))),
+            "{path} listed: {listed}"
+        );
+    }
+    let apply = run(owner(&root).args(["acl", "apply"]));
+    assert!(apply.status.success(), "{}", describe(&apply));
+    let check = run(owner(&root).args(["acl", "check"]));
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+
+    let attacker = client().await;
+    refused(
+        "delete the value after apply",
+        attacker
+            .delete(&format!("{root}/environment/DATABASE_URL"), None)
+            .await,
+    );
+    let resolved = run(owner(&root).args(["resolve", "DATABASE_URL"]));
+    assert_eq!(
+        String::from_utf8_lossy(&resolved.stdout),
+        "postgresql://old"
+    );
+    // Without credentials there is nothing to bring the tree to: a usage error.
+    let bare = run(herald(&root).args(["acl", "check"]));
+    assert_eq!(bare.status.code(), Some(2), "{}", describe(&bare));
+}

@@ -19,12 +19,15 @@ use super::registrar::{Registered, Status, maintain};
 use super::{AnnounceError, all_of, duplicate_wait};
 use crate::health::{self, Check, Policy, Target};
 use crate::instance::{DocumentError, Instance};
+use crate::layout::Layout;
 use crate::reaper::Reaper;
 use crate::zk::{Session, ZkConfig};
 
 /// Everything a registration needs, validated.
 pub struct Plan {
     pub zk: ZkConfig,
+    /// Where herald's znodes live (for the start-up ACL check).
+    pub layout: Layout,
     pub instance: Instance,
     pub node: Node,
     pub checks: Vec<Check>,
@@ -67,6 +70,10 @@ impl Agent {
     pub async fn connect(plan: Plan) -> Result<Connected, AnnounceError> {
         let cancel = CancellationToken::new();
         let session = Session::open(plan.zk.clone(), cancel.clone()).await?;
+        if let Some(auth) = &plan.zk.auth {
+            let client = session.handle().live().client;
+            crate::acl::warn_if_open(&client, &plan.layout, auth.user()).await;
+        }
         Ok(Connected {
             plan,
             session,

@@ -162,6 +162,7 @@ impl RegistrationArgs {
         )
         .map_err(|e| usage(e.to_string()))?;
         Ok(Plan {
+            layout: target.values.layout().clone(),
             zk: target.config,
             instance,
             node,

@@ -162,6 +162,10 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
     );
     let cancel = CancellationToken::new();
     let session = Session::open(target.config.clone(), cancel.clone()).await?;
+    if let Some(auth) = &target.config.auth {
+        let client = session.handle().live().client;
+        herald::acl::warn_if_open(&client, target.values.layout(), auth.user()).await;
+    }
     let director = Director {
         outputs,
         values: target.values.clone(),

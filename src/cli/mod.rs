@@ -2,6 +2,7 @@
 //! second parsing stage that turns what the user typed into validated configuration before any
 //! connection is made.
 
+mod acl;
 mod announce;
 mod delete;
 mod director;
@@ -90,6 +91,8 @@ pub enum Command {
     Director(director::DirectorArgs),
     /// A local HTTP daemon: containers POST and GET values (the single-machine case).
     Gateway(gateway::GatewayArgs),
+    /// Check herald's znodes against its ACL policy, or bring them to it.
+    Acl(acl::AclArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -236,6 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(&cli.zk, args).await,
         Command::Director(args) => director::run(&cli.zk, args).await,
         Command::Gateway(args) => gateway::run(&cli.zk, args).await,
+        Command::Acl(args) => acl::run(&cli.zk, args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -598,8 +598,9 @@ async fn run_service_deregisters_before_forwarding_sigterm() {
 #[test]
 fn bad_registration_flags_exit_2_naming_the_flag() {
     let s = Scratch::new("badflags");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--service", "pg"], "--port"),
+        (&["--service", "pg", "--port", "0"], "--port 0"),
         (&["--service", "p/g", "--port", "1"], "service name"),
         (
             &["--service", "pg", "--port", "1", "--meta", "novalue"],

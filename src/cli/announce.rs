@@ -100,6 +100,12 @@ impl RegistrationArgs {
         let port = self
             .port
             .ok_or_else(|| usage("give --port, the service's port".to_owned()))?;
+        if port == 0 {
+            return Err(usage(
+                "--port 0 is no port clients can reach; give the port the service listens on"
+                    .to_owned(),
+            ));
+        }
         let address = match &self.address {
             Some(a) if !a.trim().is_empty() => a.trim().to_owned(),
             Some(_) => return Err(usage("--address is empty".to_owned())),

@@ -122,17 +122,18 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
         } else {
             let port = i.port.map_or("-".to_owned(), |p| p.to_string());
             let labels: Vec<String> = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // What other writers put in a document reaches a terminal escaped.
             out.push_str(&format!(
                 "{}  {}:{}  weight={}  labels={}  meta={}",
                 i.id,
-                i.address,
+                printable(&i.address),
                 port,
                 i.weight,
-                labels.join(","),
-                meta_keys.join(",")
+                printable(&labels.join(",")),
+                printable(&meta_keys.join(","))
             ));
             for (key, reason) in &left_out {
-                out.push_str(&format!("  EXCLUDED from {key}: {reason}"));
+                out.push_str(&format!("  EXCLUDED from {key}: {}", printable(reason)));
             }
         }
         out.push('\n');
@@ -142,4 +143,26 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
         .write_all(out.as_bytes())
         .context("cannot write to stdout")?;
     Ok(())
+}
+
+/// `text` with control characters (terminal escapes, newlines) written as Rust escapes.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(super::printable("10.0.0.1"), "10.0.0.1");
+        assert_eq!(super::printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+    }
 }

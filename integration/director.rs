@@ -771,3 +771,41 @@ async fn the_haproxy_preset_coalesces_a_burst_by_default() {
         "one write for the burst (created once, never set)"
     );
 }
+
+/// SIGHUP makes the director read --config again: unchanged, nothing happens; broken, the
+/// running outputs stay (and it says why); changed, the new outputs are published and the old
+/// ones still follow their instances. It never exits on SIGHUP.
+#[tokio::test]
+async fn sighup_applies_a_changed_config_and_never_a_broken_one() {
+    let root = root("dir_hup");
+    let s = Scratch::new("dir_hup");
+    let client = client().await;
+    register(&client, &root, "svc", "i1", 1001).await;
+    let config = s.path("director.toml");
+    let one =
+        "[[output]]\nkey = \"A\"\nservice = \"svc\"\npreset = \"hostports\"\nsettle = \"0s\"\n";
+    std::fs::write(&config, one).unwrap();
+    let mut d = Director::spawn(herald(&root).arg("director").arg("--config").arg(&config));
+    value_becomes(&client, &value_path(&root, "A"), "10.0.0.1:1001").await;
+
+    send_signal(d.child.id(), libc::SIGHUP);
+    d.wait_log("the configuration is unchanged", 1).await;
+    std::fs::write(&config, "[[output]]\nkey = \"B\"\n").unwrap();
+    send_signal(d.child.id(), libc::SIGHUP);
+    d.wait_log("the running configuration stays", 1).await;
+    let two = format!(
+        "{one}\n[[output]]\nkey = \"B\"\nservice = \"svc\"\npreset = \"url\"\nurl = \"http://{{address}}:{{port}}/\"\nsettle = \"0s\"\n"
+    );
+    std::fs::write(&config, two).unwrap();
+    send_signal(d.child.id(), libc::SIGHUP);
+    value_becomes(&client, &value_path(&root, "B"), "http://10.0.0.1:1001/").await;
+    register(&client, &root, "svc", "i2", 1002).await;
+    value_becomes(
+        &client,
+        &value_path(&root, "A"),
+        "10.0.0.1:1001,10.0.0.2:1002",
+    )
+    .await;
+    send_signal(d.child.id(), libc::SIGTERM);
+    assert_eq!(d.exited().await.code(), Some(0), "{}", d.stderr());
+}

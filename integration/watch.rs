@@ -352,3 +352,46 @@ fn a_pcp_password_file_others_can_read_is_refused_naming_it() {
     );
     assert!(!stderr.contains("secret"), "{stderr}");
 }
+
+/// SIGHUP applies the current value again: the reload runs once more (the file is current), and
+/// watch keeps running.
+#[tokio::test]
+async fn sighup_reloads_again_and_keeps_watching() {
+    let root = root("watch_hup");
+    let s = Scratch::new("watch_hup");
+    let out = s.path("app.conf");
+    let reloads = s.path("reloads");
+    put(&root, "CONF", b"v1");
+    let reload = format!(
+        "cat {} >> {}; echo >> {}",
+        out.display(),
+        reloads.display(),
+        reloads.display()
+    );
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args(["watch", "CONF", "--reload", &reload, "--out"])
+            .arg(&out),
+    );
+    wait_until("the first reload", || {
+        (lines_of(&reloads) == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{} reloads", lines_of(&reloads)))
+    });
+    watch.signal(libc::SIGHUP);
+    watch
+        .wait_log("SIGHUP: applying the current values again", 1)
+        .await;
+    wait_until("the reload after SIGHUP", || {
+        (lines_of(&reloads) == 2)
+            .then_some(())
+            .ok_or_else(|| format!("{} reloads", lines_of(&reloads)))
+    });
+    put(&root, "CONF", b"v2");
+    wait_until("the next value", || {
+        (lines_of(&reloads) == 3)
+            .then_some(())
+            .ok_or_else(|| format!("{} reloads", lines_of(&reloads)))
+    });
+    assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "v1\nv1\nv2\n");
+}

@@ -166,28 +166,68 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
         let client = session.handle().live().client;
         herald::acl::warn_if_open(&client, target.values.layout(), auth.user()).await;
     }
-    let director = Director {
-        outputs,
-        values: target.values.clone(),
-        env,
-        identity,
-        reconcile: args.reconcile,
+    let mut hup = signal(SignalKind::hangup())?;
+    // The configuration file as last applied: SIGHUP applies it again only when it changed.
+    let read_config = || args.config.as_ref().and_then(|f| std::fs::read(f).ok());
+    let mut applied = read_config();
+    let mut outputs = outputs;
+    let outcome = loop {
+        // Each configuration runs under a token of its own: a new one resigns the old leaders
+        // (standbys take over meanwhile) and campaigns again.
+        let run_cancel = cancel.child_token();
+        let director = Director {
+            outputs: std::mem::take(&mut outputs),
+            values: target.values.clone(),
+            env: env.clone(),
+            identity: identity.clone(),
+            reconcile: args.reconcile,
+        };
+        let running = run_director(session.handle(), director, run_cancel.clone());
+        tokio::pin!(running);
+        let stop = loop {
+            tokio::select! {
+                ended = &mut running => break Some(ended),
+                _ = term.recv() => break None,
+                _ = int.recv() => break None,
+                _ = hup.recv() => {
+                    let Some(file) = &args.config else {
+                        tracing::info!("SIGHUP: there is no --config to read again; the outputs stay as they are");
+                        continue;
+                    };
+                    let now = read_config();
+                    if now == applied {
+                        tracing::info!(config = %file.display(), "SIGHUP: the configuration is unchanged");
+                        continue;
+                    }
+                    match args.outputs() {
+                        Ok(new) => {
+                            tracing::info!(config = %file.display(), outputs = new.len(), "SIGHUP: applying the changed configuration (leaders resign and campaign again)");
+                            applied = now;
+                            outputs = new;
+                            run_cancel.cancel();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
+                            break Some(Ok(()));
+                        }
+                        Err(err) => tracing::error!("SIGHUP: {err:#}; the running configuration stays"),
+                    }
+                }
+            }
+        };
+        match stop {
+            // Restarting with the new outputs.
+            Some(Ok(())) if !outputs.is_empty() => continue,
+            Some(ended) => break ended,
+            None => {
+                // Leaders resign, so standbys take over at once rather than after a session
+                // timeout.
+                cancel.cancel();
+                break tokio::time::timeout(Duration::from_secs(5), running)
+                    .await
+                    .unwrap_or(Ok(()));
+            }
+        }
     };
-    let running = run_director(session.handle(), director, cancel.clone());
-    tokio::pin!(running);
-    let ended = tokio::select! {
-        ended = &mut running => Some(ended),
-        _ = term.recv() => None,
-        _ = int.recv() => None,
-    };
-    // Leaders resign, so standbys take over at once rather than after a session timeout.
     cancel.cancel();
-    let outcome = match ended {
-        Some(ended) => ended,
-        None => tokio::time::timeout(Duration::from_secs(5), running)
-            .await
-            .unwrap_or(Ok(())),
-    };
     session.close().await;
     Ok(outcome?)
 }

@@ -129,6 +129,7 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let target = zk_args.target()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let env = without_credentials(std::env::vars_os());
     let embed = match &args.template {
         Some(file) => {
@@ -198,6 +199,16 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             }
             _ = term.recv() => break stopped(args.once && !delivered_any, missing(&last)),
             _ = int.recv() => break stopped(args.once && !delivered_any, missing(&last)),
+            // Apply again: read every key afresh, write the file if it differs, and reload
+            // (and sync the program) even when it does not.
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: applying the current values again");
+                if let Some(file) = file.as_mut() {
+                    file.reload_owed = true;
+                }
+                known.iter_mut().for_each(|k| *k = None);
+                continue;
+            }
         };
         let value = match next {
             Ok(Some(value)) => value,

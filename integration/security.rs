@@ -404,3 +404,40 @@ async fn herald_ls_escapes_control_characters() {
     assert!(text.contains(r"zone=a\nb"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
 }
+
+/// Credentials never travel in a connect string (ps and logs show it): `user:pw@host` is a usage
+/// error that does not repeat them; and a credentials file others can read is warned about.
+#[test]
+fn credentials_stay_out_of_connect_strings_and_readable_files() {
+    let root = root("zk_creds");
+    let out = run(herald(&root)
+        .env("HERALD_ZK", "admin:s3cret@127.0.0.1:2181")
+        .args(["ls"]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !said.contains("s3cret") && said.contains("HERALD_ZK_AUTH"),
+        "{said}"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("zk_creds");
+    let file = s.path("zk-auth");
+    std::fs::write(&file, format!("{AUTH}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(herald(&root).arg("--zk-auth-file").arg(&file).args(["ls"]));
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        said.contains("can be read by group or others") && said.contains("chmod 600"),
+        "{said}"
+    );
+    assert!(!said.contains("pa55word"), "{said}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(herald(&root).arg("--zk-auth-file").arg(&file).args(["ls"]));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("group or others"),
+        "{}",
+        describe(&out)
+    );
+}

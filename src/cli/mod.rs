@@ -180,6 +180,14 @@ impl ZkArgs {
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
             })?;
+            if let Ok(meta) = std::fs::metadata(file)
+                && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
+            {
+                tracing::warn!(
+                    file = %file.display(),
+                    "--zk-auth-file can be read by group or others, who can then act as herald in ZooKeeper; chmod 600 it"
+                );
+            }
             return Ok(Some(auth));
         }
         match std::env::var("HERALD_ZK_AUTH") {

@@ -63,6 +63,20 @@ impl FromStr for ConnectString {
         if hosts.is_empty() {
             return fail("it names no host");
         }
+        if hosts.contains('@') {
+            // user:password@host: said without the credentials.
+            let redacted: Vec<String> = hosts
+                .split(',')
+                .map(|e| match e.rsplit_once('@') {
+                    Some((_, host)) => format!("***@{host}"),
+                    None => e.to_owned(),
+                })
+                .collect();
+            return Err(ConnectStringError {
+                value: format!("{}{chroot}", redacted.join(",")),
+                reason: "it holds credentials (user:password@), which ps and logs would show; give them in HERALD_ZK_AUTH or --zk-auth-file",
+            });
+        }
         for entry in hosts.split(',') {
             let bare = entry
                 .strip_prefix("tcp://")
@@ -209,12 +223,26 @@ mod tests {
             ("h1:70000", None),
             (":2181", None),
             ("h 1:2181", None),
+            ("admin:s3cret@h1:2181", None),
         ];
         for (input, want) in table {
             let got = input.parse::<ConnectString>().ok();
             let got = got.as_ref().map(|c| (c.hosts(), c.chroot()));
             assert_eq!(got, *want, "connect string {input:?}");
         }
+    }
+
+    #[test]
+    fn credentials_in_a_connect_string_are_refused_without_being_repeated() {
+        let err = "admin:s3cret@h1:2181,h2:2181/app"
+            .parse::<ConnectString>()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret") && !err.contains("admin"), "{err}");
+        assert!(
+            err.contains("***@h1:2181,h2:2181/app") && err.contains("HERALD_ZK_AUTH"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -72,6 +72,20 @@ pub enum Applied {
     Reloaded,
 }
 
+impl std::fmt::Display for Applies {
+    /// `N so far: R by socket, L by reload, F failed`, as the log says it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} so far: {} by socket, {} by reload, {} failed",
+            self.runtime + self.reload + self.failed,
+            self.runtime,
+            self.reload,
+            self.failed
+        )
+    }
+}
+
 /// Why a value did not become the file. The old file is untouched in every case but `Reload`.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -161,9 +175,8 @@ impl FileTarget {
         };
         let haproxy = haproxy.clone();
         let outcome = self.haproxy_apply(&haproxy, old, content).await;
-        match &outcome {
-            Ok(()) => {}
-            Err(_) => self.applies.failed += 1,
+        if outcome.is_err() {
+            self.applies.failed += 1;
         }
         outcome
     }
@@ -184,11 +197,8 @@ impl FileTarget {
                     self.applies.runtime += 1;
                     tracing::info!(
                         file = %self.path.display(),
-                        "HAProxy changed through its socket, without a reload: {changed} ({} so far: {} by socket, {} by reload, {} failed)",
-                        self.applies.runtime + self.applies.reload + self.applies.failed,
-                        self.applies.runtime,
-                        self.applies.reload,
-                        self.applies.failed,
+                        "HAProxy changed through its socket, without a reload: {changed} ({})",
+                        self.applies,
                     );
                 }
                 return Ok(());
@@ -207,11 +217,8 @@ impl FileTarget {
         self.applies.reload += 1;
         tracing::info!(
             file = %self.path.display(),
-            "HAProxy reloaded and runs the file ({} so far: {} by socket, {} by reload, {} failed)",
-            self.applies.runtime + self.applies.reload + self.applies.failed,
-            self.applies.runtime,
-            self.applies.reload,
-            self.applies.failed,
+            "HAProxy reloaded and runs the file ({})",
+            self.applies,
         );
         Ok(())
     }

@@ -17,7 +17,7 @@
 //! at runtime does not inherit `default-server` in 2.6, so herald passes the backend's (and the
 //! `defaults` section's) `default-server` options before the server's own.
 //!
-//! A server an operator put in maintenance through the socket is left so (and said once). The
+//! A server an operator put in maintenance through the socket is left so. The
 //! pure parts — reading the file's backend, reading `show servers state` and `show stat`, the
 //! plan — are functions tested without a HAProxy.
 
@@ -506,17 +506,29 @@ impl Haproxy {
             .into_iter()
             .collect();
         let mut changed = Changed::default();
-        for (backend, section) in &new {
-            let live = self.state(backend).await?;
-            let plan = plan(old.get(backend), section, &live);
-            if !plan.reload_for.is_empty() {
-                return Err(HaproxyError::NeedsReload(plan.reload_for.join("; ")));
+        // A second round when the check afterwards differs: someone else changed HAProxy
+        // between our reading its state and our commands (by hand, or a restart). Only what
+        // still differs then goes to the reload.
+        for round in 1..=2 {
+            for (backend, section) in &new {
+                let live = self.state(backend).await?;
+                let old = old.get(backend).filter(|_| round == 1);
+                let plan = plan(old, section, &live);
+                if !plan.reload_for.is_empty() {
+                    return Err(HaproxyError::NeedsReload(plan.reload_for.join("; ")));
+                }
+                self.carry_out(backend, section, &live, &plan, &mut changed)
+                    .await?;
             }
-            self.carry_out(backend, section, &live, &plan, &mut changed)
-                .await?;
+            match self.verify(conf).await {
+                Ok(()) => return Ok(changed),
+                Err(HaproxyError::Differs(what)) if round == 1 => {
+                    tracing::debug!("HAProxy changed meanwhile ({what}); applying again");
+                }
+                Err(err) => return Err(err),
+            }
         }
-        self.verify(conf).await?;
-        Ok(changed)
+        unreachable!("the second round returns")
     }
 
     /// Checks that HAProxy runs the file's servers (after a reload: waiting for the new worker).

@@ -35,11 +35,14 @@ async fn register(client: &zkc::Client, root: &str, service: &str, id: &str, por
     .await;
 }
 
+/// Writes (or rewrites) the instance node at `path`: an ephemeral node of `client`'s session,
+/// as a registration is.
 async fn put_node(client: &zkc::Client, path: &str, data: &[u8]) {
     let dir = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
     let parent = &path[..path.rfind('/').unwrap()];
     client.mkdir(parent, &dir).await.unwrap();
-    match client.create(path, data, &dir).await {
+    let node = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    match client.create(path, data, &node).await {
         Ok(_) => {}
         Err(zkc::Error::NodeExists) => {
             client.set_data(path, data, None).await.unwrap();

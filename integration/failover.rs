@@ -165,11 +165,12 @@ fn api_agent(root: &str, connect: &str, s: &Scratch, id: &str, port: u16) -> Dae
 }
 
 /// Writes (or rewrites) a persistent instance document for `api`, retrying while the client
-/// reconnects.
+/// reconnects. It must outlive the checking client's sessions through the faults, so it is a
+/// static registration, as Curator writes one (`serviceType` `STATIC`).
 async fn put_instance(client: &zkc::Client, root: &str, id: &str, port: u16) {
     let path = format!("{root}/services/api/{id}");
     let doc = format!(
-        r#"{{"name":"api","id":"{id}","address":"127.0.0.1","port":{port},"payload":{{"weight":1}}}}"#
+        r#"{{"name":"api","id":"{id}","address":"127.0.0.1","port":{port},"payload":{{"weight":1}},"serviceType":"STATIC"}}"#
     );
     let acl = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
     eventually(&format!("write {path}"), || async {

@@ -16,16 +16,114 @@ fn owner(root: &str) -> std::process::Command {
     command
 }
 
-/// What an identity-less client gets for `op`: it must be refused.
+/// What a client without herald's identity gets for `op`: it must be refused.
 fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, zkc::Error>) {
     match result {
         Err(zkc::Error::NoAuth) => {}
-        other => panic!("{what}: a client without credentials got {other:?}, not NoAuth"),
+        other => panic!("{what}: got {other:?}, not NoAuth"),
     }
 }
 
+/// A checking client authenticated as `user:password` (digest).
+async fn client_as(credentials: &str) -> zkc::Client {
+    zkc::Client::connector()
+        .with_session_timeout(std::time::Duration::from_secs(10))
+        .with_auth("digest", credentials.as_bytes())
+        .connect(&zk().connect_string())
+        .await
+        .expect("connect an authenticated checking client")
+}
+
+/// Every attack of the threat model, by `attacker` (called `who`), against the tree under
+/// `root` where the director leads PG_HOSTS and instance pg1 is registered.
+async fn attempt_every_attack(attacker: &zkc::Client, who: &str, root: &str) {
+    let refused = |what: &str, result| refused(&format!("{who}: {what}"), result);
+    let open = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    let ephemeral = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    let value = format!("{root}/environment/DATABASE_URL");
+    // Values: neither replaced nor added.
+    refused(
+        "delete a value",
+        attacker.delete(&value, None).await.map(drop),
+    );
+    refused(
+        "overwrite a value",
+        attacker
+            .set_data(&value, b"postgresql://evil", None)
+            .await
+            .map(drop),
+    );
+    refused(
+        "create a value",
+        attacker
+            .create(&format!("{root}/environment/EVIL"), b"x", &open)
+            .await
+            .map(drop),
+    );
+    // Instances: none injected, none removed, no new service, no metadata read.
+    let evil = r#"{"name":"pg","id":"evil","address":"6.6.6.6","port":5432,"sslPort":null,"payload":{"labels":{},"meta":{},"endpoints":{},"weight":100},"registrationTimeUTC":1,"serviceType":"DYNAMIC","uriSpec":null}"#;
+    refused(
+        "inject an instance",
+        attacker
+            .create(
+                &format!("{root}/services/pg/evil"),
+                evil.as_bytes(),
+                &ephemeral,
+            )
+            .await
+            .map(drop),
+    );
+    let instance = format!("{root}/services/pg/pg1");
+    refused(
+        "remove an instance",
+        attacker.delete(&instance, None).await.map(drop),
+    );
+    refused(
+        "read an instance's metadata",
+        attacker.get_data(&instance).await.map(drop),
+    );
+    refused(
+        "create a service",
+        attacker
+            .create(&format!("{root}/services/other"), b"", &open)
+            .await
+            .map(drop),
+    );
+    // Elections: no node planted ahead of the leader, the leader's not removed.
+    let election = format!("{root}/directors/PG_HOSTS");
+    refused(
+        "plant an election node",
+        attacker
+            .create(&format!("{election}/a_0"), b"", &ephemeral)
+            .await
+            .map(drop),
+    );
+    let nodes = attacker.list_children(&election).await.unwrap();
+    assert_eq!(nodes.len(), 1, "one director: {nodes:?}");
+    refused(
+        "remove the leader's node",
+        attacker
+            .delete(&format!("{election}/{}", nodes[0]), None)
+            .await
+            .map(drop),
+    );
+    refused(
+        "create beside herald's directories",
+        attacker
+            .create(&format!("{root}/slots"), b"", &open)
+            .await
+            .map(drop),
+    );
+    // Listing stays open: consumers can see what exists.
+    let services = attacker
+        .list_children(&format!("{root}/services/pg"))
+        .await
+        .unwrap();
+    assert_eq!(services, ["pg1"], "{who}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_without_credentials_can_read_but_not_replace_inject_or_plant() {
+async fn clients_without_the_identity_can_list_but_not_replace_inject_or_plant() {
     let root = root("acl_parents");
     let s = Scratch::new("acl_parents");
     let url = "postgresql://app@10.0.0.5/app";
@@ -45,74 +143,132 @@ async fn a_client_without_credentials_can_read_but_not_replace_inject_or_plant()
     agent.wait_log("registered", 1).await;
     director.wait_log("published old=", 1).await;
 
-    let attacker = client().await;
-    let open = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-    let ephemeral = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
-    let value = format!("{root}/environment/DATABASE_URL");
-    // Values: neither replaced nor added.
-    refused("delete a value", attacker.delete(&value, None).await);
-    refused(
-        "create a value",
-        attacker
-            .create(&format!("{root}/environment/EVIL"), b"x", &open)
-            .await,
-    );
-    // Instances: none injected, none removed, no new service.
-    let evil = r#"{"name":"pg","id":"evil","address":"6.6.6.6","port":5432,"sslPort":null,"payload":{"labels":{},"meta":{},"endpoints":{},"weight":100},"registrationTimeUTC":1,"serviceType":"DYNAMIC","uriSpec":null}"#;
-    refused(
-        "inject an instance",
-        attacker
-            .create(
-                &format!("{root}/services/pg/evil"),
-                evil.as_bytes(),
-                &ephemeral,
-            )
-            .await,
-    );
-    refused(
-        "remove an instance",
-        attacker
-            .delete(&format!("{root}/services/pg/pg1"), None)
-            .await,
-    );
-    refused(
-        "create a service",
-        attacker
-            .create(&format!("{root}/services/other"), b"", &open)
-            .await,
-    );
-    // Elections: no node planted ahead of the leader, the leader's not removed.
-    let election = format!("{root}/directors/PG_HOSTS");
-    refused(
-        "plant an election node",
-        attacker
-            .create(&format!("{election}/a_0"), b"", &ephemeral)
-            .await,
-    );
-    let nodes = attacker.list_children(&election).await.unwrap();
-    assert_eq!(nodes.len(), 1, "one director: {nodes:?}");
-    refused(
-        "remove the leader's node",
-        attacker
-            .delete(&format!("{election}/{}", nodes[0]), None)
-            .await,
-    );
-    refused(
-        "create beside herald's directories",
-        attacker.create(&format!("{root}/slots"), b"", &open).await,
-    );
-    // Listing stays open: consumers without credentials can see what exists.
-    let services = attacker
-        .list_children(&format!("{root}/services/pg"))
-        .await
-        .unwrap();
-    assert_eq!(services, ["pg1"]);
+    attempt_every_attack(&client().await, "a client without credentials", &root).await;
+    attempt_every_attack(
+        &client_as("eve:evil").await,
+        "a client of another identity",
+        &root,
+    )
+    .await;
 
     // The owner's data is as it wrote it.
     let resolved = run(owner(&root).args(["resolve", "DATABASE_URL"]));
     assert_eq!(String::from_utf8_lossy(&resolved.stdout), url);
     let hosts = run(owner(&root).args(["resolve", "PG_HOSTS"]));
     assert_eq!(String::from_utf8_lossy(&hosts.stdout), "127.0.0.1:5432");
+}
+
+/// The digest id of `credentials`, as `herald acl id` prints it for `--acl`.
+fn digest_id(credentials: &str) -> String {
+    let out = run(herald("/unused")
+        .env("HERALD_ZK_AUTH", credentials)
+        .args(["acl", "id"]));
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!id.contains(credentials), "the password stays out: {id}");
+    id
+}
+
+/// README's deployment with four identities: agents register, the director reads the instances
+/// and publishes, the application reads the value. Each does its part with the rights `--acl`
+/// grants it, and nothing else: the application cannot read the instances' metadata or write,
+/// the agent cannot read or write values, an identity without a grant cannot even read. A grant
+/// added later is reported by `herald acl check` and brought in by `herald acl apply`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_granted_roles_do_their_part_and_no_more() {
+    let root = root("acl_roles");
+    let s = Scratch::new("acl_roles");
+    let (agent, director, app, eve) = ("agent:a-pw", "director:d-pw", "app:r-pw", "eve:e-pw");
+    let grants = format!(
+        "register={} lead={} read={}",
+        digest_id(agent),
+        digest_id(director),
+        digest_id(app)
+    );
+    let as_ = |credentials: &str| {
+        let mut command = herald(&root);
+        command
+            .env("HERALD_ZK_AUTH", credentials)
+            .env("HERALD_ZK_ACL", &grants);
+        command
+    };
+    let registered = Daemon::spawn(
+        as_(agent)
+            .args(["announce", "--service", "pg", "--id", "pg1"])
+            .args(["--address", "127.0.0.1", "--port", "5432"])
+            .args(["--meta", "password=s3cret", "--control-dir"])
+            .arg(s.path("control")),
+    );
+    registered.wait_log("registered", 1).await;
+    let leading = Daemon::spawn(
+        as_(director)
+            .args(["director", "--key", "PG_HOSTS", "--service", "pg"])
+            .args(["--preset", "hostports", "--settle", "0s"]),
+    );
+    leading.wait_log("published old=", 1).await;
+    let resolved = run(as_(app).args(["resolve", "PG_HOSTS"]));
+    assert_eq!(
+        String::from_utf8_lossy(&resolved.stdout),
+        "127.0.0.1:5432",
+        "{}",
+        describe(&resolved)
+    );
+    // No more than its part: exit 6, ZooKeeper refused it.
+    for (who, args) in [
+        (agent, &["resolve", "PG_HOSTS"][..]),
+        (agent, &["put", "PG_HOSTS", "6.6.6.6:5432"][..]),
+        (app, &["put", "PG_HOSTS", "6.6.6.6:5432"][..]),
+        (eve, &["resolve", "PG_HOSTS"][..]),
+    ] {
+        let out = run(as_(who).args(args));
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{who} {args:?}: {}",
+            describe(&out)
+        );
+    }
+    let instance = format!("{root}/services/pg/pg1");
+    refused(
+        "the application reads an instance",
+        client_as(app).await.get_data(&instance).await.map(drop),
+    );
+    let reader = client_as(director).await;
+    let (doc, _) = reader.get_data(&instance).await.unwrap();
+    assert!(String::from_utf8_lossy(&doc).contains("s3cret"));
+    // The id `herald acl id` prints is the one ZooKeeper gives the agent's node (it shows the
+    // hash to the node's owner only).
+    let (acls, _) = client_as(agent).await.get_acl(&instance).await.unwrap();
+    let owner = acls
+        .iter()
+        .find(|a| a.permission() == zkc::Permission::ALL)
+        .map(|a| format!("{}:{}", a.scheme(), a.id()));
+    assert_eq!(owner, Some(digest_id(agent)));
+    // The agent made the directories, the director the value and its election node: all as
+    // the policy says.
+    let check = run(as_(director).args(["acl", "check"]));
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+
+    // A reader granted later: the value lacks it until apply, by the value's owner.
+    let later = format!("{grants} read={}", digest_id(eve));
+    let check = run(as_(director)
+        .env("HERALD_ZK_ACL", &later)
+        .args(["acl", "check"]));
+    assert_eq!(check.status.code(), Some(1), "{}", describe(&check));
+    let listed = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        listed.contains(&format!(
+            "{root}/environment/PG_HOSTS  lacks {}:r",
+            digest_id(eve)
+        )),
+        "{listed}"
+    );
+    let apply = run(as_(director)
+        .env("HERALD_ZK_ACL", &later)
+        .args(["acl", "apply"]));
+    assert!(apply.status.success(), "{}", describe(&apply));
+    let resolved = run(as_(eve).args(["resolve", "PG_HOSTS"]));
+    assert_eq!(String::from_utf8_lossy(&resolved.stdout), "127.0.0.1:5432");
 }
 
 /// A persistent node planted at an instance's path (predictable: HOSTNAME-PORT) is reported for
@@ -186,6 +342,87 @@ async fn nodes_planted_in_an_election_take_no_part_in_it() {
             && said.contains(&format!("{election}/n_0000000000")),
         "both planted nodes named: {said}"
     );
+}
+
+/// A Curator-style instance document.
+fn instance_doc(id: &str, address: &str, port: u16, service_type: &str) -> String {
+    format!(
+        r#"{{"name":"svc","id":"{id}","address":"{address}","port":{port},"sslPort":null,"payload":{{"labels":{{}},"meta":{{}},"endpoints":{{}},"weight":1}},"registrationTimeUTC":1,"serviceType":"{service_type}","uriSpec":null}}"#
+    )
+}
+
+/// A persistent node in a service that says it is a DYNAMIC registration is nobody's: no
+/// session ends it, so it would stay in every value forever. The director leaves it out and
+/// names it, both when it lists the service and when the node appears later, and `herald ls`
+/// does not show it. A static registration (Curator's `STATIC`) counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_nodes_that_are_no_registration_are_left_out() {
+    let root = root("acl_persistent");
+    let planter = client().await;
+    let service = format!("{root}/services/svc");
+    let open = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    let ephemeral = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    planter.mkdir(&service, &open).await.unwrap();
+    for (id, address, port, mode, kind) in [
+        ("planted", "6.6.6.6", 1, &open, "DYNAMIC"),
+        ("static", "10.0.0.2", 2, &open, "STATIC"),
+        ("live", "10.0.0.1", 1, &ephemeral, "DYNAMIC"),
+    ] {
+        let doc = instance_doc(id, address, port, kind);
+        planter
+            .create(&format!("{service}/{id}"), doc.as_bytes(), mode)
+            .await
+            .unwrap();
+    }
+    let director = Daemon::spawn(
+        herald(&root)
+            .args(["director", "--key", "HOSTS", "--service", "svc"])
+            .args(["--preset", "hostports", "--settle", "0s"]),
+    );
+    director.wait_log("published old=", 1).await;
+    let value = run(herald(&root).args(["resolve", "HOSTS"]));
+    assert_eq!(
+        String::from_utf8_lossy(&value.stdout),
+        "10.0.0.1:1,10.0.0.2:2"
+    );
+    let named = |log: &str, id: &str| {
+        log.lines()
+            .any(|l| l.contains("no registration") && l.contains(&format!("{service}/{id}")))
+    };
+    assert!(
+        named(&director.stderr(), "planted"),
+        "{}",
+        director.stderr()
+    );
+    // One planted while it runs, then a real registration: the value takes the second only.
+    let doc = instance_doc("later", "6.6.6.7", 1, "DYNAMIC");
+    planter
+        .create(&format!("{service}/later"), doc.as_bytes(), &open)
+        .await
+        .unwrap();
+    let doc = instance_doc("live2", "10.0.0.3", 3, "DYNAMIC");
+    planter
+        .create(&format!("{service}/live2"), doc.as_bytes(), &ephemeral)
+        .await
+        .unwrap();
+    director.wait_log("published old=", 2).await;
+    let value = run(herald(&root).args(["resolve", "HOSTS"]));
+    assert_eq!(
+        String::from_utf8_lossy(&value.stdout),
+        // By id: live, live2, static.
+        "10.0.0.1:1,10.0.0.3:3,10.0.0.2:2"
+    );
+    assert!(named(&director.stderr(), "later"), "{}", director.stderr());
+
+    let ls = run(herald(&root).args(["ls", "svc"]));
+    assert!(ls.status.success(), "{}", describe(&ls));
+    let listed = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        listed.contains("10.0.0.1") && listed.contains("10.0.0.2") && !listed.contains("6.6.6."),
+        "{listed}"
+    );
+    let said = String::from_utf8_lossy(&ls.stderr).into_owned();
+    assert!(named(&said, "planted") && named(&said, "later"), "{said}");
 }
 
 fn mode_of(path: &std::path::Path) -> u32 {

@@ -69,7 +69,10 @@ async fn session_is_rebuilt_after_expiry_and_announces_the_new_generation() {
     );
 
     // The new client works: write and read back through it.
-    let values = Values::new(Layout::new(None, &root("session_rebuilt")).unwrap(), false);
+    let values = Values::new(
+        Layout::new(None, &root("session_rebuilt")).unwrap(),
+        herald::acl::Policy::open(),
+    );
     let key: EnvKey = "AFTER_EXPIRY".parse().unwrap();
     values
         .put(&renewed.client, &key, b"ok")

@@ -23,10 +23,40 @@ pub async fn services(
         .collect())
 }
 
+/// The instance in the znode at `path` (data and stat as read), if it is one: a document that is
+/// not an instance (another writer's mistake) is skipped with a warning naming it, and so is a
+/// persistent znode whose document does not say it outlives sessions (Curator's `STATIC` or
+/// `PERMANENT`): a registration ends with its session, and a persistent `DYNAMIC` node is
+/// nobody's registration — planted, or left by hand — that would stay in every value forever.
+pub fn admit(
+    path: &str,
+    service: &ServiceName,
+    id: InstanceId,
+    data: &[u8],
+    stat: &zk::Stat,
+) -> Option<Instance> {
+    let instance = match Instance::from_json(service.clone(), id, data) {
+        Ok(instance) => instance,
+        Err(err) => {
+            warn!(path, error = %err, "skipping a child that is not an instance document");
+            return None;
+        }
+    };
+    if stat.ephemeral_owner == 0 && !instance.persistent_by_design() {
+        warn!(
+            path,
+            service_type = ?instance.service_type,
+            "skipping a persistent node that is no registration (no session owns it and its serviceType is not STATIC or PERMANENT); remove it with: zkCli.sh delete {path}"
+        );
+        return None;
+    }
+    Some(instance)
+}
+
 /// The instances of `service` whose documents are valid, sorted by id: one round trip for the
 /// names, one (pipelined) for all the documents. A child that vanished meanwhile is skipped; one
-/// whose name or document is not an instance (another writer's mistake) is skipped with a
-/// warning, never failing the whole service.
+/// whose name is not an instance id, or that [`admit`] refuses, is skipped with a warning, never
+/// failing the whole service.
 pub async fn instances(
     client: &zk::Client,
     layout: &Layout,
@@ -44,8 +74,8 @@ pub async fn instances(
     let reads: Vec<_> = paths.iter().map(|path| client.get_data(path)).collect();
     let mut found = Vec::with_capacity(reads.len());
     for ((id, path), read) in ids.into_iter().zip(&paths).zip(reads) {
-        let data = match read.await {
-            Ok((data, _)) => data,
+        let (data, stat) = match read.await {
+            Ok(read) => read,
             Err(zk::Error::NoNode) => continue,
             Err(zk::Error::NoAuth) => {
                 warn!(
@@ -60,12 +90,7 @@ pub async fn instances(
             warn!(path, "skipping a child whose name is not an instance id");
             continue;
         };
-        match Instance::from_json(service.clone(), id, &data) {
-            Ok(instance) => found.push(instance),
-            Err(err) => {
-                warn!(path, error = %err, "skipping a child that is not an instance document")
-            }
-        }
+        found.extend(admit(path, service, id, &data, &stat));
     }
     Ok(found)
 }

@@ -45,11 +45,8 @@ pub struct Values {
 }
 
 impl Values {
-    pub fn new(layout: Layout, authenticated: bool) -> Values {
-        Values {
-            layout,
-            policy: Policy::new(authenticated),
-        }
+    pub fn new(layout: Layout, policy: Policy) -> Values {
+        Values { layout, policy }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -58,7 +55,7 @@ impl Values {
 
     /// The ACL value znodes are created with.
     pub fn value_acl(&self) -> Acls<'static> {
-        self.policy.data()
+        self.policy.value()
     }
 
     /// The ACL policy of this session's znodes.
@@ -75,7 +72,7 @@ impl Values {
     ) -> Result<(), ValueError> {
         check_value(key, value)?;
         let path = self.layout.value(key);
-        let create = CreateMode::Persistent.with_acls(self.policy.data());
+        let create = CreateMode::Persistent.with_acls(self.policy.value());
         // Most writes replace a value; a missing node costs one extra round trip, missing
         // parents one more. A racing writer can make create see NodeExists: then set again.
         for _ in 0..3 {

@@ -72,7 +72,7 @@ impl Agent {
         let session = Session::open(plan.zk.clone(), cancel.clone()).await?;
         if let Some(auth) = &plan.zk.auth {
             let client = session.handle().live().client;
-            crate::acl::warn_if_open(&client, &plan.layout, auth.user()).await;
+            crate::acl::warn_if_open(&client, &plan.layout, plan.node.policy, auth.user()).await;
         }
         Ok(Connected {
             plan,

@@ -48,19 +48,16 @@ pub enum AnnounceError {
 }
 
 impl Node {
-    /// The node for `instance` under `layout`. With credentials the document gets the
-    /// `creator_all` ACL (its metadata may hold credentials), as values do; see [`crate::acl`].
-    pub fn of(
-        layout: &Layout,
-        instance: &Instance,
-        authenticated: bool,
-    ) -> Result<Node, DocumentError> {
+    /// The node for `instance` under `layout`, created with the policy's instance ACL (its
+    /// metadata may hold credentials: with credentials, only its owner and the granted
+    /// directors may read it); see [`crate::acl`].
+    pub fn of(layout: &Layout, instance: &Instance, policy: Policy) -> Result<Node, DocumentError> {
         Ok(Node {
             path: layout.instance(&instance.service, &instance.id),
             parent: layout.service(&instance.service),
             data: instance.to_json()?,
             root: layout.root().to_owned(),
-            policy: Policy::new(authenticated),
+            policy,
         })
     }
 }

@@ -42,7 +42,7 @@ impl Node {
     /// Creates the node, or recognises an existing one as ours (rewriting its data when someone
     /// changed it) or someone else's.
     pub async fn claim(&self, client: &zk::Client) -> Result<Claim, zk::Error> {
-        let mode = CreateMode::Ephemeral.with_acls(self.policy.data());
+        let mode = CreateMode::Ephemeral.with_acls(self.policy.instance());
         match client.create(&self.path, &self.data, &mode).await {
             Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
             Err(zk::Error::NodeExists) => {}

@@ -12,12 +12,16 @@ use super::{Outcome, ZkArgs};
 Examples:
   HERALD_ZK_AUTH_FILE=/run/secrets/zk herald acl check
   HERALD_ZK_AUTH_FILE=/run/secrets/zk herald acl apply
+  HERALD_ZK_AUTH_FILE=/run/secrets/director herald acl id
+  herald --acl lead=digest:director:HASH --acl read=digest:app:HASH acl apply
 
 Directories (the root, environment, services, services/S, directors, directors/K, slots,
-excluded) may give others read only; values, slot maps, exclusion lists and instances give
-others nothing; election nodes, read. check lists every znode more open than that and exits 1
+excluded) give anyone read; values, slot maps, exclusion lists and instances give anyone
+nothing; election nodes, read. Identities granted a role with --acl get that role's rights (see
+README). check lists every znode whose ACL differs (more open, or lacking a grant) and exits 1
 when there is one; apply gives each the policy's ACL (it needs the credentials that own them:
-exit 6 for a znode this identity may not change).")]
+exit 6 for a znode this identity may not change). id prints the digest id of the configured
+credentials, for --acl.")]
 pub struct AclArgs {
     #[command(subcommand)]
     pub action: Action,
@@ -27,8 +31,10 @@ pub struct AclArgs {
 pub enum Action {
     /// List the znodes more open than the policy (exit 1 when there are any).
     Check,
-    /// Give every znode more open than the policy the policy's ACL.
+    /// Give every znode whose ACL differs from the policy the policy's ACL.
     Apply,
+    /// Print the digest id of the configured credentials (USER:HASH), as --acl names it.
+    Id,
 }
 
 pub async fn run(zk_args: &ZkArgs, args: AclArgs) -> anyhow::Result<()> {
@@ -40,11 +46,16 @@ pub async fn run(zk_args: &ZkArgs, args: AclArgs) -> anyhow::Result<()> {
         )
         .into());
     };
+    if let Action::Id = args.action {
+        println!("digest:{}", auth.id());
+        return Ok(());
+    }
     let layout = target.values.layout().clone();
+    let policy = target.values.policy();
     let client = zk::connect(&target.config).await?;
     let audited = zk::bounded(
         &target.config,
-        acl::audit(&client, &layout, auth.user(), true),
+        acl::audit(&client, &layout, policy, auth.user(), true),
     )
     .await;
     let open = match audited {
@@ -60,16 +71,19 @@ pub async fn run(zk_args: &ZkArgs, args: AclArgs) -> anyhow::Result<()> {
         }
     };
     for o in &open {
-        println!("{}  {}", o.path, o.grants.join(","));
+        let mut diff: Vec<String> = o.grants.clone();
+        diff.extend(o.missing.iter().map(|m| format!("lacks {m}")));
+        println!("{}  {}", o.path, diff.join(","));
     }
     let outcome = match args.action {
         Action::Check if open.is_empty() => Ok(()),
         Action::Check => Err(anyhow::anyhow!(
-            "{} znode(s) are more open than herald's ACL policy; run herald acl apply",
+            "{} znode(s) differ from herald's ACL policy; run herald acl apply",
             open.len()
         )),
+        Action::Id => Ok(()),
         Action::Apply => {
-            let failed = acl::apply(&client, &open).await;
+            let failed = acl::apply(&client, policy, &open).await;
             for (path, err) in &failed {
                 eprintln!("herald: cannot set the ACL of {path}: {err}");
             }

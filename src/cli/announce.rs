@@ -161,12 +161,8 @@ impl RegistrationArgs {
                 );
             }
         }
-        let node = Node::of(
-            target.values.layout(),
-            &instance,
-            target.config.auth.is_some(),
-        )
-        .map_err(|e| usage(e.to_string()))?;
+        let node = Node::of(target.values.layout(), &instance, target.values.policy())
+            .map_err(|e| usage(e.to_string()))?;
         Ok(Plan {
             layout: target.values.layout().clone(),
             zk: target.config,

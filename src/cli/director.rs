@@ -164,7 +164,13 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
     let session = Session::open(target.config.clone(), cancel.clone()).await?;
     if let Some(auth) = &target.config.auth {
         let client = session.handle().live().client;
-        herald::acl::warn_if_open(&client, target.values.layout(), auth.user()).await;
+        herald::acl::warn_if_open(
+            &client,
+            target.values.layout(),
+            target.values.policy(),
+            auth.user(),
+        )
+        .await;
     }
     let mut hup = signal(SignalKind::hangup())?;
     // The configuration file as last applied: SIGHUP applies it again only when it changed.

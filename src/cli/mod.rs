@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use herald::acl::{Grant, Policy};
 use herald::announce::Request;
 use herald::layout::{DEFAULT_ROOT, EnvKey, Layout};
 use herald::values::Values;
@@ -118,6 +119,17 @@ pub struct ZkArgs {
     /// File holding digest credentials `user:password` (HERALD_ZK_AUTH holds them directly).
     #[arg(long, env = "HERALD_ZK_AUTH_FILE", global = true)]
     pub zk_auth_file: Option<PathBuf>,
+    /// Grant another identity a role in the znodes this process creates: ROLE=SCHEME:ID with
+    /// ROLE read, write, register or lead, e.g. lead=digest:director:HASH (`herald acl id`
+    /// prints an identity's). Repeat it, or list them in HERALD_ZK_ACL separated by spaces.
+    #[arg(
+        long = "acl",
+        env = "HERALD_ZK_ACL",
+        value_name = "ROLE=SCHEME:ID",
+        value_delimiter = ' ',
+        global = true
+    )]
+    pub acl: Vec<String>,
 }
 
 /// The longest duration accepted anywhere: far beyond any sensible timeout, and far from the
@@ -159,7 +171,7 @@ impl ZkArgs {
             .map_err(|e| Outcome::Usage(format!("--zk/HERALD_ZK: {e}")))?;
         let layout = Layout::new(connect.chroot(), &self.root)?;
         let auth = self.auth()?;
-        let authenticated = auth.is_some();
+        let policy = Policy::new(auth.is_some(), &self.grants(auth.is_some())?);
         let config = ZkConfig {
             connect,
             session_timeout: self.session_timeout,
@@ -168,8 +180,28 @@ impl ZkArgs {
         };
         Ok(Target {
             config,
-            values: Values::new(layout, authenticated),
+            values: Values::new(layout, policy),
         })
+    }
+
+    /// The `--acl` grants; they need credentials (without, every znode is open anyway).
+    fn grants(&self, authenticated: bool) -> anyhow::Result<Vec<Grant>> {
+        let grants = self
+            .acl
+            .iter()
+            .filter(|g| !g.is_empty())
+            .map(|g| {
+                g.parse::<Grant>()
+                    .map_err(|e| Outcome::Usage(format!("--acl/HERALD_ZK_ACL: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !grants.is_empty() && !authenticated {
+            return Err(Outcome::Usage(
+                "--acl/HERALD_ZK_ACL grants rights in znodes only a session with credentials can protect: set HERALD_ZK_AUTH or HERALD_ZK_AUTH_FILE too".to_owned(),
+            )
+            .into());
+        }
+        Ok(grants)
     }
 
     fn auth(&self) -> anyhow::Result<Option<DigestAuth>> {

@@ -271,13 +271,7 @@ impl Follower {
             None
         } else {
             match client.get_data(path).await {
-                Ok((data, _)) => match Instance::from_json(service.clone(), id.clone(), &data) {
-                    Ok(instance) => Some(instance),
-                    Err(err) => {
-                        warn!(path, error = %err, "skipping a child that is not an instance document");
-                        None
-                    }
-                },
+                Ok((data, stat)) => catalog::admit(path, &service, id.clone(), &data, &stat),
                 Err(zk::Error::NoNode) => None,
                 Err(zk::Error::NoAuth) => {
                     warn!(

@@ -41,6 +41,12 @@ pub struct Instance {
 pub const DYNAMIC: &str = "DYNAMIC";
 
 impl Instance {
+    /// Whether the document says it outlives sessions: Curator's `STATIC` and `PERMANENT`
+    /// registrations are persistent znodes by design.
+    pub fn persistent_by_design(&self) -> bool {
+        matches!(self.service_type.as_str(), "STATIC" | "PERMANENT")
+    }
+
     /// A new instance registered now, with weight 1 and nothing else set.
     pub fn new(service: ServiceName, id: InstanceId, address: String, port: u16) -> Instance {
         Instance {

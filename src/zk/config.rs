@@ -157,6 +157,19 @@ impl DigestAuth {
         &self.user
     }
 
+    /// The id ZooKeeper's digest scheme gives these credentials in ACLs:
+    /// `user:base64(sha1(user:password))`, as `--acl` takes it.
+    pub fn id(&self) -> String {
+        use base64::Engine;
+        use sha1::Digest;
+        let hash = sha1::Sha1::digest(&self.raw);
+        format!(
+            "{}:{}",
+            self.user,
+            base64::engine::general_purpose::STANDARD.encode(hash)
+        )
+    }
+
     pub(crate) fn raw(&self) -> &[u8] {
         &self.raw
     }

@@ -678,3 +678,101 @@ fn credentials_stay_out_of_connect_strings_and_readable_files() {
         describe(&out)
     );
 }
+
+/// `watch --out` where other local users can reach: whatever they could put at the path (a
+/// FIFO, a link to a device, a link of theirs to another user's file, a file made beforehand
+/// to keep the secret, a directory they may write) is refused at once, exit 2, naming the path,
+/// and nothing is read from it or written through it. `--mode` refuses set-id, sticky and
+/// world-writable bits.
+#[test]
+fn watch_out_refuses_what_another_local_user_could_plant() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = root("out_hostile");
+    let s = Scratch::new("out_hostile");
+    let put = run(herald(&root).args(["put", "CONF", "secret-v1"]));
+    assert!(put.status.success(), "{}", describe(&put));
+    let watch = |out: &std::path::Path, extra: &[&str]| {
+        run(herald(&root)
+            .args(["watch", "CONF", "--once"])
+            .args(extra)
+            .arg("--out")
+            .arg(out))
+    };
+    let refused = |out: &std::path::Path, says: &str| {
+        let o = watch(out, &[]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}: {}",
+            out.display(),
+            describe(&o)
+        );
+        let said = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(said.contains(says) && said.lines().count() == 1, "{said}");
+        assert!(!said.contains("secret"), "{said}");
+    };
+    let staged_left = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".herald-"))
+            .count()
+    };
+
+    // A FIFO would block the read that compares; a link to /dev/zero would read without end.
+    let fifo = s.path("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    refused(&fifo, &format!("--out {} is a FIFO", fifo.display()));
+    let zero = s.path("zero");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    refused(&zero, "--out /dev/zero is a device");
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &std::fs::metadata("/dev/zero").unwrap().file_type()
+    ));
+
+    for mode in ["4755", "1644", "666"] {
+        let o = watch(&s.path("app.conf"), &["--mode", mode]);
+        assert_eq!(o.status.code(), Some(2), "--mode {mode}: {}", describe(&o));
+    }
+    assert!(!s.path("app.conf").exists());
+
+    if !is_root() {
+        eprintln!("not root: links and files of another user are not tried");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    // Another user's link to a file only root may read and write.
+    let root_only = s.path("root-only");
+    std::fs::write(&root_only, "keep").unwrap();
+    std::fs::set_permissions(&root_only, PermissionsExt::from_mode(0o600)).unwrap();
+    let link = s.path("link");
+    std::os::unix::fs::symlink(&root_only, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+    refused(&link, "is a symbolic link owned by uid 65534");
+    assert_eq!(std::fs::read_to_string(&root_only).unwrap(), "keep");
+    // A file another user made beforehand, open to all, to receive the value.
+    let trap = s.path("trap.conf");
+    std::fs::write(&trap, "").unwrap();
+    std::fs::set_permissions(&trap, PermissionsExt::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&trap, Some(NOBODY), Some(NOBODY)).unwrap();
+    refused(&trap, "is owned by uid 65534");
+    assert_eq!(std::fs::read_to_string(&trap).unwrap(), "");
+    // A directory another user may write (like /tmp): refused unless asked for.
+    let shared = s.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&shared, PermissionsExt::from_mode(0o1777)).unwrap();
+    let out = shared.join("app.conf");
+    refused(&out, "can be written by group or others");
+    assert!(!out.exists());
+    let o = watch(&out, &["--allow-shared-dir"]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "secret-v1");
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o600, 0));
+    assert_eq!(staged_left(&shared) + staged_left(s.path("").as_path()), 0);
+}

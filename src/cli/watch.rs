@@ -10,7 +10,7 @@ use clap::Args;
 use herald::first::first_of;
 use herald::watch::haproxy::Haproxy;
 use herald::watch::pgpool::Pgpool;
-use herald::watch::{Applied, Applies, Embed, FileTarget, Program};
+use herald::watch::{Applied, Applies, Embed, FileTarget, OutFile, Program};
 use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -70,9 +70,14 @@ pub struct WatchArgs {
     /// Bound on each --check and --reload run.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub command_timeout: Duration,
-    /// Mode of FILE when herald creates it (an existing file keeps its own).
+    /// Mode of FILE when herald creates it (an existing file keeps its own); no set-id, sticky or
+    /// world-writable bits.
     #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
+    /// Write FILE even in a directory group or others may write that is not herald's user's
+    /// (they could swap the file between writes).
+    #[arg(long, requires = "out")]
+    pub allow_shared_dir: bool,
     /// Embed the value in this minijinja template ({{ value }}, {{ key }}, {{ values.KEY }} for
     /// every key) before writing FILE.
     #[arg(long, value_name = "FILE", requires = "out")]
@@ -108,10 +113,21 @@ pub struct WatchArgs {
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 8)
+    let mode = u32::from_str_radix(s, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| "write an octal file mode such as 600 or 644".to_owned())
+        .ok_or_else(|| "write an octal file mode such as 600 or 644".to_owned())?;
+    if mode & 0o7000 != 0 {
+        return Err(format!(
+            "{mode:o} has set-id or sticky bits, which a config file has no use for; write e.g. 600 or 640"
+        ));
+    }
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "{mode:o} lets anyone change the file; write e.g. 600 or 644"
+        ));
+    }
+    Ok(mode)
 }
 
 pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
@@ -150,9 +166,14 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     // A symlink is followed once, here: the file it points to is the one replaced.
-    let mut file = args.out.as_ref().map(|path| FileTarget {
-        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
-        mode: args.mode,
+    let out = args
+        .out
+        .as_ref()
+        .map(|path| OutFile::open(path, args.mode, args.allow_shared_dir))
+        .transpose()
+        .map_err(|e| Outcome::Usage(e.to_string()))?;
+    let mut file = out.map(|out| FileTarget {
+        out,
         check: args.check.clone(),
         reload: args.reload.clone(),
         command_timeout: args.command_timeout,
@@ -371,11 +392,11 @@ async fn deliver(file: Option<&mut FileTarget>, value: &[u8], null: bool) -> any
     };
     match file.apply(value).await {
         Ok(Applied::Written) => {
-            tracing::debug!(file = %file.path.display(), "the new value is applied");
+            tracing::debug!(file = %file.path().display(), "the new value is applied");
             Ok(())
         }
         Ok(Applied::Reloaded) => {
-            tracing::info!(file = %file.path.display(), "reloaded (the earlier reload had failed)");
+            tracing::info!(file = %file.path().display(), "reloaded (the earlier reload had failed)");
             Ok(())
         }
         Ok(Applied::Unchanged) => Ok(()),

@@ -1,26 +1,23 @@
 //! Replacing one file atomically: a staged copy in the same directory (same file system, so the
 //! rename is atomic), fsynced, given the old file's mode and owner, checked, renamed over the
 //! old file, and the directory fsynced. A concurrent reader sees the old file or the new one,
-//! never a part of either.
+//! never a part of either. Where the file is and who may own it: [`super::out`].
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::haproxy::{Haproxy, HaproxyError};
+use super::out::{Current, MAX_FILE_LEN, OutError, OutFile};
 use super::pgpool::{Pgpool, PgpoolError};
 use crate::command::{CommandError, run_command};
 
 /// Where and how a value is written.
 #[derive(Debug, Clone)]
 pub struct FileTarget {
-    pub path: PathBuf,
-    /// Mode of a new file (an existing file keeps its own).
-    pub mode: u32,
+    /// The file, checked (see [`super::out`]); a new file gets its `--mode`.
+    pub out: OutFile,
     /// Run on the staged file (`$1`) before it replaces the old one; non-zero refuses it.
     pub check: Option<String>,
     /// Run after the file was replaced.
@@ -94,6 +91,8 @@ pub enum WatchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}; the old file stays")]
+    Out(#[from] OutError),
     // The command's own error follows as the cause (said once, by the error chain).
     #[error("the new {} was refused (the old file stays)", .path.display())]
     Check { path: PathBuf, source: CommandError },
@@ -108,10 +107,17 @@ pub enum WatchError {
 }
 
 impl FileTarget {
+    /// The file's real path.
+    pub fn path(&self) -> &Path {
+        self.out.path()
+    }
+
     /// Makes the file hold `content`: stage, check, swap, reload. A reload that failed is run
     /// again by the next apply, even of the same content.
     pub async fn apply(&mut self, content: &[u8]) -> Result<Applied, WatchError> {
-        let old = std::fs::read(&self.path).ok();
+        // Bounded: one byte more than the value tells a longer file apart.
+        let current = self.out.read(content.len())?;
+        let old = current.as_ref().and_then(|c| c.content.clone());
         if old.as_deref() == Some(content) {
             if !self.reload_owed {
                 // The program may have drifted (pgpool: a restart with a stale status, a
@@ -124,41 +130,30 @@ impl FileTarget {
             return Ok(Applied::Reloaded);
         }
         let write_err = |source| WatchError::Write {
-            path: self.path.clone(),
+            path: self.path().to_owned(),
             source,
         };
-        let mut staged = Staged {
-            path: self.stage(content).map_err(write_err)?,
-            renamed: false,
-        };
+        let staged = self
+            .out
+            .stage(content, current.as_ref())
+            .map_err(write_err)?;
         if let Some(check) = &self.check {
             run_command(
                 "--check",
                 check,
-                &[staged.path.as_path()],
+                &[staged.path().as_path()],
                 None,
                 &self.env,
                 self.command_timeout,
             )
             .await
             .map_err(|source| WatchError::Check {
-                path: self.path.clone(),
+                path: self.path().to_owned(),
                 source,
             })?;
         }
-        std::fs::rename(&staged.path, &self.path).map_err(write_err)?;
-        staged.renamed = true;
-        if let Some(dir) = self.path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
-        tracing::info!(file = %self.path.display(), bytes = content.len(), "wrote the new value");
+        staged.swap().map_err(write_err)?;
+        tracing::info!(file = %self.path().display(), bytes = content.len(), "wrote the new value");
         self.reload_owed = true;
         self.deliver(old.as_deref(), content).await?;
         self.reload_owed = false;
@@ -189,14 +184,14 @@ impl FileTarget {
         old: Option<&[u8]>,
         content: &[u8],
     ) -> Result<(), WatchError> {
-        let path = self.path.clone();
+        let path = self.path().to_owned();
         let haproxy_err = |source| WatchError::Haproxy { path, source };
         let why = match haproxy.apply(old, content).await {
             Ok(changed) => {
                 if !changed.is_empty() {
                     self.applies.runtime += 1;
                     tracing::info!(
-                        file = %self.path.display(),
+                        file = %self.path().display(),
                         "HAProxy changed through its socket, without a reload: {changed} ({})",
                         self.applies,
                     );
@@ -209,14 +204,14 @@ impl FileTarget {
             return Err(haproxy_err(why));
         }
         tracing::warn!(
-            file = %self.path.display(),
+            file = %self.path().display(),
             "{why}; reloading HAProxy instead"
         );
         self.reload().await?;
         haproxy.settled(content).await.map_err(haproxy_err)?;
         self.applies.reload += 1;
         tracing::info!(
-            file = %self.path.display(),
+            file = %self.path().display(),
             "HAProxy reloaded and runs the file ({})",
             self.applies,
         );
@@ -229,10 +224,18 @@ impl FileTarget {
         if self.program.is_none() {
             return Ok(());
         }
-        let content = std::fs::read(&self.path).map_err(|source| WatchError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
+        let missing = |why: &str| WatchError::Write {
+            path: self.path().to_owned(),
+            source: std::io::Error::other(why.to_owned()),
+        };
+        let content = match self.out.read(MAX_FILE_LEN)? {
+            Some(Current {
+                content: Some(content),
+                ..
+            }) => content,
+            Some(_) => return Err(missing("longer than 16 MiB, more than herald writes")),
+            None => return Err(missing("it is gone")),
+        };
         if self.reload_owed {
             self.deliver(None, &content).await?;
         } else {
@@ -259,7 +262,7 @@ impl FileTarget {
                     .sync(content)
                     .await
                     .map_err(|source| WatchError::Pgpool {
-                        path: self.path.clone(),
+                        path: self.path().to_owned(),
                         source,
                     })?;
                 if !synced.attached.is_empty() || !synced.detached.is_empty() {
@@ -280,7 +283,7 @@ impl FileTarget {
             && let Some(Program::Pgpool(pgpool)) = &self.program
         {
             pgpool.reload().await.map_err(|source| WatchError::Pgpool {
-                path: self.path.clone(),
+                path: self.path().to_owned(),
                 source,
             })?;
         }
@@ -295,82 +298,10 @@ impl FileTarget {
             )
             .await
             .map_err(|source| WatchError::Reload {
-                path: self.path.clone(),
+                path: self.path().to_owned(),
                 source,
             })?;
         }
         Ok(())
-    }
-
-    /// Writes `content` to a new file beside the target, with the target's owner and mode.
-    fn stage(&self, content: &[u8]) -> std::io::Result<PathBuf> {
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // A name nobody else uses (another watcher of the same file, even in another PID
-        // namespace): created exclusively, never removed first.
-        let (staged, mut file) = loop {
-            let nonce = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-                ^ u128::from(STAGED.fetch_add(1, Ordering::Relaxed));
-            let staged = self
-                .path
-                .with_file_name(format!(".{name}.herald-{}-{nonce:x}", std::process::id()));
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&staged)
-            {
-                Ok(file) => break (staged, file),
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(err) => return Err(err),
-            }
-        };
-        let written = (|| {
-            file.write_all(content)?;
-            match std::fs::metadata(&self.path) {
-                Ok(old) => {
-                    // Owner first (chown clears set-id bits), then the mode. Without the right
-                    // to give the file away, keep at least its group.
-                    match std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
-                            let _ = std::os::unix::fs::fchown(&file, None, Some(old.gid()));
-                        }
-                        Err(err) => return Err(err),
-                    }
-                    file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
-                }
-                Err(_) => file.set_permissions(std::fs::Permissions::from_mode(self.mode))?,
-            }
-            file.sync_all()
-        })();
-        if let Err(err) = written {
-            let _ = std::fs::remove_file(&staged);
-            return Err(err);
-        }
-        Ok(staged)
-    }
-}
-
-/// Makes staged names unique within this process.
-static STAGED: AtomicU64 = AtomicU64::new(0);
-
-/// A staged file, removed unless it was renamed into place.
-struct Staged {
-    path: PathBuf,
-    renamed: bool,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.renamed {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }

@@ -82,22 +82,18 @@ pub struct Current {
     mode: u32,
 }
 
-fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
+/// What a file of `mode` (as `stat` gives it) is, for a message; `None` for a regular file.
+fn kind_of(mode: u32) -> Option<&'static str> {
+    use rustix::fs::FileType;
+    Some(match FileType::from_raw_mode(mode as _) {
+        FileType::RegularFile => return None,
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::CharacterDevice | FileType::BlockDevice => "a device",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::Unknown => "not a regular file",
+    })
 }
 
 fn me() -> u32 {
@@ -200,10 +196,10 @@ impl OutFile {
         };
         let file = File::from(fd);
         let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
+        if let Some(kind) = kind_of(meta.mode()) {
             return Err(OutError::NotRegular {
                 path: self.path.clone(),
-                kind: kind_of(&meta),
+                kind,
             });
         }
         if ![0, me(), self.dir_uid].contains(&meta.uid()) {
@@ -228,17 +224,9 @@ impl OutFile {
     fn describe(&self) -> Option<OutError> {
         let stat =
             rustix::fs::statat(&*self.dir, self.name.as_bytes(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
-        let kind = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
-            rustix::fs::FileType::Symlink => "a symbolic link",
-            rustix::fs::FileType::Directory => "a directory",
-            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => "a device",
-            rustix::fs::FileType::Fifo => "a FIFO",
-            rustix::fs::FileType::Socket => "a socket",
-            _ => return None,
-        };
         Some(OutError::NotRegular {
             path: self.path.clone(),
-            kind,
+            kind: kind_of(stat.st_mode as u32)?,
         })
     }
 

@@ -234,6 +234,12 @@ fn bad_entries_stop_the_command_with_a_one_line_error() {
             7,
             &["cannot run", "I"],
         ),
+        (
+            "noshebang",
+            |d| write(&d.join("N"), "echo x\n", 0o755),
+            7,
+            &["cannot run", "N", "has no #! line", "#!/bin/sh"],
+        ),
     ];
     for (case, setup, code, needles) in cases {
         let dir = s.path(case);
@@ -261,6 +267,11 @@ fn bad_entries_stop_the_command_with_a_one_line_error() {
                 errors[0]
             );
         }
+        assert!(
+            errors[0].matches("(os error").count() <= 1,
+            "{case}: the cause is said once: {:?}",
+            errors[0]
+        );
         assert!(!marker.exists(), "{case}: the command must not start");
     }
 }

@@ -21,6 +21,7 @@
 //! - [`command`]: running a user's shell command (check, reload) with a timeout.
 //! - [`first`]: the first of several futures to finish.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
+//! - [`report`]: an error and its causes as one line, each cause said once.
 
 pub mod acl;
 pub mod announce;
@@ -34,6 +35,7 @@ pub mod health;
 pub mod instance;
 pub mod layout;
 pub mod reaper;
+pub mod report;
 pub mod values;
 pub mod watch;
 pub mod zk;

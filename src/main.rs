@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("herald: {err:#}");
+            eprintln!("herald: {}", herald::report::one_line(&err));
             cli::Exit::of(&err).into()
         }
     }

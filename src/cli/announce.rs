@@ -241,7 +241,10 @@ impl Redeclare {
                 "SIGHUP: metadata declared again; the instance node is rewritten in place"
             ),
             Ok(false) => tracing::info!("SIGHUP: metadata declared again, unchanged"),
-            Err(err) => tracing::error!("SIGHUP: {err:#}; the instance keeps the metadata it has"),
+            Err(err) => tracing::error!(
+                "SIGHUP: {}; the instance keeps the metadata it has",
+                herald::report::one_line(&err)
+            ),
         }
     }
 }

@@ -214,7 +214,7 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
                             let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
                             break Some(Ok(()));
                         }
-                        Err(err) => tracing::error!("SIGHUP: {err:#}; the running configuration stays"),
+                        Err(err) => tracing::error!("SIGHUP: {}; the running configuration stays", herald::report::one_line(&err)),
                     }
                 }
             }

@@ -208,7 +208,7 @@ impl ZkArgs {
         if let Some(file) = &self.zk_auth_file {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read --zk-auth-file {}", file.display()))
-                .map_err(|e| Outcome::Usage(format!("{e:#}")))?;
+                .map_err(|e| Outcome::Usage(herald::report::one_line(&e)))?;
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
             })?;

@@ -214,7 +214,7 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
                 if let Some(file) = file.as_mut()
                     && let Err(err) = file.resync().await
                 {
-                    tracing::error!("{:#}", anyhow::Error::from(err));
+                    tracing::error!("{}", herald::report::one_line(&anyhow::Error::from(err)));
                 }
                 continue;
             }
@@ -278,7 +278,11 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             Err(err) => {
                 failures += 1;
                 let pause = Duration::from_secs(1u64 << failures.min(6).saturating_sub(1));
-                tracing::error!("{err:#}; trying again in {}s", pause.as_secs());
+                tracing::error!(
+                    "{}; trying again in {}s",
+                    herald::report::one_line(&err),
+                    pause.as_secs()
+                );
                 // Known stays the old value, so the same value comes back after the pause.
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}

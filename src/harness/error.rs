@@ -26,6 +26,8 @@ pub enum HarnessError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot run {}: it has no #! line and is not a binary for this system; start it with a line such as #!/bin/sh", .file.display())]
+    NoInterpreter { file: PathBuf },
     #[error("cannot run {}: {source}; check its #! line and permissions", .file.display())]
     Spawn {
         file: PathBuf,
@@ -57,6 +59,23 @@ pub enum HarnessError {
         file: PathBuf,
         problem: &'static str,
     },
+}
+
+impl HarnessError {
+    /// Why `file` could not be started: a file the kernel cannot execute (ENOEXEC, a script
+    /// without `#!`) is said for what it is.
+    pub fn spawn(file: &std::path::Path, source: std::io::Error) -> HarnessError {
+        if source.raw_os_error() == Some(libc::ENOEXEC) {
+            HarnessError::NoInterpreter {
+                file: file.to_owned(),
+            }
+        } else {
+            HarnessError::Spawn {
+                file: file.to_owned(),
+                source,
+            }
+        }
+    }
 }
 
 /// The tail of a script's stderr, folded onto the error's single line.

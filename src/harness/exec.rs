@@ -12,6 +12,10 @@ pub enum ExecError {
     NotFound { cmd: String },
     #[error("{cmd}: permission denied; make it executable (chmod +x) or check its #! line")]
     NotExecutable { cmd: String },
+    #[error(
+        "cannot run {cmd}: it has no #! line and is not a binary for this system; start it with a line such as #!/bin/sh"
+    )]
+    NoInterpreter { cmd: String },
     #[error("cannot run {cmd}: {source}")]
     Other { cmd: String, source: std::io::Error },
 }
@@ -21,7 +25,9 @@ impl ExecError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ExecError::NotFound { .. } => 127,
-            ExecError::NotExecutable { .. } | ExecError::Other { .. } => 126,
+            ExecError::NotExecutable { .. }
+            | ExecError::NoInterpreter { .. }
+            | ExecError::Other { .. } => 126,
         }
     }
 
@@ -31,6 +37,7 @@ impl ExecError {
         match err.kind() {
             std::io::ErrorKind::NotFound => ExecError::NotFound { cmd },
             std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable { cmd },
+            _ if err.raw_os_error() == Some(libc::ENOEXEC) => ExecError::NoInterpreter { cmd },
             _ => ExecError::Other { cmd, source: err },
         }
     }

@@ -38,10 +38,7 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| HarnessError::Spawn {
-            file: file.to_owned(),
-            source,
-        })?;
+        .map_err(|source| HarnessError::spawn(file, source))?;
     let pgid = child.id().map(|id| id as libc::pid_t);
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr_tail = Arc::new(Mutex::new(Vec::new()));
@@ -61,12 +58,7 @@ pub async fn run(
     };
     let status = match waited {
         Ok(Ok(status)) => status,
-        Ok(Err(source)) => {
-            return Err(HarnessError::Spawn {
-                file: file.to_owned(),
-                source,
-            });
-        }
+        Ok(Err(source)) => return Err(HarnessError::spawn(file, source)),
         Err(_elapsed) => {
             if let Some(pgid) = pgid {
                 // SAFETY: plain syscall; the group is the script's own (process_group(0)).

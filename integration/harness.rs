@@ -156,6 +156,47 @@ fn run_replaces_itself_with_the_command() {
     );
 }
 
+/// Entries may use herald's ZooKeeper identity (a script runs `herald resolve`); the command
+/// does not get it, exec'd or supervised, unless an entry sets it on purpose.
+#[test]
+fn the_command_does_not_inherit_heralds_zookeeper_identity() {
+    let s = Scratch::new("identity");
+    let env = s.path("env");
+    script(
+        &env,
+        "SEEN",
+        "echo \"${HERALD_ZK_AUTH:-none}|${HERALD_ZK_AUTH_FILE:-none}\"",
+    );
+    let show = "printf '%s|%s|%s|%s' \"$SEEN\" \"${HERALD_ZK_AUTH:-none}\" \"${HERALD_ZK_AUTH_FILE:-none}\" \"${HERALD_ZK_TLS_KEY:-none}\"";
+    for supervise in [false, true] {
+        let mut command = herald_bare();
+        command
+            .env("HERALD_ZK_AUTH", "app:s3cret")
+            .env("HERALD_ZK_AUTH_FILE", "/run/secrets/zk")
+            .env("HERALD_ZK_TLS_KEY", "/run/secrets/zk.key")
+            .args(["run", "--env-dir"])
+            .arg(&env);
+        if supervise {
+            command.arg("--supervise");
+        }
+        let out = run(command.args(["--", "sh", "-c", show]));
+        assert_eq!(
+            stdout(&out),
+            "app:s3cret|/run/secrets/zk|none|none|none",
+            "supervise={supervise}: {}",
+            describe(&out)
+        );
+    }
+    // An entry that sets one hands it on deliberately.
+    write(&env.join("HERALD_ZK_AUTH"), "child:pw\n", 0o644);
+    let out = run(herald_bare()
+        .env("HERALD_ZK_AUTH", "app:s3cret")
+        .args(["run", "--env-dir"])
+        .arg(&env)
+        .args(["--", "sh", "-c", "printf %s \"$HERALD_ZK_AUTH\""]));
+    assert_eq!(stdout(&out), "child:pw", "{}", describe(&out));
+}
+
 /// Every bad directory: exit code, a one-line error naming the file and the fix, CMD not run.
 #[test]
 fn bad_entries_stop_the_command_with_a_one_line_error() {

@@ -103,6 +103,10 @@ SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to it; as P
 every orphaned zombie; herald exits with CMD's code (128+N when CMD died of signal N). A SIGTERM or
 SIGINT arriving --kill-timeout after the first kills CMD's process group.
 
+Entries and /export declarations see herald's ZooKeeper identity (HERALD_ZK_AUTH,
+HERALD_ZK_AUTH_FILE, HERALD_ZK_TLS_CERT, HERALD_ZK_TLS_KEY); CMD does not, unless an entry sets
+one.
+
 With --service (and --port; every `herald announce` option applies) herald supervises CMD and
 registers it once it runs and its checks pass, with the /export outputs as metadata. The first
 SIGTERM/SIGINT deregisters, waits --stop-delay (2s) so consumers stop sending work, and only then
@@ -157,7 +161,7 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let Some(signals) = &mut signals else {
         tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
-        return Err(harness::exec(cmd, rest, &prepared.resolved.env).into());
+        return Err(harness::exec(cmd, rest, &prepared.resolved.for_command()).into());
     };
     // Validated and connected before CMD starts: bad flags or an unreachable ZooKeeper leave
     // CMD unstarted.
@@ -180,7 +184,7 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let reaper = Arc::new(Reaper::start()?);
     tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
-    let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.env)?;
+    let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.for_command())?;
     let mut agent = connected.map(|connected| connected.start(reaper.clone()));
     let switch = agent.as_ref().map(Agent::switch);
     // SIGHUP reaches CMD (e.g. a server reloading its configuration) and declares the

@@ -29,6 +29,28 @@ pub struct Resolved {
     pub env: BTreeMap<OsString, OsString>,
 }
 
+/// The variables that carry herald's own ZooKeeper identity. Entries and /export declarations
+/// see them (a script may run `herald resolve`); CMD does not, unless an entry sets one itself.
+pub const IDENTITY_VARS: &[&str] = &[
+    "HERALD_ZK_AUTH",
+    "HERALD_ZK_AUTH_FILE",
+    "HERALD_ZK_TLS_CERT",
+    "HERALD_ZK_TLS_KEY",
+];
+
+impl Resolved {
+    /// The environment CMD gets: [`Resolved::env`] without the inherited [`IDENTITY_VARS`].
+    pub fn for_command(&self) -> BTreeMap<OsString, OsString> {
+        let mut env = self.env.clone();
+        for name in IDENTITY_VARS {
+            if !self.vars.iter().any(|(key, _)| key.as_str() == *name) {
+                env.remove(std::ffi::OsStr::new(name));
+            }
+        }
+        env
+    }
+}
+
 /// Runs every entry of `dirs` in order, on top of `inherited`.
 ///
 /// A script's value replaces an inherited variable (the script sees the old value and may pass

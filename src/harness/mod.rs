@@ -19,7 +19,7 @@ mod supervise;
 use std::time::Duration;
 
 pub use entries::{Entry, Source, scan};
-pub use environment::{Dir, Resolved, build};
+pub use environment::{Dir, IDENTITY_VARS, Resolved, build};
 pub use error::HarnessError;
 pub use exec::{ExecError, exec};
 pub use export::declare;

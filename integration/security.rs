@@ -776,3 +776,49 @@ fn watch_out_refuses_what_another_local_user_could_plant() {
     assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o600, 0));
     assert_eq!(staged_left(&shared) + staged_left(s.path("").as_path()), 0);
 }
+
+/// A FIFO or a device where a flag expects a file once hung herald (SIGTERM unserved) or ate
+/// memory: each is refused at once, exit 2, one line naming the flag and what it is.
+#[test]
+fn files_that_flags_name_must_be_regular_files() {
+    let root = root("flag_files");
+    let s = Scratch::new("flag_files");
+    let fifo = s.path("fifo");
+    let made = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; plain syscall.
+    assert_eq!(unsafe { libc::mkfifo(made.as_ptr(), 0o600) }, 0);
+    let out = s.path("out");
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("--config", vec!["director", "--check-config", "--config"]),
+        ("--zk-auth-file", vec!["resolve", "K", "--zk-auth-file"]),
+        (
+            "--meta-file",
+            vec!["announce", "--service", "s", "--port", "1", "--meta-file"],
+        ),
+        (
+            "--template",
+            vec![
+                "watch",
+                "K",
+                "--once",
+                "--out",
+                out.to_str().unwrap(),
+                "--template",
+            ],
+        ),
+    ];
+    for (flag, args) in &cases {
+        for (file, kind) in [
+            (fifo.as_path(), "a FIFO"),
+            (std::path::Path::new("/dev/zero"), "a device"),
+        ] {
+            let o = run(herald(&root).args(args).arg(file));
+            let said = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert_eq!(o.status.code(), Some(2), "{flag} {kind}: {}", describe(&o));
+            assert!(
+                said.contains(flag) && said.contains(kind) && said.lines().count() == 1,
+                "{flag} {kind}: {said}"
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //!   drained, re-created after expiry or deletion, never taken from another session.
 //! - [`director`]: instances → derived value → fenced publish, with leader election per output.
 //! - [`catalog`]: the registered services and their instance counts.
+//! - [`input`]: files that flags name, read the one way: regular files only, bounded.
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
@@ -32,6 +33,7 @@ pub mod first;
 pub mod gateway;
 pub mod harness;
 pub mod health;
+pub mod input;
 pub mod instance;
 pub mod layout;
 pub mod reaper;

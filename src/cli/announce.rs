@@ -251,7 +251,8 @@ impl Redeclare {
 
 fn read_meta_file(file: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {
     let bad = |why: String| Outcome::Usage(format!("--meta-file {}: {why}", file.display()));
-    let text = std::fs::read(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let text = herald::input::read("--meta-file", file, herald::input::MAX_FLAG_FILE)
+        .map_err(|e| Outcome::Usage(e.to_string()))?;
     let value: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| bad(format!("not JSON ({e}); write an object of strings")))?;
     let serde_json::Value::Object(map) = value else {

@@ -88,12 +88,8 @@ impl DirectorArgs {
     fn outputs(&self) -> anyhow::Result<Vec<Output>> {
         let usage = |e: config::ConfigError| anyhow::Error::from(Outcome::Usage(e.to_string()));
         if let Some(file) = &self.config {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                Outcome::Usage(format!(
-                    "cannot read --config {}: {e}; check the path",
-                    file.display()
-                ))
-            })?;
+            let text = herald::input::read_text("--config", file, herald::input::MAX_FLAG_FILE)
+                .map_err(|e| Outcome::Usage(e.to_string()))?;
             return config::parse(&text, file).map_err(usage);
         }
         let Some(key) = &self.key else {
@@ -174,7 +170,11 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
     }
     let mut hup = signal(SignalKind::hangup())?;
     // The configuration file as last applied: SIGHUP applies it again only when it changed.
-    let read_config = || args.config.as_ref().and_then(|f| std::fs::read(f).ok());
+    let read_config = || {
+        args.config
+            .as_ref()
+            .and_then(|f| herald::input::read("--config", f, herald::input::MAX_FLAG_FILE).ok())
+    };
     let mut applied = read_config();
     let mut outputs = outputs;
     let outcome = loop {

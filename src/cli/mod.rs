@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald::acl::{Grant, Policy};
 use herald::announce::Request;
@@ -206,15 +205,12 @@ impl ZkArgs {
 
     fn auth(&self) -> anyhow::Result<Option<DigestAuth>> {
         if let Some(file) = &self.zk_auth_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read --zk-auth-file {}", file.display()))
-                .map_err(|e| Outcome::Usage(herald::report::one_line(&e)))?;
+            let text = herald::input::read_text("--zk-auth-file", file, 4096)
+                .map_err(|e| Outcome::Usage(e.to_string()))?;
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
             })?;
-            if let Ok(meta) = std::fs::metadata(file)
-                && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
-            {
+            if herald::input::others_can_read(file) {
                 tracing::warn!(
                     file = %file.display(),
                     "--zk-auth-file can be read by group or others, who can then act as herald in ZooKeeper; chmod 600 it"

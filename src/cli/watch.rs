@@ -150,11 +150,8 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let embed = match &args.template {
         Some(file) => {
             let origin = file.display().to_string();
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                Outcome::Usage(format!(
-                    "cannot read --template {origin}: {e}; check the path"
-                ))
-            })?;
+            let text = herald::input::read_text("--template", file, herald::input::MAX_FLAG_FILE)
+                .map_err(|e| Outcome::Usage(e.to_string()))?;
             let embed = Embed::compile(text, &origin).map_err(|e| Outcome::Usage(e.to_string()))?;
             Some((embed, origin))
         }

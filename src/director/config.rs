@@ -42,7 +42,7 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);
 const DERIVATIONS: &str = "write exactly one of template = \"…\", template_file = \"path\", preset = \"…\" or exec = \"command\"";
 
 /// The largest template file read.
-const MAX_TEMPLATE_FILE: u64 = 1024 * 1024;
+const MAX_TEMPLATE_FILE: usize = 1024 * 1024;
 
 /// One validated output: which instances, how they become a value, and when it is published.
 #[derive(Debug, Clone)]
@@ -419,12 +419,8 @@ impl OutputSpec {
                     Some(dir) if path.is_relative() => dir.join(path),
                     _ => path,
                 };
-                let source = read_template(&path).map_err(|why| {
-                    field_error(
-                        "template_file",
-                        format!("template_file {}: {why}", path.display()),
-                    )
-                })?;
+                let source = crate::input::read_text("template_file", &path, MAX_TEMPLATE_FILE)
+                    .map_err(|e| field_error("template_file", e.to_string()))?;
                 Derivation::Template(Template::compile(&source).map_err(|e| {
                     field_error(
                         "template_file",
@@ -523,19 +519,6 @@ impl OutputSpec {
             slots,
         })
     }
-}
-
-fn read_template(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
-    let mut source = String::new();
-    file.take(MAX_TEMPLATE_FILE + 1)
-        .read_to_string(&mut source)
-        .map_err(|e| format!("cannot read it as UTF-8 text: {e}"))?;
-    if source.len() as u64 > MAX_TEMPLATE_FILE {
-        return Err("it is larger than 1 MiB".to_owned());
-    }
-    Ok(source)
 }
 
 /// `wait`: `"MIN"` or `"MIN:MAX"`, consul-template style. `"MIN"` alone means a max of 4×MIN
@@ -841,7 +824,7 @@ template = """
             (
                 "[[output]]\nkey = \"K\"\nservice = \"pg\"\ntemplate_file = \"/nonexistent/herald.j2\"\n",
                 Some(4),
-                "template_file /nonexistent/herald.j2: cannot open it",
+                "cannot read template_file /nonexistent/herald.j2: No such file",
             ),
             (
                 "[[output]]\nkey = \"K\"\nservice = \"pg\"\npreset = \"json\"\ncheck = \" \"\n",

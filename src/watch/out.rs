@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::input::kind_of;
+
 /// The longest file [`FileTarget::resync`](super::file::FileTarget::resync) reads back: more
 /// than any value with its template.
 pub const MAX_FILE_LEN: usize = 16 << 20;
@@ -80,20 +82,6 @@ pub struct Current {
     uid: u32,
     gid: u32,
     mode: u32,
-}
-
-/// What a file of `mode` (as `stat` gives it) is, for a message; `None` for a regular file.
-fn kind_of(mode: u32) -> Option<&'static str> {
-    use rustix::fs::FileType;
-    Some(match FileType::from_raw_mode(mode as _) {
-        FileType::RegularFile => return None,
-        FileType::Directory => "a directory",
-        FileType::Symlink => "a symbolic link",
-        FileType::CharacterDevice | FileType::BlockDevice => "a device",
-        FileType::Fifo => "a FIFO",
-        FileType::Socket => "a socket",
-        FileType::Unknown => "not a regular file",
-    })
 }
 
 fn me() -> u32 {

@@ -430,10 +430,17 @@ fn env_masks_secrets_unless_asked() {
     );
     write(&env.join("API_TOKEN"), "tok-123\n", 0o644);
     write(&env.join("HOST"), "db\n", 0o644);
+    write(&env.join("DB_PASS"), "hunter3\n", 0o644);
+    write(
+        &env.join("PG_DSN"),
+        "host=db user=app password=hunter4\n",
+        0o644,
+    );
+    write(&env.join("AUTH_HEADER"), "Bearer tok-456\n", 0o644);
     let out = run(herald_bare().args(["env", "--env-dir"]).arg(&env));
     assert_eq!(
         stdout(&out),
-        "API_TOKEN=********\nDATABASE_URL=postgresql://app:********@db:5432/app\nHOST=db\n",
+        "API_TOKEN=********\nAUTH_HEADER=********\nDATABASE_URL=postgresql://app:********@db:5432/app\nDB_PASS=********\nHOST=db\nPG_DSN=host=db user=app password=********\n",
         "{}",
         describe(&out)
     );
@@ -449,7 +456,9 @@ fn env_masks_secrets_unless_asked() {
         .args(["env", "--show-secrets", "--env-dir"])
         .arg(&env));
     assert!(
-        stdout(&out).contains("hunter2") && stdout(&out).contains("tok-123"),
+        stdout(&out).contains("hunter2")
+            && stdout(&out).contains("tok-123")
+            && stdout(&out).contains("hunter4"),
         "{}",
         describe(&out)
     );

@@ -16,8 +16,10 @@ Examples:
   herald env --env-dir environments/production --json --show-secrets | jq .
 
 Prints only the variables the directories set, as NAME=value lines, then the /export metadata.
-Values of names containing PASSWORD, SECRET, TOKEN, KEY or CREDENTIAL, and passwords inside
-URLs, are masked unless --show-secrets.")]
+Values of names containing PASSWORD, SECRET, TOKEN, KEY or CREDENTIAL (or a part PASS, PASSWD,
+PWD, PW, PASSPHRASE, AUTH), and inside values the passwords of URLs, secret DSN and query
+parameters (password=, access_token=, …) and Bearer/Basic credentials, are masked unless
+--show-secrets.")]
 pub struct EnvArgs {
     #[command(flatten)]
     pub harness: HarnessArgs,

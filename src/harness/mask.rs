@@ -1,18 +1,95 @@
-//! Masking secrets for display: whole values of secret-looking names, and passwords inside URLs.
+//! Masking secrets for display: whole values of secret-looking names; inside other values,
+//! passwords of URLs, secret `key=value` parameters (libpq DSNs, query strings) and the
+//! credentials of `Bearer`/`Basic` authorization values.
 
 use std::borrow::Cow;
 
 const MASK: &str = "********";
+/// A name containing one of these is secret.
 const SECRET_WORDS: [&str; 5] = ["PASSWORD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"];
+/// A name with one of these as a `_`-separated part is secret (`DB_PASS`, `PGPASSWD`'s
+/// `PASSWD` alone, `HERALD_ZK_AUTH`).
+const SECRET_PARTS: [&str; 6] = ["PASS", "PASSWD", "PWD", "PW", "PASSPHRASE", "AUTH"];
+/// A `key=value` parameter inside a value is secret when its key, lower-cased, ends with one of
+/// these (`password=`, `sslpassword=`, `access_token=`, `client_secret=`, `api_key=`).
+const SECRET_PARAMS: [&str; 8] = [
+    "password", "passwd", "pwd", "pass", "secret", "token", "apikey", "api_key",
+];
 
 /// The value as it may be shown: masked entirely when the name looks secret, else with the
-/// password of any `scheme://user:password@host` URL masked.
+/// secrets inside it masked (see the module).
 pub fn mask<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
     let upper = name.to_ascii_uppercase();
-    if SECRET_WORDS.iter().any(|w| upper.contains(w)) {
+    if SECRET_WORDS.iter().any(|w| upper.contains(w))
+        || upper
+            .split('_')
+            .any(|part| SECRET_PARTS.contains(&part) || part.ends_with("PASSWD"))
+    {
         return Cow::Borrowed(MASK);
     }
-    mask_url_passwords(value)
+    match mask_url_passwords(value) {
+        Cow::Borrowed(_) => mask_params(value),
+        Cow::Owned(urls) => Cow::Owned(mask_params(&urls).into_owned()),
+    }
+}
+
+/// Masks the value of each secret `key=value` parameter (the value ends at white space, `&`,
+/// `;`, `,` or `#`, or is quoted with `'`), and the word after `Bearer ` or `Basic `.
+fn mask_params(value: &str) -> Cow<'_, str> {
+    let bytes = value.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !value.is_char_boundary(i) {
+            i += 1;
+            continue;
+        }
+        let secret_from = if bytes[i] == b'=' {
+            let key_start = value[..i]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+                .map_or(0, |p| {
+                    p + value[p..].chars().next().map_or(1, char::len_utf8)
+                });
+            let key = value[key_start..i].to_ascii_lowercase();
+            (!key.is_empty() && SECRET_PARAMS.iter().any(|p| key.ends_with(p))).then_some(i + 1)
+        } else {
+            let word = &value[i..];
+            ["bearer ", "basic "]
+                .iter()
+                .find(|w| {
+                    word.len() >= w.len()
+                        && word.is_char_boundary(w.len())
+                        && word[..w.len()].eq_ignore_ascii_case(w)
+                        && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+                })
+                .map(|w| i + w.len())
+        };
+        let Some(start) = secret_from else {
+            i += 1;
+            continue;
+        };
+        let end = if bytes.get(start) == Some(&b'\'') {
+            value[start + 1..]
+                .find('\'')
+                .map_or(value.len(), |q| start + 1 + q + 1)
+        } else {
+            value[start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | ',' | '#' | '"'))
+                .map_or(value.len(), |e| start + e)
+        };
+        if end > start {
+            out.push_str(&value[copied..start]);
+            out.push_str(MASK);
+            copied = end;
+        }
+        i = end.max(i + 1);
+    }
+    if copied == 0 {
+        return Cow::Borrowed(value);
+    }
+    out.push_str(&value[copied..]);
+    Cow::Owned(out)
 }
 
 fn mask_url_passwords(value: &str) -> Cow<'_, str> {
@@ -77,6 +154,41 @@ mod tests {
             ("SSH_KEY_FILE", "/k", "********"),
             ("DB_CREDENTIALS", "u:p", "********"),
             ("URL", "http://h/p?q=a:b@c", "http://h/p?q=a:b@c"),
+            ("DB_PASS", "hunter2", "********"),
+            ("PGPASSWD", "hunter2", "********"),
+            ("MYSQL_PWD", "hunter2", "********"),
+            ("HERALD_ZK_AUTH", "app:pw", "********"),
+            ("PASSENGER", "x", "x"),
+            ("COMPASS_HOST", "c", "c"),
+            (
+                "DSN",
+                "host=db user=app password=s3cret dbname=app",
+                "host=db user=app password=******** dbname=app",
+            ),
+            (
+                "DSN",
+                "host=db password='s3 cret' sslpassword=k",
+                "host=db password=******** sslpassword=********",
+            ),
+            (
+                "URL",
+                "https://h/cb?user=a&access_token=abc&x=1#f",
+                "https://h/cb?user=a&access_token=********&x=1#f",
+            ),
+            (
+                "JDBC",
+                "jdbc:postgresql://db/app?user=a&password=p;x=1",
+                "jdbc:postgresql://db/app?user=a&password=********;x=1",
+            ),
+            (
+                "HEADERS",
+                "Authorization: Bearer eyJhbGc.x",
+                "Authorization: Bearer ********",
+            ),
+            ("HEADER", "basic dXNlcjpwdw==", "basic ********"),
+            ("NOTE", "a=b c=d", "a=b c=d"),
+            ("X", "password=", "password="),
+            ("Y", "é=ü password=ä", "é=ü password=********"),
         ];
         for (name, value, want) in table {
             assert_eq!(mask(name, value), want, "{name}={value}");

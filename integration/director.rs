@@ -812,3 +812,52 @@ async fn sighup_applies_a_changed_config_and_never_a_broken_one() {
     send_signal(d.child.id(), libc::SIGTERM);
     assert_eq!(d.exited().await.code(), Some(0), "{}", d.stderr());
 }
+
+/// One instance the preset cannot render (a quote in its address: written by hand, or by a
+/// client with the register right) once froze the whole value; it is left out, said once, and
+/// tried again when its registration changes.
+#[tokio::test]
+async fn an_instance_the_preset_cannot_render_is_left_out_not_freezing_the_value() {
+    let root = root("dir_unrenderable");
+    let client = client().await;
+    let path = value_path(&root, "HAPROXY");
+    let d = Director::spawn(&mut director(
+        &root,
+        "HAPROXY",
+        "web",
+        &["--preset", "haproxy", "--wait", "0s"],
+    ));
+    register(&client, &root, "web", "a", 8080).await;
+    value_becomes(&client, &path, "server a 10.0.0.80:8080 weight 1 check\n").await;
+    let bad = r#"{"address":"10.0.0.9 # x","port":8081,"payload":{"weight":1}}"#;
+    put_node(&client, &format!("{root}/services/web/bad"), bad.as_bytes()).await;
+    register(&client, &root, "web", "c", 8082).await;
+    value_becomes(
+        &client,
+        &path,
+        "server a 10.0.0.80:8080 weight 1 check\nserver c 10.0.0.82:8082 weight 1 check\n",
+    )
+    .await;
+    let log = d.wait_log("it is left out of the value", 1).await;
+    assert!(log.contains("instance=bad"), "{log}");
+    // Fixed, it comes back.
+    let fixed = r#"{"address":"10.0.0.9","port":8081,"payload":{"weight":1}}"#;
+    put_node(
+        &client,
+        &format!("{root}/services/web/bad"),
+        fixed.as_bytes(),
+    )
+    .await;
+    value_becomes(
+        &client,
+        &path,
+        "server a 10.0.0.80:8080 weight 1 check\nserver bad 10.0.0.9:8081 weight 1 check\nserver c 10.0.0.82:8082 weight 1 check\n",
+    )
+    .await;
+    let log = d.wait_log(PUBLISHED, 3).await;
+    assert_eq!(
+        log.matches("it is left out of the value").count(),
+        1,
+        "said once:\n{log}"
+    );
+}

@@ -23,9 +23,10 @@ pub use super::preset::Preset;
 use super::slots::SlotOf;
 pub use super::template::Template;
 
-/// The largest value a derivation may produce (and the most an `exec` program may print): about
-/// what fits in a znode.
-pub const MAX_VALUE: usize = 1024 * 1024;
+/// The largest value a derivation may produce (and the most an `exec` program may print): what
+/// a publish accepts, so that a value too large is a derivation's failure, said once, never a
+/// publish retried forever.
+pub const MAX_VALUE: usize = crate::values::MAX_VALUE_LEN;
 
 /// How long to keep reading a finished program's stdout: a background child it left behind may
 /// hold the pipe open forever, and what the program itself wrote is already in the pipe.
@@ -382,9 +383,12 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, DeriveError::OutputTooLarge), "{e:?}");
         // Exactly the limit is fine.
-        let at_limit = exec("head -c 1048576 /dev/zero", Duration::from_secs(10))
-            .await
-            .unwrap();
+        let at_limit = exec(
+            &format!("head -c {MAX_VALUE} /dev/zero"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(at_limit.len(), MAX_VALUE);
         assert!(matches!(
             Derivation::Exec {

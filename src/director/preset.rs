@@ -133,6 +133,12 @@ impl Preset {
         if instances.is_empty() {
             return Ok(Vec::new());
         }
+        // `url` takes one instance of them: it checks that one.
+        if !matches!(self, Preset::Url { .. })
+            && let Some(refused) = instances.iter().find_map(|i| self.refuses(i))
+        {
+            return Err(refused);
+        }
         let out = match self {
             Preset::HostPorts => hostports(instances)?,
             Preset::Url { format } => url(format, instances)?,
@@ -148,6 +154,26 @@ impl Preset {
             Preset::PoolPasswd => pool_passwd(instances)?,
         };
         Ok(out.into_bytes())
+    }
+}
+
+impl Preset {
+    /// Why this preset cannot render instance `i` (an address or metadata that would break the
+    /// format, a placeholder it lacks), if it cannot. The director leaves such an instance out
+    /// of the value, saying so, rather than publish nothing; [`Preset::render`] refuses it.
+    /// Instances the preset leaves out anyway (no port, weight 0 where that drops them) pass.
+    pub fn refuses(&self, i: &Instance) -> Option<DeriveError> {
+        let checked = match self {
+            Preset::HostPorts if i.port.is_some() && i.weight != 0 => {
+                check_address("hostports", i, &[','])
+            }
+            Preset::Url { format } if i.weight > 0 => url_refuses(format, i),
+            Preset::Pgpool if i.port.is_some() => pgpool_refuses(i),
+            Preset::Haproxy if i.port.is_some() => check_address("haproxy", i, &['#']),
+            Preset::PoolPasswd => pool_passwd_refuses(i),
+            _ => Ok(()),
+        };
+        checked.err()
     }
 }
 
@@ -194,7 +220,6 @@ fn hostports(instances: &[&Instance]) -> Result<String, DeriveError> {
         if i.weight == 0 {
             continue;
         }
-        check_address("hostports", i, &[','])?;
         parts.push(format!("{}:{port}", host(&i.address)));
     }
     Ok(parts.join(","))
@@ -269,6 +294,38 @@ fn parse_url_format(format: &str) -> Result<Vec<Piece<'_>>, DeriveError> {
     Ok(pieces)
 }
 
+/// An instance can fill every placeholder of `format`, with an address a URL can hold.
+fn url_refuses(format: &str, i: &Instance) -> Result<(), DeriveError> {
+    // A bad format is the output's error, said by the render.
+    let Ok(pieces) = parse_url_format(format) else {
+        return Ok(());
+    };
+    let missing = |placeholder: String, what: &str| DeriveError::Placeholder {
+        placeholder,
+        reason: format!("instance {}/{} has no {what}", i.service, i.id),
+    };
+    for piece in pieces {
+        match piece {
+            Piece::Address => check_address("url", i, &['/', '@', '?', '#'])?,
+            Piece::Port if i.port.is_none() => return Err(missing("port".into(), "port")),
+            Piece::SslPort if i.ssl_port.is_none() => {
+                return Err(missing("sslPort".into(), "sslPort"));
+            }
+            Piece::Meta(key) if !i.meta.contains_key(key) => {
+                return Err(missing(format!("meta.{key}"), "such meta"));
+            }
+            Piece::Label(key) if !i.labels.contains_key(key) => {
+                return Err(missing(format!("label.{key}"), "such label"));
+            }
+            Piece::Endpoint(name) if !i.endpoints.contains_key(name) => {
+                return Err(missing(format!("endpoint.{name}"), "such endpoint"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn url(format: &str, instances: &[&Instance]) -> Result<String, DeriveError> {
     let pieces = parse_url_format(format)?;
     let Some(i) = instances
@@ -278,6 +335,7 @@ fn url(format: &str, instances: &[&Instance]) -> Result<String, DeriveError> {
     else {
         return Ok(String::new());
     };
+    url_refuses(format, i)?;
     let missing = |placeholder: String, what: &str| DeriveError::Placeholder {
         placeholder,
         reason: format!("instance {}/{} has no {what}", i.service, i.id),
@@ -286,10 +344,7 @@ fn url(format: &str, instances: &[&Instance]) -> Result<String, DeriveError> {
     for piece in pieces {
         match piece {
             Piece::Literal(text) => out.push_str(text),
-            Piece::Address => {
-                check_address("url", i, &['/', '@', '?', '#'])?;
-                out.push_str(&host(&i.address));
-            }
+            Piece::Address => out.push_str(&host(&i.address)),
             Piece::Port => match i.port {
                 Some(port) => out.push_str(&port.to_string()),
                 None => return Err(missing("port".into(), "port")),
@@ -330,6 +385,58 @@ fn pgpool_quotable(value: &str) -> bool {
             .any(|c| c == '\'' || c == '\\' || c.is_control())
 }
 
+/// The instance's backend flag: meta `pgpool_flag`, else from its role.
+fn pgpool_flag(i: &Instance) -> String {
+    let role = i.meta.get("role").or_else(|| i.labels.get("role"));
+    match i.meta.get("pgpool_flag") {
+        Some(flag) => flag.clone(),
+        None if role.is_some_and(|r| r == "primary") => {
+            format!("{DEFAULT_PGPOOL_FLAG}|ALWAYS_PRIMARY")
+        }
+        None => DEFAULT_PGPOOL_FLAG.to_owned(),
+    }
+}
+
+/// Every field of the instance's backend block fits pgpool.conf.
+fn pgpool_refuses(i: &Instance) -> Result<(), DeriveError> {
+    check_address("pgpool", i, &['\'', '\\'])?;
+    let data_directory = i
+        .meta
+        .get("data_directory")
+        .map_or(DEFAULT_DATA_DIRECTORY, String::as_str);
+    if !pgpool_quotable(data_directory) {
+        return Err(instance_error(
+            "pgpool",
+            i,
+            "its meta data_directory is empty or contains a quote, a backslash or a control character",
+        ));
+    }
+    let application_name = i
+        .meta
+        .get("application_name")
+        .map_or(i.id.as_str(), String::as_str);
+    if !pgpool_quotable(application_name) {
+        return Err(instance_error(
+            "pgpool",
+            i,
+            "its meta application_name is empty or contains a quote, a backslash or a control character",
+        ));
+    }
+    let flag = pgpool_flag(i);
+    if flag.is_empty()
+        || !flag
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_' || c == '|')
+    {
+        return Err(instance_error(
+            "pgpool",
+            i,
+            "its meta pgpool_flag is not like ALLOW_TO_FAILOVER, DISALLOW_TO_FAILOVER or ALWAYS_PRIMARY (upper case, '_', '|')",
+        ));
+    }
+    Ok(())
+}
+
 fn pgpool(instances: &[&Instance], slots: Option<&SlotOf>) -> Result<String, DeriveError> {
     let mut numbered: Vec<(u32, &Instance)> = Vec::new();
     for i in instances {
@@ -350,48 +457,15 @@ fn pgpool(instances: &[&Instance], slots: Option<&SlotOf>) -> Result<String, Der
     let mut out = String::new();
     for (n, i) in numbered {
         let Some(port) = i.port else { continue };
-        check_address("pgpool", i, &['\'', '\\'])?;
         let data_directory = i
             .meta
             .get("data_directory")
             .map_or(DEFAULT_DATA_DIRECTORY, String::as_str);
-        if !pgpool_quotable(data_directory) {
-            return Err(instance_error(
-                "pgpool",
-                i,
-                "its meta data_directory is empty or contains a quote, a backslash or a control character",
-            ));
-        }
         let application_name = i
             .meta
             .get("application_name")
             .map_or(i.id.as_str(), String::as_str);
-        if !pgpool_quotable(application_name) {
-            return Err(instance_error(
-                "pgpool",
-                i,
-                "its meta application_name is empty or contains a quote, a backslash or a control character",
-            ));
-        }
-        let role = i.meta.get("role").or_else(|| i.labels.get("role"));
-        let flag = match i.meta.get("pgpool_flag") {
-            Some(flag) => flag.clone(),
-            None if role.is_some_and(|r| r == "primary") => {
-                format!("{DEFAULT_PGPOOL_FLAG}|ALWAYS_PRIMARY")
-            }
-            None => DEFAULT_PGPOOL_FLAG.to_owned(),
-        };
-        if flag.is_empty()
-            || !flag
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c == '_' || c == '|')
-        {
-            return Err(instance_error(
-                "pgpool",
-                i,
-                "its meta pgpool_flag is not like ALLOW_TO_FAILOVER, DISALLOW_TO_FAILOVER or ALWAYS_PRIMARY (upper case, '_', '|')",
-            ));
-        }
+        let flag = pgpool_flag(i);
         out.push_str(&format!(
             "backend_hostname{n} = '{address}'\n\
              backend_port{n} = {port}\n\
@@ -412,7 +486,6 @@ fn haproxy(instances: &[&Instance]) -> Result<String, DeriveError> {
     let mut out = String::new();
     for i in instances {
         let Some(port) = i.port else { continue };
-        check_address("haproxy", i, &['#'])?;
         out.push_str(&format!(
             "server {} {}:{port} weight {} check\n",
             i.id, i.address, i.weight
@@ -432,6 +505,21 @@ pub fn md5_password(user: &str, password: &str) -> String {
     format!("md5{hex}")
 }
 
+/// The instance's meta user can be a pool_passwd line's user.
+fn pool_passwd_refuses(i: &Instance) -> Result<(), DeriveError> {
+    let (Some(user), Some(_)) = (i.meta.get("user"), i.meta.get("password")) else {
+        return Ok(());
+    };
+    if user.is_empty() || user.contains([':', '\n', '\r']) || user.chars().any(char::is_control) {
+        return Err(instance_error(
+            "pool_passwd",
+            i,
+            "its meta user is empty or contains ':' or a control character",
+        ));
+    }
+    Ok(())
+}
+
 fn pool_passwd(instances: &[&Instance]) -> Result<String, DeriveError> {
     // user → (hash, the first instance that gave it)
     let mut users: std::collections::BTreeMap<&str, (String, &Instance)> =
@@ -440,14 +528,6 @@ fn pool_passwd(instances: &[&Instance]) -> Result<String, DeriveError> {
         let (Some(user), Some(password)) = (i.meta.get("user"), i.meta.get("password")) else {
             continue;
         };
-        if user.is_empty() || user.contains([':', '\n', '\r']) || user.chars().any(char::is_control)
-        {
-            return Err(instance_error(
-                "pool_passwd",
-                i,
-                "its meta user is empty or contains ':' or a control character",
-            ));
-        }
         let hash = md5_password(user, password);
         match users.get(user.as_str()) {
             Some((known, first)) if *known != hash => {
@@ -520,6 +600,31 @@ mod tests {
         Derivation::Preset(preset)
             .derive(instances, None)
             .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn refuses_names_the_instances_a_preset_cannot_render() {
+        let quoted = instance("q", "10.0.0.1'", Some(1), 1, 1);
+        let hashed = instance("h", "10.0.0.1#x", Some(1), 1, 1);
+        let no_port = instance("n", "10.0.0.1'", None, 1, 1);
+        let mut bad_dir = instance("d", "10.0.0.2", Some(1), 1, 1);
+        bad_dir.meta.insert("data_directory".into(), "/it's".into());
+        let url = Preset::from_name("url", Some("pg://{address}:{port}/{meta.db}".into()))
+            .unwrap()
+            .unwrap();
+        let table: &[(&Preset, &Instance, bool)] = &[
+            (&Preset::Pgpool, &quoted, true),
+            (&Preset::Pgpool, &bad_dir, true),
+            (&Preset::Pgpool, &no_port, false),
+            (&Preset::Haproxy, &hashed, true),
+            (&Preset::Haproxy, &quoted, false),
+            (&Preset::HostPorts, &quoted, false),
+            (&url, &bad_dir, true),
+            (&Preset::Json, &quoted, false),
+        ];
+        for (preset, i, refused) in table {
+            assert_eq!(preset.refuses(i).is_some(), *refused, "{preset:?} {}", i.id);
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::cache::{self, Instances, Snapshot};
 use super::config::Output;
 use super::culprits::{self, Excluded, Found};
-use super::derive::{Derivation, derive_exec};
+use super::derive::{Derivation, DeriveError, derive_exec};
 use super::election::{self, Leadership};
 use super::publish::{Beside, Fenced, publish};
 use super::settle::Settle;
@@ -222,6 +222,8 @@ async fn serve(
     let mut last_passed: Option<Vec<Instance>> = None;
     // The refusals last logged, so each is said once.
     let mut refusals_said: Vec<Refused> = Vec::new();
+    // The instances the preset cannot render, as last logged (each said once).
+    let mut unrenderable_said: Vec<(Instance, String)> = Vec::new();
     let lost = lead.lost();
     tokio::pin!(lost);
     let mut held = false;
@@ -323,6 +325,26 @@ async fn serve(
             same
         });
         instances.retain(|i| !excluded.iter().any(|(was, _)| was == i));
+        // One instance the preset cannot render (a quote in its address) is left out, not
+        // allowed to freeze the value for everyone.
+        if let Derivation::Preset(preset) = &output.derivation {
+            let mut unrenderable = Vec::new();
+            instances.retain(|i| match preset.refuses(i) {
+                Some(why) => {
+                    unrenderable.push((i.clone(), why.to_string()));
+                    false
+                }
+                None => true,
+            });
+            if unrenderable != unrenderable_said {
+                for (i, why) in &unrenderable {
+                    if !unrenderable_said.contains(&(i.clone(), why.clone())) {
+                        warn!(service = %i.service, instance = %i.id, "{why}; it is left out of the value until its registration changes");
+                    }
+                }
+                unrenderable_said = unrenderable;
+            }
+        }
         // Stable numbers: who keeps what, who is new, who cannot have one (left out).
         let assigned = match &slot_map {
             None => None,
@@ -376,6 +398,11 @@ async fn serve(
         };
         let value = match derived {
             Ok(value) => value,
+            // The same instances give the same size: no retry, the next change tries again.
+            Err(err @ (DeriveError::TooLarge { .. } | DeriveError::OutputTooLarge)) => {
+                error!(error = %err, instances = instances.len(), value = %digest(published.as_deref()), "nothing published: keeping the last value until the instances change");
+                continue;
+            }
             Err(err) => {
                 failures += 1;
                 let delay = backoff(failures);

@@ -19,14 +19,16 @@ use serde_json::{Map, Value};
 use super::{DYNAMIC, Instance};
 use crate::layout::{InstanceId, ServiceName};
 
-/// The largest document herald writes (the znode limit, less room for the request).
-pub const MAX_DOCUMENT_LEN: usize = 1024 * 1024 - 1024;
+/// The largest instance document herald writes or reads. A director holds every document of
+/// the services it follows, so this bounds its memory per instance (10,000 instances: at most
+/// 640 MiB) well below the znode limit; metadata is a few hundred bytes in practice.
+pub const MAX_DOCUMENT_LEN: usize = 64 * 1024;
 
 /// Why a document could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
     #[error(
-        "the instance document is {len} bytes, over the {MAX_DOCUMENT_LEN}-byte znode limit; register less metadata"
+        "the instance document is {len} bytes, over the {MAX_DOCUMENT_LEN}-byte limit of an instance document; register less metadata"
     )]
     TooLarge { len: usize },
     #[error("not an instance document: {0}")]
@@ -98,6 +100,9 @@ impl Instance {
         data: &[u8],
     ) -> Result<Instance, DocumentError> {
         let invalid = |why: &str| DocumentError::Invalid(why.to_owned());
+        if data.len() > MAX_DOCUMENT_LEN {
+            return Err(DocumentError::TooLarge { len: data.len() });
+        }
         let value: Value =
             serde_json::from_slice(data).map_err(|e| DocumentError::Invalid(e.to_string()))?;
         let Value::Object(doc) = value else {
@@ -336,5 +341,14 @@ mod tests {
         let mut i = sample();
         i.meta.insert("big".into(), "x".repeat(MAX_DOCUMENT_LEN));
         assert!(matches!(i.to_json(), Err(DocumentError::TooLarge { .. })));
+        // Read back too: a director keeps no document over the limit.
+        let mut doc = sample().to_json().unwrap();
+        doc.truncate(doc.len() - 1);
+        doc.extend(std::iter::repeat_n(b' ', MAX_DOCUMENT_LEN));
+        doc.push(b'}');
+        assert!(matches!(
+            Instance::from_json("pg".parse().unwrap(), "db1".parse().unwrap(), &doc),
+            Err(DocumentError::TooLarge { .. })
+        ));
     }
 }

@@ -861,3 +861,47 @@ async fn an_instance_the_preset_cannot_render_is_left_out_not_freezing_the_value
         "said once:\n{log}"
     );
 }
+
+/// A `herald put` (or a gateway POST, or a client by hand) to a key a director leads was never
+/// corrected: the leader now notices the write, says who made it (mzxid, version), and puts the
+/// derived value back; a deleted value comes back too.
+#[tokio::test]
+async fn a_write_by_another_writer_is_noticed_and_undone() {
+    let root = root("dir_outside");
+    let client = client().await;
+    let path = value_path(&root, "HOSTS");
+    let d = Director::spawn(&mut director(
+        &root,
+        "HOSTS",
+        "pg",
+        &["--preset", "hostports", "--wait", "0s"],
+    ));
+    register(&client, &root, "pg", "a", 5432).await;
+    value_becomes(&client, &path, "10.0.0.182:5432").await;
+    let put = tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || run(herald(&root).args(["put", "HOSTS", "6.6.6.6:5432"]))
+    })
+    .await
+    .unwrap();
+    assert!(put.status.success(), "{}", describe(&put));
+    value_becomes(&client, &path, "10.0.0.182:5432").await;
+    let log = d.wait_log("restoring the derived value", 1).await;
+    assert!(log.contains("mzxid=0x"), "{log}");
+    assert!(
+        !log.contains("6.6.6.6"),
+        "values never reach the log:\n{log}"
+    );
+    client.delete(&path, None).await.unwrap();
+    value_becomes(&client, &path, "10.0.0.182:5432").await;
+    d.wait_log("restoring the derived value", 2).await;
+    // The director's own publishes are not taken for another writer's.
+    register(&client, &root, "pg", "b", 5433).await;
+    value_becomes(&client, &path, "10.0.0.182:5432,10.0.0.183:5433").await;
+    let log = d.wait_log(PUBLISHED, 4).await;
+    assert_eq!(
+        log.matches("restoring the derived value").count(),
+        2,
+        "{log}"
+    );
+}

@@ -180,6 +180,22 @@ async fn serve(
     cancel: &CancellationToken,
 ) -> Ended {
     let key = &output.key;
+    let value_path = shared.values.layout().value(key);
+    // Writes to the value by anyone else (`herald put`, the gateway, a client by hand) are
+    // noticed and undone while this director leads: the watch is set before the first read, so
+    // no write falls between them.
+    let mut outside = match lead
+        .live
+        .client
+        .watch(&value_path, zookeeper_client::AddWatchMode::Persistent)
+        .await
+    {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            warn!(error = %ZkError::op("watch", &value_path, err), "cannot watch the value; trying again in 1s");
+            return Ended::Failed;
+        }
+    };
     // What is published now: only different bytes are written.
     let mut published = match shared.values.get(&lead.live.client, key).await {
         Ok(value) => value,
@@ -250,6 +266,30 @@ async fn serve(
                 _ = &mut lost => return Ended::Deposed,
                 _ = sleep_until(retry_at.filter(|_| !waiting)) => {}
                 _ = sleep_until(settle_at) => {}
+                event = outside.changed() => {
+                    if matches!(event.event_type, zookeeper_client::EventType::Session) {
+                        continue;
+                    }
+                    match read_value(&lead.live.client, &value_path).await {
+                        Ok((now, _)) if now == published => continue,
+                        Ok((now, stat)) => {
+                            warn!(
+                                mzxid = format_args!("{:#x}", stat.as_ref().map_or(0, |s| s.mzxid)),
+                                version = stat.as_ref().map_or(-1, |s| s.version),
+                                found = %digest(now.as_deref()),
+                                derived = %digest(published.as_deref()),
+                                "the value was changed by another writer (herald put, the gateway, a client); restoring the derived value"
+                            );
+                            published = now;
+                            // Derive and publish again, even with the same instances.
+                            retry_at = Some(Instant::now());
+                        }
+                        Err(err) => {
+                            warn!(error = %err, "cannot read the value after a change; trying again in 1s");
+                            return Ended::Failed;
+                        }
+                    }
+                }
                 changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
                     if !changed {
                         return if cancel.is_cancelled() {
@@ -532,6 +572,18 @@ async fn serve(
                 retry_at = Some(Instant::now() + delay);
             }
         }
+    }
+}
+
+/// The value at `path` and its stat (`None`: no znode).
+async fn read_value(
+    client: &zookeeper_client::Client,
+    path: &str,
+) -> Result<(Option<Vec<u8>>, Option<zookeeper_client::Stat>), ZkError> {
+    match client.get_data(path).await {
+        Ok((data, stat)) => Ok((Some(data), Some(stat))),
+        Err(zookeeper_client::Error::NoNode) => Ok((None, None)),
+        Err(err) => Err(ZkError::op("read", path, err)),
     }
 }
 

@@ -33,7 +33,8 @@ pub struct RegistrationArgs {
     /// The service's port.
     #[arg(long, env = "HERALD_PORT", value_name = "PORT")]
     pub port: Option<u16>,
-    /// Address clients use (default: the first non-loopback IPv4 address).
+    /// Address clients use (default: the address this host reaches ZooKeeper from; else a
+    /// running interface's, not loopback, bridge or link-local, IPv4 first).
     #[arg(long, env = "HERALD_ADDRESS", value_name = "HOST")]
     pub address: Option<String>,
     /// Instance id (default: HOSTNAME-PORT, stable across restarts of the container).
@@ -109,10 +110,13 @@ impl RegistrationArgs {
         let address = match &self.address {
             Some(a) if !a.trim().is_empty() => a.trim().to_owned(),
             Some(_) => return Err(usage("--address is empty".to_owned())),
-            None => announce::default_address()
+            None => announce::default_address(zk.target()?.config.connect.hosts())
                 .map(|ip| ip.to_string())
                 .ok_or_else(|| {
-                    usage("no non-loopback IPv4 address found; give --address".to_owned())
+                    usage(
+                        "no address to advertise found (no route to ZooKeeper off loopback, no running interface but loopback, bridges and link-local); give --address"
+                            .to_owned(),
+                    )
                 })?,
         };
         // Clients must reach what is advertised: a typo would register an instance every

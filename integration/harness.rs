@@ -541,16 +541,6 @@ fn supervise_forwards_signals_to_the_command_in_its_own_group() {
     );
 }
 
-/// Whether `pid` is gone (or a zombie nobody has reaped yet).
-fn gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
-}
-
 #[test]
 fn a_killed_supervisor_takes_its_command_with_it() {
     let s = Scratch::new("pdeathsig");
@@ -562,12 +552,12 @@ fn a_killed_supervisor_takes_its_command_with_it() {
     let mut lines = Lines::of(&mut child);
     let ready = lines.expect("ready", |l| l.starts_with("ready "));
     let cmd_pid = ready.split_whitespace().nth(1).unwrap().to_owned();
-    assert!(!gone(&cmd_pid), "CMD runs: {ready}");
+    assert!(!process_gone(&cmd_pid), "CMD runs: {ready}");
     // SIGKILL: herald cannot forward anything; the kernel must end CMD.
     send_signal(child.id(), libc::SIGKILL);
     let _ = child.wait();
     wait_until("CMD ends with its killed supervisor", || {
-        if gone(&cmd_pid) {
+        if process_gone(&cmd_pid) {
             Ok(())
         } else {
             Err(format!("pid {cmd_pid} still runs"))

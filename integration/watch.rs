@@ -397,3 +397,34 @@ async fn sighup_reloads_again_and_keeps_watching() {
     });
     assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "v1\nv1\nv2\n");
 }
+
+/// A `--reload` still running when watch is stopped is killed with everything it started (the
+/// old runner killed only the shell: its children lived on as orphans).
+#[test]
+fn stopping_during_a_reload_kills_the_reload_and_its_children() {
+    let root = root("watch_stop_reload");
+    let s = Scratch::new("watch_stop_reload");
+    let out = s.path("app.conf");
+    let pidfile = s.path("child.pid");
+    put(&root, "CONF", b"v1");
+    let reload = format!(
+        "sleep 300 & echo $! > {}.tmp; mv {0}.tmp {0}; wait",
+        pidfile.display()
+    );
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args(["watch", "CONF", "--reload", &reload, "--out"])
+            .arg(&out),
+    );
+    let child = wait_for("the reload to start its child", || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+    });
+    let child = child.trim().to_owned();
+    assert!(!process_gone(&child), "the reload's child runs");
+    watch.signal(libc::SIGTERM);
+    wait_for("the reload's child to be killed", || {
+        process_gone(&child).then_some(())
+    });
+}

@@ -26,6 +26,8 @@ pub struct Spawned {
     pub pid: libc::pid_t,
     /// Resolves with the child's status once it has been reaped.
     pub exited: oneshot::Receiver<ExitStatus>,
+    /// Its pipes (never waited on: the reaper collects its status).
+    pub child: std::process::Child,
 }
 
 impl Reaper {
@@ -61,7 +63,7 @@ impl Reaper {
         let pid = child.id() as libc::pid_t;
         let (tx, exited) = oneshot::channel();
         waiters.insert(pid, tx);
-        Ok(Spawned { pid, exited })
+        Ok(Spawned { pid, exited, child })
     }
 }
 

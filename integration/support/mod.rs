@@ -382,6 +382,16 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
 }
 
 /// Waits until `probe` returns `Some`, failing the test with `what` after [`DEADLINE`].
+/// Whether `pid` is gone (or a zombie nobody has reaped yet).
+pub fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
 pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     wait_until(what, || probe().ok_or_else(|| "not yet".to_owned()))
 }

@@ -16,7 +16,7 @@ use crate::layout::InstanceId;
 /// [`interface_address`].
 pub fn default_address(hosts: &str) -> Option<IpAddr> {
     route_source(hosts)
-        .filter(|ip| usable(ip))
+        .filter(usable)
         .or_else(interface_address)
 }
 

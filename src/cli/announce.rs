@@ -253,7 +253,7 @@ impl Redeclare {
     }
 }
 
-fn read_meta_file(file: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {
+fn read_meta_file(file: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
     let bad = |why: String| Outcome::Usage(format!("--meta-file {}: {why}", file.display()));
     let text = herald::input::read("--meta-file", file, herald::input::MAX_FLAG_FILE)
         .map_err(|e| Outcome::Usage(e.to_string()))?;

@@ -9,14 +9,11 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 
+use crate::command::{RunError, Sink, Spec};
 use crate::instance::Instance;
 
 pub use super::preset::Preset;
@@ -27,10 +24,6 @@ pub use super::template::Template;
 /// a publish accepts, so that a value too large is a derivation's failure, said once, never a
 /// publish retried forever.
 pub const MAX_VALUE: usize = crate::values::MAX_VALUE_LEN;
-
-/// How long to keep reading a finished program's stdout: a background child it left behind may
-/// hold the pipe open forever, and what the program itself wrote is already in the pipe.
-const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 /// What an output's value is made from: the instances (already filtered by the output's label
 /// selector), sorted by (service, id).
@@ -175,8 +168,8 @@ pub async fn derive_exec(
     Ok(value)
 }
 
-/// Runs `/bin/sh -c command` in its own process group with exactly `env`, `stdin` written to
-/// it, stderr passed through, and returns its raw stdout.
+/// Runs `/bin/sh -c command` (through [`crate::command`]) with exactly `env`, `stdin` written
+/// to it, stderr passed through, and returns its raw stdout.
 ///
 /// Notable errors and cancellation safety: as [`derive_exec`].
 async fn run_shell(
@@ -185,121 +178,29 @@ async fn run_shell(
     env: &BTreeMap<OsString, OsString>,
     stdin: &[u8],
 ) -> Result<Vec<u8>, DeriveError> {
-    let deadline = Instant::now() + timeout;
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(DeriveError::Spawn)?;
-    let mut group = GroupGuard(child.id().map(|id| id as libc::pid_t));
-
-    // Written from a task so a program that prints before reading all its input cannot
-    // deadlock with us; a program that does not read stdin at all makes this fail with EPIPE,
-    // which is its business.
-    let writer = child.stdin.take().map(|mut pipe| {
-        let input = stdin.to_vec();
-        tokio::spawn(async move {
-            let _ = pipe.write_all(&input).await;
-        })
-    });
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let reader = child
-        .stdout
-        .take()
-        .map(|pipe| tokio::spawn(read_limited(pipe, stdout.clone(), MAX_VALUE + 1)));
-
-    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(DeriveError::Spawn(e)),
-        Err(_elapsed) => {
-            group.kill();
-            let _ = child.wait().await;
-            if let Some(writer) = writer {
-                writer.abort();
-            }
-            if let Some(reader) = reader {
-                reader.abort();
-            }
-            return Err(DeriveError::TimedOut { after: timeout });
-        }
+    let mut spec = Spec::shell(command, &[], env);
+    spec.stdin = Some(stdin);
+    spec.stdout = Sink::Keep(MAX_VALUE + 1);
+    spec.stderr = Sink::Inherit;
+    spec.timeout = timeout;
+    let finished = match crate::command::run(spec).await {
+        Ok(finished) => finished,
+        Err(RunError::Spawn(e)) => return Err(DeriveError::Spawn(e)),
+        Err(RunError::TimedOut { after, .. }) => return Err(DeriveError::TimedOut { after }),
+        Err(RunError::StatusLost) => return Err(DeriveError::Failed { code: -1 }),
     };
-    // Reaped: the group id may be reused from now on, so it must not be signalled.
-    group.disarm();
-    if let Some(writer) = writer {
-        writer.abort();
-    }
-    if let Some(reader) = reader {
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
-            abort.abort();
-        }
-    }
-    let stdout = std::mem::take(
-        &mut *stdout
-            .lock()
-            .map_err(|_| DeriveError::Io("exec: the output could not be collected".to_owned()))?,
-    );
     // Reading stopped at the limit, so the program may have died of SIGPIPE: the size is the news.
-    if stdout.len() > MAX_VALUE {
+    if finished.stdout.len() > MAX_VALUE {
         return Err(DeriveError::OutputTooLarge);
     }
-    if let Some(signal) = status.signal() {
+    if let Some(signal) = finished.status.signal() {
         return Err(DeriveError::Killed { signal });
     }
-    match status.code() {
-        Some(0) => Ok(stdout),
+    match finished.status.code() {
+        Some(0) => Ok(finished.stdout),
         code => Err(DeriveError::Failed {
             code: code.unwrap_or(-1),
         }),
-    }
-}
-
-/// Reads `pipe` into `into` to its end, or until `limit` bytes (then drops it: the writer gets
-/// SIGPIPE). Kept outside the task so what was read survives the task being aborted.
-async fn read_limited(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>, limit: usize) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let Ok(mut out) = into.lock() else { return };
-        out.extend_from_slice(&buf[..n]);
-        if out.len() >= limit {
-            out.truncate(limit);
-            return;
-        }
-    }
-}
-
-/// Kills a running program's process group when dropped (cancellation) or on timeout, unless
-/// disarmed once the program has been reaped.
-struct GroupGuard(Option<libc::pid_t>);
-
-impl GroupGuard {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // SAFETY: plain syscall; the group is the program's own (process_group(0)) and its
-            // leader has not been reaped, so the id cannot have been reused.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

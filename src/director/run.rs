@@ -284,9 +284,12 @@ async fn serve(
                             // Derive and publish again, even with the same instances.
                             retry_at = Some(Instant::now());
                         }
+                        // Unknown now (a lost session says so next): publish the derived value
+                        // again shortly, which restores it if another writer changed it.
                         Err(err) => {
-                            warn!(error = %err, "cannot read the value after a change; trying again in 1s");
-                            return Ended::Failed;
+                            debug!(error = %err, "cannot read the value after a change; writing the derived value again in 1s");
+                            published = None;
+                            retry_at = Some(Instant::now() + Duration::from_secs(1));
                         }
                     }
                 }

@@ -1,19 +1,17 @@
-//! The exec check: `/bin/sh -c COMMAND` with exactly the given environment, no input or output,
-//! in its own process group, started through the [`Reaper`] (which owns every child's status
-//! when herald is PID 1); healthy on exit 0. A run past its timeout, or one abandoned because
-//! the checks are stopping, has its whole process group killed.
+//! The exec check: `/bin/sh -c COMMAND` (through [`crate::command`]) with exactly the given
+//! environment, no input or output, in its own process group, started through the [`Reaper`]
+//! (which owns every child's status when herald is PID 1); healthy on exit 0. A run past its
+//! timeout, or one abandoned because the checks are stopping, has its whole process group
+//! killed.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Stdio;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use super::error::Failure;
+use crate::command::{self, RunError, Spec};
 use crate::reaper::Reaper;
-
-/// How long a killed group's leader is waited for, so that it is reaped before the next run.
-const REAP_GRACE: Duration = Duration::from_secs(1);
 
 /// One run, bounded by `timeout`.
 ///
@@ -25,64 +23,20 @@ pub(super) async fn run(
     reaper: &Reaper,
     timeout: Duration,
 ) -> Result<(), Failure> {
-    // An absolute path: the check's environment need not have a PATH.
-    let mut sh = std::process::Command::new("/bin/sh");
-    sh.arg("-c")
-        .arg(command)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let spawned = reaper.spawn(&mut sh).map_err(Failure::Spawn)?;
-    let mut group = Group {
-        pgid: spawned.pid,
-        running: true,
+    let mut spec = Spec::shell(command, &[], env);
+    spec.timeout = timeout;
+    spec.reaper = Some(reaper);
+    let status = match command::run(spec).await {
+        Ok(finished) => finished.status,
+        Err(RunError::Spawn(e)) => return Err(Failure::Spawn(e)),
+        Err(RunError::TimedOut { after, .. }) => return Err(Failure::TimedOut(after)),
+        Err(RunError::StatusLost) => return Err(Failure::StatusLost),
     };
-    let mut exited = spawned.exited;
-    let status = match tokio::time::timeout(timeout, &mut exited).await {
-        Ok(Ok(status)) => status,
-        // The status went elsewhere: the pid may already be someone else's, so no kill.
-        Ok(Err(_)) => {
-            group.running = false;
-            return Err(Failure::StatusLost);
-        }
-        Err(_elapsed) => {
-            group.kill();
-            let _ = tokio::time::timeout(REAP_GRACE, exited).await;
-            return Err(Failure::TimedOut(timeout));
-        }
-    };
-    group.running = false;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(Failure::Exit(code)),
         (None, Some(signal)) => Err(Failure::Signal(signal)),
         (None, None) => Err(Failure::StatusLost),
-    }
-}
-
-/// The check's process group, killed unless its leader is known to have exited.
-struct Group {
-    pgid: libc::pid_t,
-    running: bool,
-}
-
-impl Group {
-    fn kill(&mut self) {
-        if self.running {
-            // SAFETY: plain syscall; the group is the check's own (process_group(0)) and its
-            // leader is not reaped yet, so the id cannot have been reused.
-            unsafe { libc::killpg(self.pgid, libc::SIGKILL) };
-            self.running = false;
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -494,8 +494,19 @@ async fn a_soft_drain_and_sighup_rewrite_the_node_in_place() {
 
 #[tokio::test]
 async fn run_service_passes_sighup_to_cmd_and_declares_again() {
-    let root = root("run_sighup");
-    let s = Scratch::new("run_sighup");
+    sighup_passes_to_cmd_and_declares_again("run_sighup", false).await;
+}
+
+/// As PID 1 herald reaps every child: the declarations SIGHUP runs must be claimed through its
+/// reaper (they were not: their status was lost and the metadata never changed).
+#[tokio::test]
+async fn as_pid_1_run_service_declares_again_on_sighup() {
+    sighup_passes_to_cmd_and_declares_again("run_sighup_pid1", true).await;
+}
+
+async fn sighup_passes_to_cmd_and_declares_again(name: &str, pid1: bool) {
+    let root = root(name);
+    let s = Scratch::new(name);
     let path = node(&root, "api", "web1");
     let version = s.path("version");
     std::fs::write(&version, "1").unwrap();
@@ -511,11 +522,34 @@ async fn run_service_passes_sighup_to_cmd_and_declares_again() {
         got = got_hup.display()
     );
     let watcher = client().await;
-    let mut agent = Agent::spawn(&mut run_service(&root, &s, Some(&export), &body));
+    let mut command = run_service(&root, &s, Some(&export), &body);
+    if pid1 {
+        // herald as PID 1 of a new PID namespace; signals go to it, not to unshare.
+        let mut unshare = std::process::Command::new("unshare");
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            unshare.args(["--user", "--map-root-user"]);
+        }
+        unshare
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(command.get_program())
+            .args(command.get_args())
+            .env_clear()
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        command = unshare;
+    }
+    let mut agent = Agent::spawn(&mut command);
     let (data, first) = appears(&watcher, &path).await;
     assert_eq!(document(&data)["payload"]["meta"]["CONFIG_VERSION"], "1");
+    let herald_pid = if pid1 {
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.pid())).unwrap();
+        children.trim().parse::<u32>().expect("unshare's one child")
+    } else {
+        agent.pid()
+    };
     std::fs::write(&version, "2").unwrap();
-    agent.signal(libc::SIGHUP);
+    send_signal(herald_pid, libc::SIGHUP);
     let (_, stat) = document_becomes(&watcher, &path, "CONFIG_VERSION 2", |d| {
         d["payload"]["meta"]["CONFIG_VERSION"] == "2"
     })
@@ -525,7 +559,7 @@ async fn run_service_passes_sighup_to_cmd_and_declares_again() {
         got_hup.exists().then_some(()).ok_or("not yet".to_owned())
     })
     .await;
-    agent.signal(libc::SIGTERM);
+    send_signal(herald_pid, libc::SIGTERM);
     vanishes(&watcher, &path).await;
     agent.exited().await;
 }

@@ -233,7 +233,9 @@ impl Redeclare {
         let _one = self.running.lock().await;
         let registration = &self.registration;
         let declared = match &self.export {
-            Some((dir, explicit)) => harness::declare(dir, *explicit, &self.env, self.limits).await,
+            Some((dir, explicit)) => {
+                harness::declare(dir, *explicit, &self.env, self.limits.clone()).await
+            }
             None => Ok(BTreeMap::new()),
         };
         let meta = declared
@@ -303,25 +305,27 @@ pub async fn run(zk: &ZkArgs, args: AnnounceArgs) -> anyhow::Result<()> {
     let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut hup = signal(SignalKind::hangup())?;
     let env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    // Before the first declaration: as PID 1 it reaps every child, scripts included.
+    let reaper = Arc::new(Reaper::start().context("cannot watch for child processes")?);
     let redeclare = Arc::new(Redeclare {
         export: args.export_dir.clone().map(|dir| (dir, true)),
         env,
         limits: Limits {
             script_timeout: args.script_timeout,
+            reaper: Some(reaper.clone()),
         },
         registration: args.registration,
         running: tokio::sync::Mutex::new(()),
     });
     let declared = match &redeclare.export {
         Some((dir, explicit)) => {
-            harness::declare(dir, *explicit, &redeclare.env, redeclare.limits).await?
+            harness::declare(dir, *explicit, &redeclare.env, redeclare.limits.clone()).await?
         }
         None => BTreeMap::new(),
     };
     let plan = redeclare
         .registration
         .plan(zk, declared, redeclare.env.clone())?;
-    let reaper = Arc::new(Reaper::start().context("cannot watch for child processes")?);
     let mut agent = tokio::select! {
         connected = Agent::connect(plan) => connected?.start(reaper),
         _ = term.recv() => return Ok(()),

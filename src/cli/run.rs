@@ -58,6 +58,7 @@ impl HarnessArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             script_timeout: self.script_timeout,
+            reaper: None,
         }
     }
 
@@ -78,7 +79,7 @@ impl HarnessArgs {
         };
         let limits = self.limits();
         let inherited: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-        let resolved = harness::build(&dirs, inherited, self.keep_existing, limits).await?;
+        let resolved = harness::build(&dirs, inherited, self.keep_existing, limits.clone()).await?;
         let (export_dir, explicit) = self.export_location();
         let export = harness::declare(&export_dir, explicit, &resolved.env, limits).await?;
         Ok(Prepared { resolved, export })
@@ -175,14 +176,17 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let reaper = Arc::new(Reaper::start()?);
     let redeclare = Arc::new(Redeclare {
         export: Some(args.harness.export_location()),
         env: prepared.resolved.env.clone(),
-        limits: args.harness.limits(),
+        limits: Limits {
+            reaper: Some(reaper.clone()),
+            ..args.harness.limits()
+        },
         registration: args.registration.clone(),
         running: tokio::sync::Mutex::new(()),
     });
-    let reaper = Arc::new(Reaper::start()?);
     tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
     let child = harness::spawn(&reaper, cmd, rest, &prepared.resolved.for_command())?;
     let mut agent = connected.map(|connected| connected.start(reaper.clone()));

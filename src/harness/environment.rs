@@ -83,7 +83,7 @@ pub async fn build(
                 debug!(var = %entry.name, "keeping the inherited value (--keep-existing)");
                 continue;
             }
-            let value = produce(&entry.source, &resolved.env, limits).await?;
+            let value = produce(&entry.source, &resolved.env, &limits).await?;
             debug!(var = %entry.name, file = %entry.source.path().display(), "set");
             resolved.env.insert(name, OsString::from(&value));
             resolved.vars.retain(|(k, _)| *k != entry.name);
@@ -97,10 +97,10 @@ pub async fn build(
 pub(crate) async fn produce(
     source: &Source,
     env: &BTreeMap<OsString, OsString>,
-    limits: Limits,
+    limits: &Limits,
 ) -> Result<String, HarnessError> {
     let raw = match source {
-        Source::Script(file) => script::run(file, env, limits.script_timeout).await?,
+        Source::Script(file) => script::run(file, env, limits).await?,
         Source::Literal(file) => read_limited(file)?,
     };
     to_value(source.path(), raw)

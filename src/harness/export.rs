@@ -37,7 +37,7 @@ pub async fn declare(
     // bootstrap first; the rest keep their byte order.
     entries.sort_by_key(|e| e.name.as_str() != BOOTSTRAP);
     for entry in entries {
-        let value = produce(&entry.source, env, limits).await?;
+        let value = produce(&entry.source, env, &limits).await?;
         if entry.name.as_str() == BOOTSTRAP {
             debug!(file = %entry.source.path().display(), "bootstrap ran");
         } else if !value.is_empty() {

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::time::Duration;
 
-use super::MAX_OUTPUT;
 use super::error::HarnessError;
+use super::{Limits, MAX_OUTPUT};
 use crate::command::{self, RunError, Sink, Spec};
 
 /// How much of a script's stderr an error quotes.
@@ -19,12 +18,13 @@ const STDERR_TAIL: usize = 300;
 pub async fn run(
     file: &Path,
     env: &BTreeMap<OsString, OsString>,
-    timeout: Duration,
+    limits: &Limits,
 ) -> Result<Vec<u8>, HarnessError> {
     let mut spec = Spec::program(file.as_os_str(), Vec::new(), env);
     spec.stdout = Sink::Keep(MAX_OUTPUT + 1);
     spec.stderr = Sink::Tail(STDERR_TAIL);
-    spec.timeout = timeout;
+    spec.timeout = limits.script_timeout;
+    spec.reaper = limits.reaper.as_deref();
     let tail = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     let finished = match command::run(spec).await {
         Ok(finished) => finished,

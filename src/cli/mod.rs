@@ -15,6 +15,7 @@ mod ls;
 mod put;
 mod resolve;
 mod run;
+mod secret_file;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -212,14 +213,11 @@ impl ZkArgs {
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
             })?;
-            if let Ok(meta) = std::fs::metadata(file)
-                && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
-            {
-                tracing::warn!(
-                    file = %file.display(),
-                    "--zk-auth-file can be read by group or others, who can then act as herald in ZooKeeper; chmod 600 it"
-                );
-            }
+            secret_file::warn_if_readable_by_others(
+                file,
+                "--zk-auth-file",
+                "act as herald in ZooKeeper",
+            );
             return Ok(Some(auth));
         }
         match std::env::var("HERALD_ZK_AUTH") {

@@ -28,8 +28,20 @@ fn request(
     length: usize,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    request_on(stream, method, path, headers, length, body)
+}
+
+/// One request on a connected stream.
+fn request_on(
+    mut stream: impl Read + Write,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    length: usize,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\nConnection: close\r\n"
     );
@@ -281,11 +293,15 @@ fn rss_kib(gw: &Daemon) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// Opens and at once resets `n` connections (no TIME_WAIT left behind), then makes one request:
-/// the gateway accepts in order, so every one of them has been accepted when it is answered.
+/// Opens and at once resets `n` connections (no TIME_WAIT left behind), with a request after
+/// every hundred: the gateway accepts in order, so all before it have been accepted when it is
+/// answered (and the accept queue never overflows into SYN retries).
 fn churn(port: u16, n: usize) {
     use std::os::fd::AsRawFd;
-    for _ in 0..n {
+    for i in 0..n {
+        if i % 100 == 99 {
+            assert_eq!(http(port, "GET", "/live", b"").0, 200);
+        }
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
         let linger = libc::linger {
             l_onoff: 1,
@@ -663,4 +679,120 @@ fn head_answers_like_get_without_a_body() {
         request(port, "HEAD", "/environment/NONE", &[], 0, b"").0,
         404
     );
+}
+
+/// A request over the gateway's Unix socket: status and body.
+fn over_socket(socket: &std::path::Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let stream = std::os::unix::net::UnixStream::connect(socket).expect("connect to the socket");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (status, _, body) = request_on(stream, method, path, &[], body.len(), body);
+    (status, body)
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The gateway on `unix:PATH`, started with umask 000 (nothing the umask would have hidden).
+fn socket_gateway(root: &str, socket: &std::path::Path) -> Daemon {
+    use std::os::unix::process::CommandExt;
+    let mut command = herald(root);
+    command
+        .arg("gateway")
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()));
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    Daemon::spawn(&mut command)
+}
+
+#[test]
+fn a_unix_socket_serves_its_own_user_only() {
+    let root = root("gw_unix");
+    let s = Scratch::new("gw_unix");
+    let dir = s.path("fresh/gw");
+    let socket = dir.join("gateway.sock");
+    let mut gw = socket_gateway(&root, &socket);
+    wait_for("the gateway's socket to be ready", || {
+        if let Ok(Some(status)) = gw.child.try_wait() {
+            panic!("the gateway exited ({status}): {}", gw.stderr());
+        }
+        std::os::unix::net::UnixStream::connect(&socket)
+            .ok()
+            .and_then(|_| (over_socket(&socket, "GET", "/ready", b"").0 == 200).then_some(()))
+    });
+    assert_eq!(mode_of(&dir), 0o700, "the socket's directory");
+    assert_eq!(mode_of(&socket), 0o600, "the socket");
+    // The socket is the credential: no token needed.
+    assert_eq!(
+        over_socket(&socket, "POST", "/environment/K", b"mine").0,
+        204
+    );
+    assert_eq!(
+        over_socket(&socket, "GET", "/environment/K", b""),
+        (200, b"mine".to_vec())
+    );
+    assert!(!gw.stderr().contains("no token"), "{}", gw.stderr());
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } == 0 {
+        // Opened up by hand, the socket still serves no other user (SO_PEERCRED).
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [s.path("."), s.path("fresh"), dir.clone()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = run(std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args([
+                "/usr/bin/python3",
+                "-c",
+                "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);s.sendall(b'GET /environment/K HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');print(s.makefile(errors='replace').read())",
+            ])
+            .arg(&socket));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.starts_with("HTTP/1.1 403"), "{}", describe(&out));
+        assert!(!said.contains("mine"), "{said}");
+        assert!(
+            gw.stderr()
+                .contains("refusing a connection from another user"),
+            "{}",
+            gw.stderr()
+        );
+    } else {
+        eprintln!("not root: the other-user half of this test needs setpriv as root; skipped");
+    }
+    gw.signal(libc::SIGTERM);
+    assert!(block_on(gw.exited()).success());
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn a_socket_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("gw_unix_open");
+    let open = s.path("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(herald(&root("gw_unix_open"))
+        .arg("gateway")
+        .arg("--listen")
+        .arg(format!("unix:{}", open.join("gateway.sock").display())));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--listen unix:") && err.contains("writable by group or others (mode 777)"),
+        "{err}"
+    );
+    assert!(!open.join("gateway.sock").exists());
 }

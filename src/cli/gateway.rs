@@ -1,13 +1,12 @@
 //! `herald gateway`: the single-machine case — a local HTTP daemon through which containers
 //! POST and GET values, backed by ZooKeeper.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use herald::gateway::{self, Backend, Guard, Limits, Token};
+use herald::gateway::{self, Address, Backend, Guard, Limits, Listener, Token};
+use herald::local_socket::SocketError;
 use herald::values::MAX_VALUE_LEN;
 use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,6 +18,9 @@ use super::{Outcome, ZkArgs, parse_duration, secret_file};
 #[command(after_help = "\
 Examples:
   herald gateway                                  listen on 127.0.0.1:7070
+  herald gateway --listen unix:/run/herald/gateway.sock
+                                                  a socket only this user (and root) may use
+  curl --unix-socket /run/herald/gateway.sock http://gateway/environment/DATABASE_URL
   openssl rand -hex 32 > token && chmod 600 token
   herald gateway --listen 172.17.0.1:7070 --token-file token
                                                   for containers on a bridge network
@@ -35,7 +37,8 @@ With a token (--token-file or HERALD_GATEWAY_TOKEN) every route but /live and /r
 `Authorization: Bearer TOKEN` (401 without); an address other than loopback needs one.
 Instance metadata is left out unless ?metadata=1, which needs a token.")]
 pub struct GatewayArgs {
-    /// Address to listen on; other than loopback only with a token.
+    /// Address to listen on (HOST:PORT, or unix:PATH for a socket only this user and root may
+    /// use); other than loopback or a socket only with a token.
     #[arg(long, env = "HERALD_GATEWAY_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: String,
     /// File holding the bearer token requests must present (HERALD_GATEWAY_TOKEN holds it
@@ -88,17 +91,16 @@ impl GatewayArgs {
     }
 
     /// The validated configuration: address, token, limits.
-    fn validate(&self) -> anyhow::Result<(SocketAddr, Guard)> {
-        let addr: SocketAddr = self.listen.parse().map_err(|_| {
-            Outcome::Usage(format!(
-                "--listen {}: write an address and port, e.g. 127.0.0.1:7070",
-                self.listen
-            ))
-        })?;
+    fn validate(&self) -> anyhow::Result<(Address, Guard)> {
+        let address: Address = self
+            .listen
+            .parse()
+            .map_err(|why| Outcome::Usage(format!("--listen {why}")))?;
         let token = self.token()?;
-        if token.is_none() && !addr.ip().is_loopback() {
+        if token.is_none() && !address.is_local() {
             return Err(Outcome::Usage(format!(
-                "--listen {addr} is reachable from other hosts and containers: require a token with --token-file FILE (or HERALD_GATEWAY_TOKEN), or listen on 127.0.0.1"
+                "--listen {} is reachable from other hosts and containers: require a token with --token-file FILE (or HERALD_GATEWAY_TOKEN), or listen on 127.0.0.1 or unix:PATH",
+                self.listen
             ))
             .into());
         }
@@ -115,24 +117,35 @@ impl GatewayArgs {
             body_timeout: self.body_timeout,
             upload_budget: self.upload_budget,
         };
-        Ok((addr, Guard { limits, token }))
+        Ok((address, Guard { limits, token }))
     }
 }
 
 pub async fn run(zk_args: &ZkArgs, args: GatewayArgs) -> anyhow::Result<()> {
-    let (addr, guard) = args.validate()?;
+    let (address, guard) = args.validate()?;
     let target = zk_args.target()?;
-    if guard.token.is_none() {
+    if guard.token.is_none() && matches!(address, Address::Tcp(_)) {
         tracing::warn!(
-            "no token: every local user and process can read and write values through the gateway; set --token-file or HERALD_GATEWAY_TOKEN"
+            "no token: every local user and process can read and write values through the gateway; set --token-file or HERALD_GATEWAY_TOKEN, or listen on unix:PATH"
         );
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     // Bound before connecting: a port in use is reported at once.
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; pick another --listen"))?;
+    let listener = Listener::bind(&address).await.map_err(|err| match err {
+        SocketError::Io { .. } => anyhow::Error::new(err)
+            .context(format!("cannot listen on {}; pick another --listen", args.listen)),
+        SocketError::InUse { .. } => Outcome::Usage(format!(
+            "--listen {}: another live process answers on it; stop it or pick another path",
+            args.listen
+        ))
+        .into(),
+        SocketError::Unsafe { .. } => Outcome::Usage(format!(
+            "--listen {}: {err}: another user could answer in the gateway's place; use a directory only this user (or root) owns and can write, e.g. chmod 700 it",
+            args.listen
+        ))
+        .into(),
+    })?;
     let cancel = CancellationToken::new();
     let session = Session::open(target.config.clone(), cancel.clone()).await?;
     let backend = Backend {

@@ -20,7 +20,8 @@ pub struct Limits {
     /// How long a request head may take to arrive, counted from the connection's opening or the
     /// end of its previous response: so it is also how long a kept-alive connection may idle.
     pub header_timeout: Duration,
-    /// How long a request body may take to arrive once its head has.
+    /// How long a request body may take to arrive once its head has, and how long a response
+    /// may go untaken (a write that makes no progress).
     pub body_timeout: Duration,
     /// Bytes of request bodies held at once across all uploads.
     pub upload_budget: usize,

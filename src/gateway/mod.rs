@@ -3,8 +3,9 @@
 //! backed by the same `<root>/environment` znodes as `herald put` and `herald resolve`.
 //!
 //! ```text
-//! TcpListener ─accept (≤ max connections)─▶ one task per connection (hyper HTTP/1.1, header
-//!   timeout) ─▶ routes::handle (token, upload budget, body timeout) ─▶ Values / catalog
+//! Listener (TCP, or a private Unix socket) ─accept (≤ max connections)─▶ one task per
+//!   connection (hyper HTTP/1.1, header timeout, write deadline) ─▶ routes::handle (token,
+//!   upload budget, body timeout) ─▶ Values / catalog
 //! ```
 //!
 //! Every client-controlled quantity is bounded ([`Limits`]): connection tasks are tracked
@@ -13,23 +14,23 @@
 
 mod auth;
 mod limits;
+mod listen;
 mod routes;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use auth::Token;
 pub use limits::{Limits, UploadBudget, parse_size};
+pub use listen::{Address, Listener, Peer};
 pub use routes::Backend;
 
 /// How long requests in flight may finish after a stop.
@@ -43,20 +44,13 @@ pub struct Guard {
 }
 
 /// Serves on `listener` until `cancel`, then lets requests in flight finish (up to [`DRAIN`]).
-pub async fn serve(
-    listener: TcpListener,
-    backend: Backend,
-    guard: Guard,
-    cancel: CancellationToken,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(
-            %addr,
-            max_connections = guard.limits.max_connections,
-            token = guard.token.is_some(),
-            "serving HTTP"
-        );
-    }
+pub async fn serve(listener: Listener, backend: Backend, guard: Guard, cancel: CancellationToken) {
+    info!(
+        listen = listener.describe(),
+        max_connections = guard.limits.max_connections,
+        token = guard.token.is_some(),
+        "serving HTTP"
+    );
     let limits = guard.limits;
     let shared = Arc::new(routes::Shared {
         backend,
@@ -77,7 +71,7 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -89,16 +83,24 @@ pub async fn serve(
                 }
             },
         };
+        if let Peer::Stranger(_) = peer {
+            warn!(%peer, "refusing a connection from another user on the gateway's socket");
+        }
         let shared = shared.clone();
         let cancel = cancel.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let stranger = matches!(peer, Peer::Stranger(_));
             let service = service_fn(move |request| {
                 let shared = shared.clone();
                 async move {
                     let method = request.method().clone();
                     let path = request.uri().path().to_owned();
-                    let reply = routes::handle(&shared, request).await;
+                    let reply = if stranger {
+                        routes::stranger()
+                    } else {
+                        routes::handle(&shared, request).await
+                    };
                     debug!(%method, path, status = reply.status().as_u16(), "request");
                     Ok::<_, std::convert::Infallible>(reply)
                 }
@@ -106,7 +108,10 @@ pub async fn serve(
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(
+                    TokioIo::new(listen::WriteDeadline::new(stream, limits.body_timeout)),
+                    service,
+                );
             tokio::pin!(connection);
             tokio::select! {
                 served = connection.as_mut() => {

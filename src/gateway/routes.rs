@@ -116,6 +116,14 @@ fn unauthorized() -> Reply {
     reply
 }
 
+/// The answer to every request from another user on the gateway's Unix socket.
+pub(super) fn stranger() -> Reply {
+    text(
+        StatusCode::FORBIDDEN,
+        "this socket serves only the gateway's own user and root",
+    )
+}
+
 /// Answers one request.
 pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     let backend = &shared.backend;

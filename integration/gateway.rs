@@ -796,3 +796,51 @@ fn a_socket_directory_others_can_write_is_refused() {
     );
     assert!(!open.join("gateway.sock").exists());
 }
+
+#[test]
+fn slow_bodies_and_unread_responses_are_cut_off() {
+    let root = root("gw_body_timeout");
+    let (_gw, port) = gateway_with(
+        &root,
+        &["--body-timeout", "1s", "--max-connections", "1"],
+        &[],
+    );
+    // A body that stops arriving: 408, nothing written.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    slow.write_all(
+        b"POST /environment/SLOW HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    let _ = slow.read_to_end(&mut response);
+    let (status, _, body) = split_response(&response);
+    let body = String::from_utf8_lossy(body);
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("within 1s"), "{body}");
+    assert_eq!(http(port, "GET", "/environment/SLOW", b"").0, 404);
+    // A client that asks for megabytes and reads none of them holds the only connection slot
+    // until its responses stall for the timeout.
+    let big = vec![b'b'; 1_000_000];
+    assert_eq!(http(port, "POST", "/environment/BIG", &big).0, 204);
+    let mut greedy = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..40 {
+        greedy
+            .write_all(b"GET /environment/BIG HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+    }
+    assert_eq!(http(port, "GET", "/live", b"").0, 200);
+    greedy.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut taken = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = greedy.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        taken += n;
+    }
+    assert!(
+        taken < 40 * 1_000_000,
+        "all {taken} bytes were sent: the connection was not cut off"
+    );
+}

@@ -18,9 +18,9 @@ use super::{Outcome, ZkArgs, parse_duration, secret_file};
 #[command(after_help = "\
 Examples:
   herald gateway                                  listen on 127.0.0.1:7070
-  herald gateway --listen unix:/run/herald/gateway.sock
+  herald gateway --listen unix:/run/herald/gateway/gateway.sock
                                                   a socket only this user (and root) may use
-  curl --unix-socket /run/herald/gateway.sock http://gateway/environment/DATABASE_URL
+  curl --unix-socket /run/herald/gateway/gateway.sock http://gateway/environment/DATABASE_URL
   openssl rand -hex 32 > token && chmod 600 token
   herald gateway --listen 172.17.0.1:7070 --token-file token
                                                   for containers on a bridge network

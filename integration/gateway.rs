@@ -100,25 +100,44 @@ fn gateway(root: &str) -> (Daemon, u16) {
     gateway_with(root, &[], &[])
 }
 
-/// A gateway with extra arguments and environment, on a free port, ready to serve.
+/// A gateway with extra arguments and environment, on a port of its own, ready to serve.
 fn gateway_with(root: &str, args: &[&str], env: &[(&str, &str)]) -> (Daemon, u16) {
-    let port = free_port();
+    gateway_on("127.0.0.1:0", root, args, env)
+}
+
+/// A gateway listening on `listen` (port 0: the kernel picks one, so no other test's server can
+/// be on it), ready to serve; its port is read from its log.
+fn gateway_on(listen: &str, root: &str, args: &[&str], env: &[(&str, &str)]) -> (Daemon, u16) {
     let mut command = herald(root);
     command
         .arg("gateway")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", listen])
         .args(args)
         .envs(env.iter().copied());
     let mut daemon = Daemon::spawn(&mut command);
-    wait_for("the gateway to be ready", || {
+    let port = wait_for("the gateway to listen", || {
         if let Ok(Some(status)) = daemon.child.try_wait() {
             panic!("the gateway exited ({status}): {}", daemon.stderr());
         }
-        TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .and_then(|_| (http(port, "GET", "/ready", b"").0 == 200).then_some(()))
+        serving_port(&daemon.stderr())
+    });
+    wait_for("the gateway to be ready", || {
+        (http(port, "GET", "/ready", b"").0 == 200).then_some(())
     });
     (daemon, port)
+}
+
+/// The port in the gateway's `serving HTTP listen=ADDRESS` line.
+fn serving_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("serving HTTP"))?;
+    let address = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))?;
+    address
+        .trim_matches('"')
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.port())
 }
 
 #[test]
@@ -343,10 +362,11 @@ fn slow_request_heads_are_cut_off_while_others_are_served() {
     let root = root("gw_slowloris");
     // The default header timeout (10s).
     let (_gw, port) = gateway(&root);
+    // Before the connection exists, so before the gateway's timer starts.
+    let started = std::time::Instant::now();
     let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
     slow.write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();
-    let started = std::time::Instant::now();
     let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A header line every half second, never the blank line that ends the head.
     let trickle = std::thread::spawn({
@@ -393,7 +413,7 @@ fn slow_request_heads_are_cut_off_while_others_are_served() {
         String::from_utf8_lossy(&got)
     );
     assert!(
-        waited >= std::time::Duration::from_secs(9),
+        waited >= std::time::Duration::from_secs(10),
         "cut off after {waited:?}, before the 10s header timeout"
     );
     trickle.join().unwrap();
@@ -588,7 +608,8 @@ fn bad_guards_are_refused_before_serving() {
     let s = Scratch::new("gw_refused");
     let short = s.path("short");
     std::fs::write(&short, "s3cr3t\n").unwrap();
-    let port = free_port().to_string();
+    // Refused before anything is bound: the port is never used.
+    let port = 7;
     for (args, env, says) in [
         // Reachable from elsewhere without a token.
         (
@@ -640,17 +661,12 @@ fn bad_guards_are_refused_before_serving() {
     // With a token, any address.
     let file = s.path("token");
     std::fs::write(&file, TOKEN).unwrap();
-    let mut gw = Daemon::spawn(
-        herald(&root("gw_refused"))
-            .arg("gateway")
-            .args(["--listen", &format!("0.0.0.0:{port}")])
-            .args(["--token-file", file.to_str().unwrap()]),
+    let (mut gw, _) = gateway_on(
+        "0.0.0.0:0",
+        &root("gw_refused"),
+        &["--token-file", file.to_str().unwrap()],
+        &[],
     );
-    wait_for("the gateway to be ready", || {
-        (TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok()
-            && http(port.parse().unwrap(), "GET", "/ready", b"").0 == 200)
-            .then_some(())
-    });
     gw.signal(libc::SIGTERM);
     assert!(block_on(gw.exited()).success());
 }

@@ -2,7 +2,7 @@
 //! hands to hyper: who is at the other end, and a stream whose writes may not stall for ever.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -104,14 +104,6 @@ impl Listener {
                 .local_addr()
                 .map_or_else(|_| "a TCP socket".to_owned(), |a| a.to_string()),
             Listener::Unix(socket) => format!("unix:{}", socket.path().display()),
-        }
-    }
-
-    /// The Unix socket's path, if that is what this is.
-    pub fn socket_path(&self) -> Option<&Path> {
-        match self {
-            Listener::Tcp(_) => None,
-            Listener::Unix(socket) => Some(socket.path()),
         }
     }
 

@@ -796,6 +796,10 @@ fn files_that_flags_name_must_be_regular_files() {
             vec!["announce", "--service", "s", "--port", "1", "--meta-file"],
         ),
         (
+            "--token-file",
+            vec!["gateway", "--listen", "127.0.0.1:0", "--token-file"],
+        ),
+        (
             "--template",
             vec![
                 "watch",

@@ -96,11 +96,16 @@ pub fn read_text(flag: &'static str, path: &Path, limit: usize) -> Result<String
     })
 }
 
-/// Whether group or others may read `path` (for files holding credentials); `false` when it
-/// cannot be told.
-pub fn others_can_read(path: &Path) -> bool {
+/// Warns when group or others can read `path`, which holds the secret behind `flag`; `grants`
+/// says what a reader could then do.
+pub fn warn_if_others_can_read(path: &Path, flag: &str, grants: &str) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
+    if std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0) {
+        tracing::warn!(
+            file = %path.display(),
+            "{flag} can be read by group or others, who can then {grants}; chmod 600 it"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
 //! - [`gateway`]: the single-machine HTTP daemon: containers POST and GET values.
+//! - [`local_socket`]: Unix sockets only this user and root may use (control, gateway).
 //! - [`watch`]: the consumer side: a value rendered into a file atomically, checked, reloaded.
 //! - [`command`]: running a user's shell command (check, reload) with a timeout.
 //! - [`first`]: the first of several futures to finish.
@@ -36,6 +37,7 @@ pub mod health;
 pub mod input;
 pub mod instance;
 pub mod layout;
+pub mod local_socket;
 pub mod reaper;
 pub mod report;
 pub mod values;

@@ -6,14 +6,14 @@
 //! connect can drain the instance. So the directory is created 0700 and must be owned by herald's
 //! user (or root) and writable by nobody else; the socket is 0600 whatever the umask; and each
 //! side checks the other's uid (`SO_PEERCRED`): the agent answers only its own user and root, and
-//! `herald drain` believes only an agent of its own user or root.
+//! `herald drain` believes only an agent of its own user or root ([`crate::local_socket`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::document::{Drain, Switch};
 use super::registrar::{Registered, Status};
 use crate::layout::{InstanceId, ServiceName};
+use crate::local_socket::{PrivateSocket, SocketError, trusted};
 
 /// How long a request waits for the node to follow (drain: deleted; undrain: created).
 const SETTLE: Duration = Duration::from_secs(5);
@@ -106,45 +107,20 @@ pub enum ControlError {
     Stranger { path: PathBuf, uid: u32 },
 }
 
-/// This process's effective uid.
-fn euid() -> u32 {
-    // SAFETY: plain syscall, cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// Whether `uid` may talk to this process's control sockets: the same user, or root.
-fn trusted(uid: u32) -> bool {
-    uid == euid() || uid == 0
-}
-
-/// Refuses a control directory another user could write to or owns: a symlink, not a directory,
-/// owned by another non-root user, or writable by group or others.
+/// Refuses a control directory another user could write to or owns.
 fn check_dir(dir: &Path) -> Result<(), ControlError> {
-    use std::os::unix::fs::MetadataExt;
-    let unsafe_because = |why: String| ControlError::Unsafe {
-        path: dir.to_owned(),
-        why,
-    };
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| ControlError::Bind {
-        path: dir.to_owned(),
-        source,
-    })?;
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_because("is a symbolic link".to_owned()));
+    Ok(crate::local_socket::check_dir(dir)?)
+}
+
+/// A private-socket failure in the words of the control socket.
+impl From<SocketError> for ControlError {
+    fn from(err: SocketError) -> ControlError {
+        match err {
+            SocketError::Io { path, source } => ControlError::Bind { path, source },
+            SocketError::InUse { path } => ControlError::InUse { path },
+            SocketError::Unsafe { path, why } => ControlError::Unsafe { path, why },
+        }
     }
-    if !meta.is_dir() {
-        return Err(unsafe_because("is not a directory".to_owned()));
-    }
-    if !trusted(meta.uid()) {
-        return Err(unsafe_because(format!("is owned by uid {}", meta.uid())));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_because(format!(
-            "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        )));
-    }
-    Ok(())
 }
 
 /// Where control sockets go by default: /run/herald for root, else under XDG_RUNTIME_DIR or /tmp.
@@ -166,8 +142,7 @@ fn socket_path(dir: &Path, service: &ServiceName, id: &InstanceId) -> PathBuf {
 
 /// A listening control socket; removed when dropped.
 pub struct Control {
-    path: PathBuf,
-    listener: UnixListener,
+    socket: PrivateSocket,
 }
 
 impl Control {
@@ -178,37 +153,13 @@ impl Control {
         service: &ServiceName,
         id: &InstanceId,
     ) -> Result<Control, ControlError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let path = socket_path(dir, service, id);
-        let bind_err = |source| ControlError::Bind {
-            path: path.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(bind_err)?;
-        check_dir(dir)?;
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            return Err(ControlError::InUse { path });
-        }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                info!(socket = %path.display(), "replaced a stale control socket (its agent is gone)")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
-        }
-        let listener = UnixListener::bind(&path).map_err(bind_err)?;
-        // 0600 whatever the umask; the directory (0700, checked) keeps others out meanwhile.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(bind_err)?;
-        Ok(Control { path, listener })
+        Ok(Control {
+            socket: PrivateSocket::bind(&socket_path(dir, service, id))?,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.socket.path()
     }
 
     /// Answers requests until `cancel`: drain deregisters and waits for the node to go, a soft
@@ -223,7 +174,7 @@ impl Control {
         loop {
             let stream = tokio::select! {
                 _ = cancel.cancelled() => return,
-                accepted = self.listener.accept() => match accepted {
+                accepted = self.socket.listener().accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(err) => {
                         // E.g. out of file descriptors: do not spin.
@@ -248,12 +199,6 @@ impl Control {
                 }
             });
         }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -210,12 +210,11 @@ impl ZkArgs {
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
             })?;
-            if herald::input::others_can_read(file) {
-                tracing::warn!(
-                    file = %file.display(),
-                    "--zk-auth-file can be read by group or others, who can then act as herald in ZooKeeper; chmod 600 it"
-                );
-            }
+            herald::input::warn_if_others_can_read(
+                file,
+                "--zk-auth-file",
+                "act as herald in ZooKeeper",
+            );
             return Ok(Some(auth));
         }
         match std::env::var("HERALD_ZK_AUTH") {

@@ -2,22 +2,25 @@
 //!
 //! ```text
 //! GET    /environment/KEY[?wait=30s]   the value, byte for byte (404 until published; with wait,
-//!                                      until published or 504)
+//!                                      until published or 504); HEAD: the same without the body
 //! POST   /environment/KEY  (or PUT)    publish the request body (204)
 //! DELETE /environment/KEY              remove it (204, or 404)
 //! GET    /environment                  {"KEY": bytes, …}
 //! GET    /services                     {"service": instances, …}
-//! GET    /services/SERVICE             the instances, as the director's json preset writes them
+//! GET    /services/SERVICE[?metadata=1]  the instances, as the director's json preset writes them,
+//!                                      without their metadata unless asked (and a token is set)
 //! GET    /live, /ready                 liveness; readiness = connected to ZooKeeper
 //! ```
 //!
-//! Values are never logged; errors are one line of plain text saying what to do.
+//! With a token set, every route but `/live` and `/ready` answers 401 to a request without it.
+//! Every GET route answers HEAD too (hyper leaves the body out). Values and tokens are never
+//! logged; errors are one line of plain text saying what to do.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use zookeeper_client::SessionState;
@@ -28,11 +31,22 @@ use crate::layout::{EnvKey, ServiceName};
 use crate::values::{MAX_VALUE_LEN, ValueError, Values};
 use crate::zk::{SessionHandle, ZkError};
 
+use super::auth::Token;
+use super::limits::UploadBudget;
+
 /// What the routes work on.
 #[derive(Clone)]
 pub struct Backend {
     pub values: Values,
     pub session: SessionHandle,
+}
+
+/// What every request shares: the backend and the guards.
+pub(super) struct Shared {
+    pub backend: Backend,
+    pub token: Option<Token>,
+    pub uploads: UploadBudget,
+    pub body_timeout: Duration,
 }
 
 /// The longest `?wait=`.
@@ -90,16 +104,45 @@ fn zk_error(err: &ZkError) -> Reply {
     text(status, err.to_string())
 }
 
+fn unauthorized() -> Reply {
+    let mut reply = text(
+        StatusCode::UNAUTHORIZED,
+        "send the gateway's token: Authorization: Bearer TOKEN",
+    );
+    reply.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer realm=\"herald\""),
+    );
+    reply
+}
+
+/// The answer to every request from another user on the gateway's Unix socket.
+pub(super) fn stranger() -> Reply {
+    text(
+        StatusCode::FORBIDDEN,
+        "this socket serves only the gateway's own user and root",
+    )
+}
+
 /// Answers one request.
-pub async fn handle(backend: Backend, request: Request<Incoming>) -> Reply {
+pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
+    let backend = &shared.backend;
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Probes stay open, so an orchestrator's health check needs no secret.
+    let open = matches!(segments.as_slice(), ["live"] | ["ready"]);
+    if !open
+        && let Some(token) = &shared.token
+        && !token.accepts(request.headers().get(AUTHORIZATION))
+    {
+        return unauthorized();
+    }
     match segments.as_slice() {
         ["live"] => text(StatusCode::OK, "ok"),
-        ["ready"] => ready(&backend),
+        ["ready"] => ready(backend),
         ["environment"] | ["environment", ""] => match *request.method() {
-            Method::GET => list_values(&backend).await,
-            _ => not_allowed("GET"),
+            Method::GET | Method::HEAD => list_values(backend).await,
+            _ => not_allowed("GET, HEAD"),
         },
         ["environment", key] => {
             let key = match key.parse::<EnvKey>() {
@@ -107,21 +150,21 @@ pub async fn handle(backend: Backend, request: Request<Incoming>) -> Reply {
                 Err(err) => return text(StatusCode::BAD_REQUEST, err.to_string()),
             };
             match *request.method() {
-                Method::GET => {
+                Method::GET | Method::HEAD => {
                     let wait = match wait_of(request.uri().query()) {
                         Ok(wait) => wait,
                         Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
                     };
-                    get_value(&backend, &key, wait).await
+                    get_value(backend, &key, wait).await
                 }
-                Method::POST | Method::PUT => put_value(&backend, &key, request).await,
-                Method::DELETE => delete_value(&backend, &key).await,
-                _ => not_allowed("GET, POST, PUT, DELETE"),
+                Method::POST | Method::PUT => put_value(shared, &key, request).await,
+                Method::DELETE => delete_value(backend, &key).await,
+                _ => not_allowed("GET, HEAD, POST, PUT, DELETE"),
             }
         }
         ["services"] | ["services", ""] => match *request.method() {
-            Method::GET => list_services(&backend).await,
-            _ => not_allowed("GET"),
+            Method::GET | Method::HEAD => list_services(backend).await,
+            _ => not_allowed("GET, HEAD"),
         },
         ["services", service] => {
             let service = match service.parse::<ServiceName>() {
@@ -129,8 +172,20 @@ pub async fn handle(backend: Backend, request: Request<Incoming>) -> Reply {
                 Err(err) => return text(StatusCode::BAD_REQUEST, err.to_string()),
             };
             match *request.method() {
-                Method::GET => list_instances(&backend, &service).await,
-                _ => not_allowed("GET"),
+                Method::GET | Method::HEAD => {
+                    let metadata = match flag_of(request.uri().query(), "metadata") {
+                        Ok(metadata) => metadata,
+                        Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+                    };
+                    if metadata && shared.token.is_none() {
+                        return text(
+                            StatusCode::FORBIDDEN,
+                            "metadata (it may hold credentials) is served only by a gateway that requires a token; start it with --token-file or HERALD_GATEWAY_TOKEN",
+                        );
+                    }
+                    list_instances(backend, &service, metadata).await
+                }
+                _ => not_allowed("GET, HEAD"),
             }
         }
         _ => text(
@@ -150,6 +205,23 @@ fn ready(backend: &Backend) -> Reply {
             format!("not connected to ZooKeeper ({state:?})"),
         ),
     }
+}
+
+/// `?NAME=1` (or `true`) → true; `0`, `false` or absent → false.
+fn flag_of(query: Option<&str>, name: &str) -> Result<bool, String> {
+    for pair in query.unwrap_or("").split('&') {
+        if pair == name {
+            return Ok(true);
+        }
+        if let Some(value) = pair.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
+            return match value {
+                "1" | "true" => Ok(true),
+                "0" | "false" => Ok(false),
+                _ => Err(format!("{name}={value}: write {name}=1 or {name}=0")),
+            };
+        }
+    }
+    Ok(false)
 }
 
 /// `?wait=DURATION`, at most five minutes.
@@ -209,7 +281,8 @@ async fn get_value(backend: &Backend, key: &EnvKey, wait: Option<Duration>) -> R
     }
 }
 
-async fn put_value(backend: &Backend, key: &EnvKey, request: Request<Incoming>) -> Reply {
+async fn put_value(shared: &Shared, key: &EnvKey, request: Request<Incoming>) -> Reply {
+    let backend = &shared.backend;
     let too_large = || {
         text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,13 +300,27 @@ async fn put_value(backend: &Backend, key: &EnvKey, request: Request<Incoming>) 
     if declared.is_some_and(|n| n > MAX_VALUE_LEN) {
         return too_large();
     }
-    let body = match Limited::new(request.into_body(), MAX_VALUE_LEN)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+    // Room for the body before any of it is read; given back when this request ends.
+    let Some(_reservation) = shared.uploads.reserve(declared) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is receiving too many uploads at once; try again shortly",
+        );
+    };
+    let collect = Limited::new(request.into_body(), MAX_VALUE_LEN).collect();
+    let body = match tokio::time::timeout(shared.body_timeout, collect).await {
         Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {}; nothing was written, send it again",
+                    humantime::format_duration(shared.body_timeout)
+                ),
+            );
+        }
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(_)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read; send it again",
@@ -290,10 +377,21 @@ async fn list_services(backend: &Backend) -> Reply {
     }
 }
 
-async fn list_instances(backend: &Backend, service: &ServiceName) -> Reply {
+async fn list_instances(backend: &Backend, service: &ServiceName, metadata: bool) -> Reply {
     let live = backend.session.live();
     match catalog::instances(&live.client, backend.values.layout(), service).await {
-        Ok(instances) => json_reply(instances.iter().map(|i| instance_json(i, None)).collect()),
+        Ok(instances) => json_reply(
+            instances
+                .iter()
+                .map(|i| {
+                    let mut v = instance_json(i, None);
+                    if !metadata && let Some(map) = v.as_object_mut() {
+                        map.remove("meta");
+                    }
+                    v
+                })
+                .collect(),
+        ),
         Err(err) => zk_error(&err),
     }
 }
@@ -312,5 +410,16 @@ mod tests {
         );
         assert!(wait_of(Some("wait=soon")).is_err());
         assert!(wait_of(Some("wait=1h")).is_err());
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(flag_of(None, "metadata"), Ok(false));
+        assert_eq!(flag_of(Some("metadata=1"), "metadata"), Ok(true));
+        assert_eq!(flag_of(Some("x=1&metadata=true"), "metadata"), Ok(true));
+        assert_eq!(flag_of(Some("metadata=0"), "metadata"), Ok(false));
+        assert_eq!(flag_of(Some("metadatax=1"), "metadata"), Ok(false));
+        assert!(flag_of(Some("metadata=yes"), "metadata").is_err());
+        assert_eq!(flag_of(Some("metadata"), "metadata"), Ok(true));
     }
 }

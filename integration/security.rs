@@ -516,6 +516,36 @@ async fn the_control_socket_answers_its_own_user_only() {
     );
 }
 
+/// A control directory deeper than a socket path may be (107 bytes), and an instance id longer
+/// than a socket name may be, once left the agent without a socket: `herald drain` could not
+/// reach it. The socket is made (the id shortened the same way on both ends) and drain works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_control_path_still_gets_a_socket() {
+    let root = root("control_long");
+    let s = Scratch::new("control_long");
+    let control = s.path(&format!("{}/{}", "d".repeat(60), "e".repeat(60)));
+    let id = format!("pod-{}-5432", "x".repeat(100));
+    let agent = agent_in(&root, &control, &id);
+    agent.wait_log("registered", 1).await;
+    let node = format!("{root}/services/svc/{id}");
+    let watcher = client().await;
+    assert!(watcher.check_stat(&node).await.unwrap().is_some());
+    let drained = tokio::task::spawn_blocking({
+        let (root, control, id) = (root.clone(), control.clone(), id.clone());
+        move || {
+            run(herald(&root)
+                .args(["drain", "--service", "svc", "--id", &id, "--control-dir"])
+                .arg(&control))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(drained.status.success(), "{}", describe(&drained));
+    assert_eq!(watcher.check_stat(&node).await.unwrap(), None, "drained");
+    let log = agent.stderr();
+    assert!(!log.contains("control socket"), "no socket trouble: {log}");
+}
+
 /// A control directory another user owns, or that others may write, is not trusted: the agent
 /// makes no socket there (and says why), and `herald drain` refuses to believe what answers in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,9 @@
 //! connect acts with herald's rights. So the directory is created 0700 and must be owned by
 //! herald's user (or root) and writable by nobody else; the socket is 0600 whatever the umask;
 //! and each side checks the other's uid (`SO_PEERCRED`, [`trusted`]).
+//!
+//! A socket's path must fit `sun_path` (107 bytes). A longer one (a deep `--control-dir`) is
+//! reached through its directory's descriptor, `/proc/self/fd/N/NAME`, which names the same file.
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +72,42 @@ pub fn check_dir(dir: &Path) -> Result<(), SocketError> {
     Ok(())
 }
 
+/// The longest path `bind` and `connect` take (`sun_path` less its NUL).
+const MAX_SUN_PATH: usize = 107;
+
+/// Runs `op` on a path for `path` that fits `sun_path`: itself, or when too long the same file
+/// through a descriptor of its directory, held open meanwhile.
+pub fn with_short_path<T>(
+    path: &Path,
+    op: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() <= MAX_SUN_PATH {
+        return op(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return op(path);
+    };
+    let dir = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let short = Path::new(&format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))
+    .join(name);
+    op(&short)
+}
+
+/// Connects to the private socket at `path` (any length).
+pub async fn connect(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let stream = with_short_path(path, |p| std::os::unix::net::UnixStream::connect(p))?;
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
+}
+
 /// A listening private socket; removed when dropped.
 pub struct PrivateSocket {
     path: PathBuf,
@@ -94,7 +133,7 @@ impl PrivateSocket {
             .create(dir)
             .map_err(io)?;
         check_dir(dir)?;
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if with_short_path(path, |p| std::os::unix::net::UnixStream::connect(p)).is_ok() {
             return Err(SocketError::InUse {
                 path: path.to_owned(),
             });
@@ -106,7 +145,12 @@ impl PrivateSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
+        let listener = with_short_path(path, |p| std::os::unix::net::UnixListener::bind(p))
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                UnixListener::from_std(l)
+            })
+            .map_err(io)?;
         // 0600 whatever the umask; the directory (checked) keeps others out meanwhile.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         Ok(PrivateSocket {

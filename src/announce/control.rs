@@ -137,7 +137,45 @@ pub fn default_control_dir() -> PathBuf {
 }
 
 fn socket_path(dir: &Path, service: &ServiceName, id: &InstanceId) -> PathBuf {
+    let (service, id) = socket_parts(service.as_str(), id.as_str());
     dir.join(format!("{service}@{id}.sock"))
+}
+
+/// The longest socket name: with `/proc/self/fd/NNNNN/` before it, it still fits `sun_path`.
+const MAX_SOCKET_NAME: usize = 88;
+/// The longest service part of a socket name.
+const MAX_SOCKET_SERVICE: usize = 40;
+
+/// `s`, or when longer than `cap` its start and a hash of the whole (`~` is in no name).
+fn shortened(s: &str, cap: usize) -> String {
+    if s.len() <= cap {
+        return s.to_owned();
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(s.as_bytes());
+    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}~{hex}", &s[..cap - 9])
+}
+
+/// The service and id parts of a socket name: as they are when they fit, else shortened the
+/// same way every time, so `herald drain --service S --id I` finds the socket by
+/// [`matches_socket`].
+fn socket_parts(service: &str, id: &str) -> (String, String) {
+    let service = shortened(service, MAX_SOCKET_SERVICE);
+    let id_cap = MAX_SOCKET_NAME - service.len() - "@.sock".len();
+    let id = shortened(id, id_cap);
+    (service, id)
+}
+
+/// Whether the socket named `stem` (`SERVICE@ID`, as [`sockets`] lists it) is that of the
+/// agent of `service` and `id` (either unset: any).
+pub fn matches_socket(stem: &str, service: Option<&str>, id: Option<&str>) -> bool {
+    let (found_service, found_id) = stem.split_once('@').unwrap_or((stem, ""));
+    service.is_none_or(|s| shortened(s, MAX_SOCKET_SERVICE) == found_service)
+        && id.is_none_or(|i| {
+            let cap = MAX_SOCKET_NAME - found_service.len() - "@.sock".len();
+            shortened(i, cap) == found_id
+        })
 }
 
 /// A listening control socket; removed when dropped.
@@ -294,7 +332,7 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlErro
     if let Some(dir) = path.parent() {
         check_dir(dir)?;
     }
-    let mut stream = UnixStream::connect(path).await.map_err(connect)?;
+    let mut stream = crate::local_socket::connect(path).await.map_err(connect)?;
     let uid = stream.peer_cred().map_err(connect)?.uid();
     if !trusted(uid) {
         return Err(ControlError::Stranger {
@@ -333,4 +371,41 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlErro
         registered,
         pending,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_shortened_alike_on_both_ends() {
+        let long_id = format!("pod-{}-5432", "x".repeat(100));
+        let long_service = "s".repeat(100);
+        for (service, id) in [
+            ("pg", "db1-5432"),
+            ("pg", long_id.as_str()),
+            (long_service.as_str(), "a"),
+        ] {
+            let path = socket_path(
+                Path::new("/run/herald"),
+                &service.parse().unwrap(),
+                &id.parse().unwrap(),
+            );
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(name.len() <= MAX_SOCKET_NAME, "{name}");
+            let stem = name.strip_suffix(".sock").unwrap();
+            assert!(matches_socket(stem, Some(service), Some(id)), "{stem}");
+            assert!(matches_socket(stem, Some(service), None));
+            assert!(matches_socket(stem, None, Some(id)));
+            assert!(!matches_socket(stem, Some("other"), None));
+            assert!(!matches_socket(stem, None, Some("other")));
+        }
+        // Names that fit are kept as they are.
+        let path = socket_path(
+            Path::new("/d"),
+            &"pg".parse().unwrap(),
+            &"db1-5432".parse().unwrap(),
+        );
+        assert_eq!(path, Path::new("/d/pg@db1-5432.sock"));
+    }
 }

@@ -24,7 +24,9 @@ use crate::layout::Layout;
 use crate::zk::ZkError;
 
 pub use agent::{Agent, Plan};
-pub use control::{Control, ControlError, Reply, Request, default_control_dir, request, sockets};
+pub use control::{
+    Control, ControlError, Reply, Request, default_control_dir, matches_socket, request, sockets,
+};
 pub use document::{Document, Drain, Switch};
 pub use host::{default_address, default_id, hostname};
 pub use node::Node;

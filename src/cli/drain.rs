@@ -65,9 +65,7 @@ pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
     let matching: Vec<_> = found
         .into_iter()
         .filter(|(_, name)| {
-            let (service, id) = name.split_once('@').unwrap_or((name.as_str(), ""));
-            args.service.as_deref().is_none_or(|s| s == service)
-                && args.id.as_deref().is_none_or(|i| i == id)
+            announce::matches_socket(name, args.service.as_deref(), args.id.as_deref())
         })
         .collect();
     if matching.is_empty() {

@@ -19,17 +19,16 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald::acl::{Grant, Policy};
 use herald::announce::Request;
 use herald::layout::{DEFAULT_ROOT, EnvKey, Layout};
 use herald::values::Values;
-use herald::zk::{ConnectString, DigestAuth, ZkConfig};
+use herald::zk::{self, ConnectString, DigestAuth, ZkConfig, ZkTls};
 
 pub use exit::{Exit, Outcome};
 
@@ -119,6 +118,17 @@ pub struct ZkArgs {
     /// File holding digest credentials `user:password` (HERALD_ZK_AUTH holds them directly).
     #[arg(long, env = "HERALD_ZK_AUTH_FILE", global = true)]
     pub zk_auth_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the ZooKeeper servers' certificates; needed for
+    /// tcp+tls://HOST:PORT hosts in --zk.
+    #[arg(long, env = "HERALD_ZK_TLS_CA", value_name = "FILE", global = true)]
+    pub zk_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to ZooKeeper over TLS (with --zk-tls-key); the
+    /// session's identity is then x509:<its subject>.
+    #[arg(long, env = "HERALD_ZK_TLS_CERT", value_name = "FILE", global = true)]
+    pub zk_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --zk-tls-cert; keep it chmod 600.
+    #[arg(long, env = "HERALD_ZK_TLS_KEY", value_name = "FILE", global = true)]
+    pub zk_tls_key: Option<PathBuf>,
     /// Grant another identity a role in the znodes this process creates: ROLE=SCHEME:ID with
     /// ROLE read, write, register or lead, e.g. lead=digest:director:HASH (`herald acl id`
     /// prints an identity's). Repeat it, or list them in HERALD_ZK_ACL separated by spaces.
@@ -172,11 +182,13 @@ impl ZkArgs {
         let layout = Layout::new(connect.chroot(), &self.root)?;
         let auth = self.auth()?;
         let policy = Policy::new(auth.is_some(), &self.grants(auth.is_some())?);
+        let tls = self.tls(&connect)?;
         let config = ZkConfig {
             connect,
             session_timeout: self.session_timeout,
             connect_timeout: self.connect_timeout,
             auth,
+            tls,
         };
         Ok(Target {
             config,
@@ -206,20 +218,16 @@ impl ZkArgs {
 
     fn auth(&self) -> anyhow::Result<Option<DigestAuth>> {
         if let Some(file) = &self.zk_auth_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read --zk-auth-file {}", file.display()))
-                .map_err(|e| Outcome::Usage(format!("{e:#}")))?;
+            let raw = read_flag_file("--zk-auth-file", file, MAX_AUTH_FILE, Secret::Credentials)?;
+            let text = String::from_utf8(raw).map_err(|_| {
+                Outcome::Usage(format!(
+                    "--zk-auth-file {}: it is not text; write user:password",
+                    file.display()
+                ))
+            })?;
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
             })?;
-            if let Ok(meta) = std::fs::metadata(file)
-                && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
-            {
-                tracing::warn!(
-                    file = %file.display(),
-                    "--zk-auth-file can be read by group or others, who can then act as herald in ZooKeeper; chmod 600 it"
-                );
-            }
             return Ok(Some(auth));
         }
         match std::env::var("HERALD_ZK_AUTH") {
@@ -229,6 +237,134 @@ impl ZkArgs {
             _ => Ok(None),
         }
     }
+
+    /// The TLS files, read and checked; `None` when no host is `tcp+tls://`.
+    fn tls(&self, connect: &ConnectString) -> anyhow::Result<Option<ZkTls>> {
+        let usage = |msg: String| -> anyhow::Error { Outcome::Usage(msg).into() };
+        let given = [&self.zk_tls_ca, &self.zk_tls_cert, &self.zk_tls_key]
+            .iter()
+            .any(|f| f.is_some());
+        if !given && !connect.has_tls_hosts() {
+            return Ok(None);
+        }
+        if !zk::TLS_BUILT {
+            let what = if connect.has_tls_hosts() {
+                "a tcp+tls:// host in --zk/HERALD_ZK"
+            } else {
+                "--zk-tls-ca/--zk-tls-cert/--zk-tls-key"
+            };
+            return Err(usage(format!(
+                "{what} needs TLS, but {}",
+                zk::REBUILD_WITH_TLS
+            )));
+        }
+        if !connect.has_tls_hosts() {
+            // A TLS flag with only plaintext hosts would send everything in clear.
+            return Err(usage(format!(
+                "--zk-tls-* is given but no host in --zk/HERALD_ZK {connect} is tcp+tls://, so nothing would use TLS; write the secure ports as tcp+tls://HOST:PORT"
+            )));
+        }
+        let Some(ca_file) = &self.zk_tls_ca else {
+            return Err(usage(format!(
+                "the tcp+tls:// hosts in --zk/HERALD_ZK {connect} need --zk-tls-ca/HERALD_ZK_TLS_CA FILE: the CA bundle (PEM) that signed the servers' certificates"
+            )));
+        };
+        let ca = read_flag_file(zk::TlsFile::Ca.flag(), ca_file, MAX_PEM_FILE, Secret::No)?;
+        let identity = match (&self.zk_tls_cert, &self.zk_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                (
+                    cert,
+                    read_flag_file(zk::TlsFile::Cert.flag(), cert, MAX_PEM_FILE, Secret::No)?,
+                ),
+                (
+                    key,
+                    read_flag_file(zk::TlsFile::Key.flag(), key, MAX_PEM_FILE, Secret::Key)?,
+                ),
+            )),
+            _ => {
+                return Err(usage(
+                    "--zk-tls-cert and --zk-tls-key go together: give the client certificate and its private key, or neither".to_owned(),
+                ));
+            }
+        };
+        let tls = ZkTls::from_pem(
+            (ca_file, &ca),
+            identity.as_ref().map(|((c, cr), (k, kr))| {
+                ((c.as_path(), cr.as_slice()), (k.as_path(), kr.as_slice()))
+            }),
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        Ok(Some(tls))
+    }
+}
+
+/// The largest `--zk-auth-file` read (a `user:password` line).
+const MAX_AUTH_FILE: u64 = 64 * 1024;
+/// The largest TLS PEM file read (a CA bundle with many certificates fits).
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Whether a file named by a flag holds a secret, and so must not be readable by others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secret {
+    No,
+    /// Digest credentials: whoever reads them acts as herald in ZooKeeper.
+    Credentials,
+    /// A TLS private key: whoever reads it can present herald's certificate.
+    Key,
+}
+
+/// Reads a file a flag names, at most `limit` bytes: a regular file only (a FIFO or device
+/// would block or never end), opened without waiting for a FIFO's writer. A secret file that
+/// group or others can read is warned about (once, here, for every such flag).
+///
+/// # Notable errors
+/// [`Outcome::Usage`] naming the flag and file: missing, unreadable, not a regular file, or
+/// larger than `limit`.
+fn read_flag_file(flag: &str, path: &Path, limit: u64, secret: Secret) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let usage = |why: String| -> anyhow::Error {
+        Outcome::Usage(format!("{flag} {}: {why}", path.display())).into()
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            usage(format!(
+                "cannot open it: {e}; check the path and its permissions"
+            ))
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| usage(format!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(usage(
+            "it is not a regular file (a FIFO, device or directory); name a file".to_owned(),
+        ));
+    }
+    if secret != Secret::No && meta.mode() & 0o077 != 0 {
+        let who = match secret {
+            Secret::Key => "who can then present herald's client certificate to ZooKeeper",
+            _ => "who can then act as herald in ZooKeeper",
+        };
+        tracing::warn!(
+            file = %path.display(),
+            "{flag} can be read by group or others, {who}; chmod 600 it"
+        );
+    }
+    let mut raw = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| usage(format!("cannot read it: {e}")))?;
+    if raw.len() as u64 > limit {
+        return Err(usage(format!(
+            "it is larger than {} KiB; is it the right file?",
+            limit / 1024
+        )));
+    }
+    Ok(raw)
 }
 
 /// `KEY=VALUE` arguments as a map; a missing `=` or empty key is a usage error naming the flag.

@@ -444,6 +444,26 @@ mod tests {
         }
     }
 
+    /// A build without the `tls` feature says so for each way TLS can be asked for, and how to
+    /// get a binary that has it (`cargo test --no-default-features`).
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn a_build_without_tls_refuses_tls_and_says_how_to_rebuild() {
+        for args in [
+            &["herald", "--zk", "tcp+tls://h1:2281", "ls"][..],
+            &["herald", "--zk", "h1:2181", "--zk-tls-ca", "/ca.pem", "ls"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let err = cli.zk.target().err().expect("refused");
+            assert_eq!(Exit::of(&err), Exit::Usage, "{args:?}");
+            let said = err.to_string();
+            assert!(
+                said.contains("built without TLS") && said.contains("--features tls"),
+                "{said}"
+            );
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));

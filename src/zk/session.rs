@@ -78,7 +78,9 @@ pub async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
                 | zk::Error::Custom(_)),
             )) => {
                 debug!(error = %err, "no session this pass over the hosts");
-                cause = explain(&err, cfg.tls.as_ref());
+                if let Some(why) = explain(&err, cfg.tls.as_ref()) {
+                    cause = Some(why);
+                }
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(unreachable(cause));

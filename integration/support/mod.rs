@@ -305,11 +305,16 @@ pub fn root(test: &str) -> String {
 
 /// The herald binary with a clean environment pointed at the test server and `root`.
 pub fn herald(root: &str) -> Command {
+    herald_at(&zk().connect_string(), root)
+}
+
+/// The herald binary with a clean environment pointed at the connect string `zk` and `root`.
+pub fn herald_at(zk: &str, root: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HERALD_ZK", zk().connect_string())
+        .env("HERALD_ZK", zk)
         .env("HERALD_ROOT", root)
         .env("HERALD_CONNECT_TIMEOUT", "10s")
         .stdin(Stdio::null());

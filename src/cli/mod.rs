@@ -19,7 +19,7 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use herald::acl::{Grant, Policy};
 use herald::announce::Request;
 use herald::layout::{DEFAULT_ROOT, EnvKey, Layout};
 use herald::values::Values;
-use herald::zk::{ConnectString, DigestAuth, ZkConfig};
+use herald::zk::{self, ConnectString, DigestAuth, ZkConfig, ZkTls};
 
 pub use exit::{Exit, Outcome};
 
@@ -118,6 +118,17 @@ pub struct ZkArgs {
     /// File holding digest credentials `user:password` (HERALD_ZK_AUTH holds them directly).
     #[arg(long, env = "HERALD_ZK_AUTH_FILE", global = true)]
     pub zk_auth_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the ZooKeeper servers' certificates; needed for
+    /// tcp+tls://HOST:PORT hosts in --zk.
+    #[arg(long, env = "HERALD_ZK_TLS_CA", value_name = "FILE", global = true)]
+    pub zk_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to ZooKeeper over TLS (with --zk-tls-key); the
+    /// session's identity is then x509:<its subject>.
+    #[arg(long, env = "HERALD_ZK_TLS_CERT", value_name = "FILE", global = true)]
+    pub zk_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --zk-tls-cert; keep it chmod 600.
+    #[arg(long, env = "HERALD_ZK_TLS_KEY", value_name = "FILE", global = true)]
+    pub zk_tls_key: Option<PathBuf>,
     /// Grant another identity a role in the znodes this process creates: ROLE=SCHEME:ID with
     /// ROLE read, write, register or lead, e.g. lead=digest:director:HASH (`herald acl id`
     /// prints an identity's). Repeat it, or list them in HERALD_ZK_ACL separated by spaces.
@@ -171,11 +182,13 @@ impl ZkArgs {
         let layout = Layout::new(connect.chroot(), &self.root)?;
         let auth = self.auth()?;
         let policy = Policy::new(auth.is_some(), &self.grants(auth.is_some())?);
+        let tls = self.tls(&connect)?;
         let config = ZkConfig {
             connect,
             session_timeout: self.session_timeout,
             connect_timeout: self.connect_timeout,
             auth,
+            tls,
         };
         Ok(Target {
             config,
@@ -205,7 +218,7 @@ impl ZkArgs {
 
     fn auth(&self) -> anyhow::Result<Option<DigestAuth>> {
         if let Some(file) = &self.zk_auth_file {
-            let text = herald::input::read_text("--zk-auth-file", file, 4096)
+            let text = herald::input::read_text("--zk-auth-file", file, MAX_AUTH_FILE)
                 .map_err(|e| Outcome::Usage(e.to_string()))?;
             let auth = DigestAuth::parse(&text).map_err(|reason| {
                 Outcome::Usage(format!("--zk-auth-file {}: {reason}", file.display()))
@@ -224,7 +237,76 @@ impl ZkArgs {
             _ => Ok(None),
         }
     }
+
+    /// The TLS files, read and checked; `None` when no host is `tcp+tls://`.
+    fn tls(&self, connect: &ConnectString) -> anyhow::Result<Option<ZkTls>> {
+        let usage = |msg: String| -> anyhow::Error { Outcome::Usage(msg).into() };
+        let given = [&self.zk_tls_ca, &self.zk_tls_cert, &self.zk_tls_key]
+            .iter()
+            .any(|f| f.is_some());
+        if !given && !connect.has_tls_hosts() {
+            return Ok(None);
+        }
+        if !zk::TLS_BUILT {
+            let what = if connect.has_tls_hosts() {
+                "a tcp+tls:// host in --zk/HERALD_ZK"
+            } else {
+                "--zk-tls-ca/--zk-tls-cert/--zk-tls-key"
+            };
+            return Err(usage(format!(
+                "{what} needs TLS, but {}",
+                zk::REBUILD_WITH_TLS
+            )));
+        }
+        if !connect.has_tls_hosts() {
+            // A TLS flag with only plaintext hosts would send everything in clear.
+            return Err(usage(format!(
+                "--zk-tls-* is given but no host in --zk/HERALD_ZK {connect} is tcp+tls://, so nothing would use TLS; write the secure ports as tcp+tls://HOST:PORT"
+            )));
+        }
+        let Some(ca_file) = &self.zk_tls_ca else {
+            return Err(usage(format!(
+                "the tcp+tls:// hosts in --zk/HERALD_ZK {connect} need --zk-tls-ca/HERALD_ZK_TLS_CA FILE: the CA bundle (PEM) that signed the servers' certificates"
+            )));
+        };
+        let read = |file: zk::TlsFile, path: &Path| -> anyhow::Result<Vec<u8>> {
+            Ok(herald::input::read(file.flag(), path, MAX_PEM_FILE)
+                .map_err(|e| Outcome::Usage(e.to_string()))?)
+        };
+        let ca = read(zk::TlsFile::Ca, ca_file)?;
+        let identity = match (&self.zk_tls_cert, &self.zk_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let cert_pem = read(zk::TlsFile::Cert, cert)?;
+                let key_pem = read(zk::TlsFile::Key, key)?;
+                herald::input::warn_if_others_can_read(
+                    key,
+                    zk::TlsFile::Key.flag(),
+                    "present herald's client certificate to ZooKeeper",
+                );
+                Some(((cert, cert_pem), (key, key_pem)))
+            }
+            _ => {
+                return Err(usage(
+                    "--zk-tls-cert and --zk-tls-key go together: give the client certificate and its private key, or neither".to_owned(),
+                ));
+            }
+        };
+        let tls = ZkTls::from_pem(
+            (ca_file, &ca),
+            identity.as_ref().map(|((c, cr), (k, kr))| {
+                ((c.as_path(), cr.as_slice()), (k.as_path(), kr.as_slice()))
+            }),
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        Ok(Some(tls))
+    }
 }
+
+/// The largest `--zk-auth-file` read (a `user:password` line).
+const MAX_AUTH_FILE: usize = 64 * 1024;
+/// The largest TLS PEM file read (a CA bundle with many certificates fits).
+const MAX_PEM_FILE: usize = 1024 * 1024;
 
 /// `KEY=VALUE` arguments as a map; a missing `=` or empty key is a usage error naming the flag.
 pub fn pairs(flag: &str, args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -299,6 +381,26 @@ mod tests {
                 help.contains("Example"),
                 "help of {} has no example",
                 sub.get_name()
+            );
+        }
+    }
+
+    /// A build without the `tls` feature says so for each way TLS can be asked for, and how to
+    /// get a binary that has it (`cargo test --no-default-features`).
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn a_build_without_tls_refuses_tls_and_says_how_to_rebuild() {
+        for args in [
+            &["herald", "--zk", "tcp+tls://h1:2281", "ls"][..],
+            &["herald", "--zk", "h1:2181", "--zk-tls-ca", "/ca.pem", "ls"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let err = cli.zk.target().err().expect("refused");
+            assert_eq!(Exit::of(&err), Exit::Usage, "{args:?}");
+            let said = err.to_string();
+            assert!(
+                said.contains("built without TLS") && said.contains("--features tls"),
+                "{said}"
             );
         }
     }

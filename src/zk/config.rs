@@ -1,9 +1,11 @@
-//! What it takes to reach ZooKeeper: the connect string (hosts and optional chroot), timeouts
-//! and digest credentials. Validated before any connection is attempted.
+//! What it takes to reach ZooKeeper: the connect string (hosts and optional chroot), timeouts,
+//! digest credentials and TLS. Validated before any connection is attempted.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+use super::tls::ZkTls;
 
 /// A connect string `host:port[,host:port…][/chroot]`, split into its hosts and its chroot.
 ///
@@ -19,6 +21,11 @@ impl ConnectString {
     /// The host list, e.g. `h1:2181,h2:2181`.
     pub fn hosts(&self) -> &str {
         &self.hosts
+    }
+
+    /// True when a host is written `tcp+tls://HOST:PORT` (the client speaks TLS to it).
+    pub fn has_tls_hosts(&self) -> bool {
+        self.hosts.split(',').any(|h| h.starts_with("tcp+tls://"))
     }
 
     /// The path after the host list, e.g. `/chroot`, if there is one.
@@ -190,6 +197,8 @@ pub struct ZkConfig {
     /// How long to try before giving up on establishing a session.
     pub connect_timeout: Duration,
     pub auth: Option<DigestAuth>,
+    /// CA bundle and client identity for `tcp+tls://` hosts.
+    pub tls: Option<ZkTls>,
 }
 
 impl ZkConfig {
@@ -202,6 +211,7 @@ impl ZkConfig {
             session_timeout: Self::DEFAULT_SESSION_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             auth: None,
+            tls: None,
         }
     }
 }

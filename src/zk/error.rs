@@ -7,12 +7,18 @@ use zookeeper_client as zk;
 /// A ZooKeeper failure, classified the way a user acts on it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ZkError {
-    /// No session could be established (nothing listening, not a ZooKeeper, or no quorum).
+    /// No session could be established (nothing listening, not a ZooKeeper, no quorum, or a
+    /// TLS handshake that failed); `cause` says why when the last attempt told.
     #[error(
-        "cannot reach ZooKeeper at {hosts} within {}; check --zk/HERALD_ZK and that the ensemble is up",
-        humantime::format_duration(*.within)
+        "cannot reach ZooKeeper at {hosts} within {}: {}",
+        humantime::format_duration(*.within),
+        .cause.as_deref().unwrap_or("check --zk/HERALD_ZK and that the ensemble is up")
     )]
-    Unreachable { hosts: String, within: Duration },
+    Unreachable {
+        hosts: String,
+        within: Duration,
+        cause: Option<String>,
+    },
 
     /// The session was lost (expired or closed) and could not be regained in time.
     #[error("lost the ZooKeeper session while trying to {op} {path}: {source}")]

@@ -19,28 +19,42 @@ use zookeeper_client as zk;
 
 use super::config::ZkConfig;
 use super::error::ZkError;
+use super::tls::explain;
 
 /// Connects to ZooKeeper, retrying refused or silent servers until `connect_timeout` has passed.
+/// Each attempt tries every host once (the client's `fail_eagerly`), so the way the last one
+/// failed (refused, a TLS handshake error, a server that hung up) reaches the error.
 ///
 /// # Notable errors
-/// * [`ZkError::Unreachable`] when no session was established within `connect_timeout`.
+/// * [`ZkError::Unreachable`] when no session was established within `connect_timeout`, with
+///   the last attempt's cause when it told one.
 ///
 /// # Cancellation safety
 /// Dropping the future abandons the attempt; no session outlives it.
 pub async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
     let hosts = cfg.connect.hosts();
     let deadline = Instant::now() + cfg.connect_timeout;
-    let unreachable = || ZkError::Unreachable {
-        hosts: hosts.to_owned(),
-        within: cfg.connect_timeout,
-    };
+    let mut cause = None;
+    // Between passes over the hosts: from 50 ms, doubling to 1 s, as the Java client pauses.
+    let mut pause = Duration::from_millis(50);
     loop {
-        let mut connector = zk::Client::connector().with_session_timeout(cfg.session_timeout);
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(cfg.session_timeout)
+            .with_fail_eagerly();
         if let Some(auth) = &cfg.auth {
             connector = connector.with_auth("digest", auth.raw());
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &cfg.tls {
+            connector = connector.with_tls(tls.options().clone());
+        }
+        let unreachable = |cause| ZkError::Unreachable {
+            hosts: hosts.to_owned(),
+            within: cfg.connect_timeout,
+            cause,
+        };
         match tokio::time::timeout_at(deadline, connector.connect(hosts)).await {
-            Err(_elapsed) => return Err(unreachable()),
+            Err(_elapsed) => return Err(unreachable(cause)),
             Ok(Ok(client)) => {
                 debug!(session = %client.session_id(), timeout_ms = client.session_timeout().as_millis() as u64, "session established");
                 return Ok(client);
@@ -55,14 +69,24 @@ pub async fn connect(cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
                         .unwrap_or_default(),
                 });
             }
-            // The client gave up early (it bounds attempts by the session timeout): try again
-            // until our own deadline.
-            Ok(Err(zk::Error::Timeout | zk::Error::NoHosts | zk::Error::ConnectionLoss)) => {
+            // Every host failed this time (refused, hung up, TLS handshake): keep the cause and
+            // try again until our own deadline.
+            Ok(Err(
+                err @ (zk::Error::Timeout
+                | zk::Error::NoHosts
+                | zk::Error::ConnectionLoss
+                | zk::Error::Custom(_)),
+            )) => {
+                debug!(error = %err, "no session this pass over the hosts");
+                if let Some(why) = explain(&err, cfg.tls.as_ref()) {
+                    cause = Some(why);
+                }
                 let now = Instant::now();
                 if now >= deadline {
-                    return Err(unreachable());
+                    return Err(unreachable(cause));
                 }
-                tokio::time::sleep_until(deadline.min(now + Duration::from_millis(50))).await;
+                tokio::time::sleep_until(deadline.min(now + pause)).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
             Ok(Err(err)) => return Err(ZkError::op("connect to", hosts, err)),
         }
@@ -82,6 +106,7 @@ pub async fn bounded<T>(cfg: &ZkConfig, requests: impl Future<Output = T>) -> Re
         .map_err(|_elapsed| ZkError::Unreachable {
             hosts: cfg.connect.hosts().to_owned(),
             within: cfg.session_timeout,
+            cause: None,
         })
 }
 

@@ -91,10 +91,21 @@ pub enum Error {
     Custom(CustomError),
 }
 
-#[derive(Error, Clone, Debug)]
+// herald patch: `Error` is implemented by hand below (was derived), so that `source()` gives the
+// wrapped error itself, which callers can downcast (the derived one gave the `Arc` around it).
+#[derive(Clone, Debug)]
 pub struct CustomError {
     message: Option<Arc<Cow<'static, str>>>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::error::Error for CustomError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self.source.as_deref() {
+            Some(source) => Some(source),
+            None => None,
+        }
+    }
 }
 
 impl Display for CustomError {

@@ -1721,7 +1721,12 @@ impl Connector {
         self
     }
 
-    /// Fail session establishment eagerly with [Error::NoHosts] when all hosts has been tried.
+    /// Fail session establishment eagerly when all hosts has been tried.
+    ///
+    /// herald patch: the error is that of the last attempt, which tells why (e.g. a
+    /// [Error::Custom] holding the [std::io::Error] of a refused connection or of a failed tls
+    /// handshake, or [Error::ConnectionLoss] when the server closed the connection), not
+    /// [Error::NoHosts].
     ///
     /// This permits fail-fast without wait up to [Self::session_timeout] in [Self::connect]. This
     /// is not suitable for situations where ZooKeeper cluster is accessible via a single virtual IP.
@@ -1796,7 +1801,8 @@ impl Connector {
     /// plaintext protocol, while `server3` uses tls encrypted protocol.
     ///
     /// # Notable errors
-    /// * [Error::NoHosts] if no host is available and [Self::fail_eagerly] is turn on
+    /// * herald patch: the error of the last attempt if no host is available and
+    ///   [Self::with_fail_eagerly] is turn on
     /// * [Error::SessionExpired] if specified session expired
     /// * [Error::Timeout] if no session established with in approximate [Self::session_timeout]
     pub async fn connect(self, cluster: &str) -> Result<Client> {
@@ -2319,7 +2325,8 @@ mod tests {
             .connect(&endpoint)
             .await
             .unwrap_err())
-        .is_equal_to(Error::NoHosts);
+        // herald patch: with fail_eagerly the last attempt's error (was `Error::NoHosts`).
+        .is_equal_to(Error::ConnectionLoss);
 
         // Succeed to connect with small zxid.
         session.last_zxid = 0;

@@ -652,7 +652,9 @@ impl Session {
         let mut conn = match self.connector.connect(endpoint, deadline).await {
             Err(err) => {
                 debug!("fails in connecting to {} due to {:?}", endpoint, err);
-                return Err(Error::ConnectionLoss);
+                // herald patch: keep the cause (refused, TLS handshake failure, ...) for `start`
+                // to report; it was `Error::ConnectionLoss`, and the cause only in the log above.
+                return Err(Error::with_other(format!("fail to connect to {endpoint}"), err));
             },
             Ok(conn) => {
                 debug!("succeeds in connecting to {}", endpoint);
@@ -714,6 +716,9 @@ impl Session {
                 return Err(Error::Timeout);
             }
             match self.start_once(endpoints, &mut deadline, buf, depot).await {
+                // herald patch: `NoHosts` ends a pass in which every endpoint failed (with
+                // `fail_eagerly`); report how the last attempt failed, which says why.
+                Err(Error::NoHosts) => return Err(last_error),
                 Err(err) => {
                     last_error = err;
                     continue;
@@ -737,6 +742,26 @@ mod tests {
     use super::{Depot, Request, Session, SessionId, SessionInfo, PASSWORD_LEN};
     use crate::endpoint::{Endpoint, IterableEndpoints};
     use crate::error::Error;
+
+    // herald patch: a pass over the endpoints that ends without a session (`fail_eagerly`)
+    // reports how the last attempt failed, not just `NoHosts`.
+    #[asyncs::test]
+    async fn failed_pass_reports_the_last_cause() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener); // nothing listens there: every attempt is refused
+        let (sender, _receiver) = mpsc::unbounded::<Request>();
+        let sender = Arc::new(sender);
+        let mut session = Session::builder().build(Arc::downgrade(&sender)).unwrap();
+        let mut endpoints = IterableEndpoints::new(vec![Endpoint::new("127.0.0.1", port, false)]);
+        let (mut buf, mut depot) = (Vec::new(), Depot::new());
+
+        let err = session.start(false, &mut endpoints, &mut buf, &mut depot).await.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&format!("fail to connect to tcp://127.0.0.1:{port}")), "{message}");
+        let cause = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(cause.map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused), "{err:?}");
+    }
 
     // herald patch: the first connect gives up at its deadline, a reconnect keeps trying.
     #[asyncs::test]

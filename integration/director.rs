@@ -905,3 +905,67 @@ async fn a_write_by_another_writer_is_noticed_and_undone() {
         "{log}"
     );
 }
+
+/// `max_drop`: a value that loses more than the share of instances is held until the drop has
+/// lasted `drop_confirm`; a drop that recovers first (a mass session loss, agents registering
+/// again) is never published.
+#[tokio::test]
+async fn a_cliff_is_held_until_it_lasts_and_never_published_when_it_recovers() {
+    let root = root("dir_cliff");
+    let client = client().await;
+    let path = value_path(&root, "HOSTS");
+    let d = Director::spawn(&mut director(
+        &root,
+        "HOSTS",
+        "pg",
+        &[
+            "--preset",
+            "hostports",
+            "--settle",
+            "0s",
+            // Each burst of changes below is one value.
+            "--wait",
+            "500ms:2s",
+            "--max-drop",
+            "50%",
+            "--drop-confirm",
+            "4s",
+        ],
+    ));
+    for (id, port) in [("a", 5001), ("b", 5002), ("c", 5003), ("d", 5004)] {
+        register(&client, &root, "pg", id, port).await;
+    }
+    let all = "10.0.0.1:5001,10.0.0.2:5002,10.0.0.3:5003,10.0.0.4:5004";
+    value_becomes(&client, &path, all).await;
+    let remove = |id: &'static str| {
+        let client = &client;
+        let node = format!("{root}/services/pg/{id}");
+        async move { client.delete(&node, None).await.unwrap() }
+    };
+    // Three of four gone: held.
+    for id in ["b", "c", "d"] {
+        remove(id).await;
+    }
+    d.wait_log("reason=max_drop", 1).await;
+    let (held, _) = client.get_data(&path).await.unwrap();
+    assert_eq!(held, all.as_bytes(), "the last value is kept");
+    // They come back before drop_confirm: nothing was published meanwhile.
+    for (id, port) in [("b", 5002), ("c", 5003), ("d", 5004)] {
+        register(&client, &root, "pg", id, port).await;
+    }
+    d.wait_log("no longer held", 1).await;
+    let (data, stat) = client.get_data(&path).await.unwrap();
+    assert_eq!(data, all.as_bytes());
+    // A drop that lasts is published once drop_confirm has passed.
+    for id in ["b", "c", "d"] {
+        remove(id).await;
+    }
+    d.wait_log("reason=max_drop", 2).await;
+    let after = value_becomes(&client, &path, "10.0.0.1:5001").await;
+    assert_eq!(
+        after.version,
+        stat.version + 1,
+        "one write: the confirmed drop"
+    );
+    d.wait_log("the drop has lasted drop_confirm", 1).await;
+}

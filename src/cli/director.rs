@@ -71,6 +71,15 @@ pub struct DirectorArgs {
     /// A program that gets the new value on stdin and must exit 0 for it to be published.
     #[arg(long, value_name = "COMMAND")]
     pub check: Option<String>,
+    /// Hold a value that loses more than this share of the instances (default 100%: off)…
+    #[arg(long, value_name = "PERCENT")]
+    pub max_drop: Option<String>,
+    /// …until the drop has lasted this long (default 30s)…
+    #[arg(long, value_name = "DURATION")]
+    pub drop_confirm: Option<String>,
+    /// …measured against the most instances within this window (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub drop_window: Option<String>,
     /// Debounce: quiet period, or QUIET:MAX (e.g. 100ms:1s). Default 0: publish at once.
     #[arg(long, value_name = "DURATION[:DURATION]")]
     pub wait: Option<String>,
@@ -113,6 +122,9 @@ impl DirectorArgs {
             min_instances: self.min_instances,
             allow_empty: Some(self.allow_empty),
             check: self.check.clone(),
+            max_drop: self.max_drop.clone(),
+            drop_confirm: self.drop_confirm.clone(),
+            drop_window: self.drop_window.clone(),
             wait: self.wait.clone(),
             settle: self.settle.clone(),
             slots: None,

@@ -14,6 +14,9 @@
 //! min_instances = 1              # default 1; with fewer, the last value is kept
 //! allow_empty = false            # true: publish even with no instances (min_instances ignored)
 //! check = "command"              # optional: validates a new value (on stdin) before publish
+//! max_drop = "50%"               # hold a value with more than this share of instances gone… (default off)
+//! drop_confirm = "30s"           # …until the drop has lasted this long…
+//! drop_window = "5m"             # …against the most instances seen within this window
 //! wait = "0s"                    # or "100ms:1s": quiet period : max wait (default 0)
 //! settle = "1s:10s"              # after leading or a rebuilt view: quiet period : max wait
 //! ```
@@ -61,6 +64,12 @@ pub struct Output {
     pub allow_empty: bool,
     /// A shell command that gets the new value on stdin and must exit 0 for it to be published.
     pub check: Option<String>,
+    /// The largest share of instances a value may lose before it is held (1.0: never held).
+    pub max_drop: f64,
+    /// How long a larger drop must last to be published.
+    pub drop_confirm: Duration,
+    /// How far back the largest instance count counts.
+    pub drop_window: Duration,
     /// Quiet period: a change is published once no other came for this long…
     pub wait_min: Duration,
     /// …but no later than this after the first change. `wait_min <= wait_max`.
@@ -84,6 +93,17 @@ pub const HAPROXY_WAIT: (Duration, Duration) = (Duration::from_millis(200), Dura
 pub const DEFAULT_SETTLE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
 impl Output {
+    /// What the output's guards hold back.
+    pub fn guard_limits(&self) -> super::guards::Limits {
+        super::guards::Limits {
+            min_instances: self.min_instances,
+            allow_empty: self.allow_empty,
+            max_drop: self.max_drop,
+            drop_window: self.drop_window,
+            drop_confirm: self.drop_confirm,
+        }
+    }
+
     /// Whether `i` is one of this output's instances: of one of its services, with every
     /// selected label.
     pub fn selects(&self, i: &Instance) -> bool {
@@ -114,6 +134,9 @@ pub struct OutputSpec {
     pub min_instances: Option<usize>,
     pub allow_empty: Option<bool>,
     pub check: Option<String>,
+    pub max_drop: Option<String>,
+    pub drop_confirm: Option<String>,
+    pub drop_window: Option<String>,
     pub wait: Option<String>,
     pub settle: Option<String>,
     pub slots: Option<bool>,
@@ -492,6 +515,30 @@ impl OutputSpec {
             other => other,
         };
 
+        let max_drop = match &self.max_drop {
+            Some(text) => parse_share(text).ok_or_else(|| {
+                field_error(
+                    "max_drop",
+                    format!("max_drop {text:?} is not a share from 1% to 100%; write e.g. \"50%\" (\"100%\" turns the guard off)"),
+                )
+            })?,
+            None => DEFAULT_MAX_DROP,
+        };
+        let duration = |field: &'static str, text: &Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if d <= MAX_DURATION => Ok(d),
+                _ => Err(field_error(
+                    field,
+                    format!(
+                        "{field} {text:?} is not a duration of at most 30 days; write e.g. \"30s\""
+                    ),
+                )),
+            },
+        };
+        let drop_confirm = duration("drop_confirm", &self.drop_confirm, DEFAULT_DROP_CONFIRM)?;
+        let drop_window = duration("drop_window", &self.drop_window, DEFAULT_DROP_WINDOW)?;
+
         let (wait_min, wait_max) = match &self.wait {
             Some(text) => parse_wait("wait", text).map_err(|why| field_error("wait", why))?,
             // HAProxy reloads (a new worker per change): a burst of changes makes one value.
@@ -512,6 +559,9 @@ impl OutputSpec {
             min_instances,
             allow_empty,
             check,
+            max_drop,
+            drop_confirm,
+            drop_window,
             wait_min,
             wait_max,
             settle_quiet,
@@ -519,6 +569,25 @@ impl OutputSpec {
             slots,
         })
     }
+}
+
+/// `max_drop` when none is given: off. A graceful deregistration (a drain, a rolling restart)
+/// cannot yet be told from a lost session, and holding it would keep sending work to a server
+/// being taken down.
+pub const DEFAULT_MAX_DROP: f64 = 1.0;
+/// `drop_confirm` when none is given: a session timeout and a re-registration fit in it.
+pub const DEFAULT_DROP_CONFIRM: Duration = Duration::from_secs(30);
+/// `drop_window` when none is given.
+pub const DEFAULT_DROP_WINDOW: Duration = Duration::from_secs(300);
+
+/// A share `"50%"` (or `"0.5"`) as a fraction in (0, 1].
+fn parse_share(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let share = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().ok()? / 100.0,
+        None => text.parse::<f64>().ok()?,
+    };
+    (share > 0.0 && share <= 1.0 && share.is_finite()).then_some(share)
 }
 
 /// `wait`: `"MIN"` or `"MIN:MAX"`, consul-template style. `"MIN"` alone means a max of 4×MIN

@@ -11,6 +11,7 @@ pub mod config;
 pub mod culprits;
 pub mod derive;
 pub mod election;
+pub mod guards;
 pub mod preset;
 pub mod publish;
 pub mod run;

@@ -20,6 +20,7 @@ use super::config::Output;
 use super::culprits::{self, Excluded, Found};
 use super::derive::{Derivation, DeriveError, derive_exec};
 use super::election::{self, Leadership};
+use super::guards::{Guards, Hold, Pass};
 use super::publish::{Beside, Fenced, publish};
 use super::settle::Settle;
 use super::slots::{self, Refused, SlotMapError, SlotOf, Slots};
@@ -133,10 +134,38 @@ async fn lead(
     cancel: CancellationToken,
 ) -> Result<(), DirectorError> {
     let dir = shared.values.layout().directors(&output.key);
+    // Kept across terms: a director that led, or stood by watching, remembers how many
+    // instances the output had.
+    let mut guards = Guards::new(output.guard_limits());
     loop {
-        let won = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            won = election::campaign(&session, &shared.values, &dir, shared.identity.as_bytes()) => won,
+        let won = {
+            let campaign =
+                election::campaign(&session, &shared.values, &dir, shared.identity.as_bytes());
+            tokio::pin!(campaign);
+            let mut view = snapshots.clone();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    won = &mut campaign => break won,
+                    // Standing by: what the leader is publishing from, for a takeover.
+                    changed = view.changed() => {
+                        if changed.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        let snapshot = view.borrow_and_update();
+                        if snapshot.ready {
+                            let count = output
+                                .services
+                                .iter()
+                                .filter_map(|s| snapshot.services.get(s))
+                                .flat_map(|m| m.values())
+                                .filter(|i| output.selects(i))
+                                .count();
+                            guards.observed(count, Instant::now());
+                        }
+                    }
+                }
+            }
         };
         let leadership = match won {
             Ok(leadership) => leadership,
@@ -148,7 +177,16 @@ async fn lead(
                 }
             }
         };
-        match serve(&leadership, &shared, &output, snapshots.clone(), &cancel).await {
+        match serve(
+            &leadership,
+            &shared,
+            &output,
+            &mut guards,
+            snapshots.clone(),
+            &cancel,
+        )
+        .await
+        {
             Ended::Cancelled => {
                 leadership.resign().await;
                 return Ok(());
@@ -176,6 +214,7 @@ async fn serve(
     lead: &Leadership,
     shared: &Shared,
     output: &Output,
+    guards: &mut Guards,
     mut snapshots: watch::Receiver<Snapshot>,
     cancel: &CancellationToken,
 ) -> Ended {
@@ -242,7 +281,7 @@ async fn serve(
     let mut unrenderable_said: Vec<(Instance, String)> = Vec::new();
     let lost = lead.lost();
     tokio::pin!(lost);
-    let mut held = false;
+    let mut held: Option<&'static str> = None;
     let mut first = true;
     // A new term, or a rebuilt view, waits for the instances to be quiet.
     let mut settle = Settle::new(output.settle_quiet, output.settle_max, Instant::now());
@@ -411,19 +450,20 @@ async fn serve(
                 Some(assigned)
             }
         };
-        let mut hold = |why: &str| {
-            if !held {
+        // Each hold is said once, when it begins or its reason changes.
+        let mut hold = |why: Hold| {
+            if held != Some(why.reason()) {
                 warn!(
                     instances = instances.len(),
-                    min_instances = output.min_instances,
+                    reason = %why.reason(),
                     value = %digest(published.as_deref()),
                     "{why}: keeping the last value"
                 );
-                held = true;
+                held = Some(why.reason());
             }
         };
-        if !output.allow_empty && instances.len() < output.min_instances {
-            hold("fewer instances than min_instances");
+        if let Err(why) = guards.enough(instances.len()) {
+            hold(why);
             continue;
         }
         let derived = match &output.derivation {
@@ -454,12 +494,32 @@ async fn serve(
                 continue;
             }
         };
-        // Never empty by accident: e.g. every remaining instance has weight 0.
-        if value.is_empty() && !output.allow_empty {
-            hold("the derived value is empty");
-            continue;
+        // Never empty by accident (every remaining instance has weight 0), never a cliff.
+        match guards.admit(instances.len(), value.is_empty(), Instant::now()) {
+            Err(why) => {
+                if let Hold::Cliff { until, .. } = &why {
+                    // Published then if the drop lasts; a change before re-derives anyway.
+                    retry_at = Some(*until);
+                }
+                hold(why);
+                continue;
+            }
+            Ok(Pass::Confirmed) => {
+                held = None;
+                warn!(
+                    instances = instances.len(),
+                    "the drop has lasted drop_confirm: publishing it"
+                );
+            }
+            Ok(Pass::Clear) => {
+                if let Some(reason) = held.take() {
+                    info!(
+                        instances = instances.len(),
+                        reason, "no longer held: the instances are back"
+                    );
+                }
+            }
         }
-        held = false;
         let slot_bytes = assigned.as_ref().map(|a| a.slots.to_bytes());
         let slots_same = match (&slot_bytes, &slot_map) {
             (Some(new), Some((_, stored))) => stored.as_deref() == Some(new.as_slice()),
@@ -479,6 +539,7 @@ async fn serve(
         };
         if published.as_deref() == Some(value.as_slice()) && slots_same && excluded_same {
             debug!(instances = instances.len(), "the value is unchanged");
+            guards.published(instances.len(), Instant::now());
             last_passed = Some(instances.clone());
             failures = 0;
             continue;
@@ -565,6 +626,7 @@ async fn serve(
                     "published"
                 );
                 published = Some(value);
+                guards.published(instances.len(), Instant::now());
                 failures = 0;
             }
             Ok(Fenced::Deposed) => return Ended::Deposed,

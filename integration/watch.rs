@@ -428,3 +428,70 @@ fn stopping_during_a_reload_kills_the_reload_and_its_children() {
         process_gone(&child).then_some(())
     });
 }
+
+/// A reload that fails after the swap puts back the last file that reloaded and reloads it, so
+/// the program never stays on a file it cannot run; the new value is tried again, and a good
+/// value after it is applied as usual. `--verify` failing counts as a failed reload.
+#[tokio::test]
+async fn a_failed_reload_rolls_back_to_the_last_file_that_reloaded() {
+    let root = root("watch_rollback");
+    let s = Scratch::new("watch_rollback");
+    let out = s.path("app.conf");
+    let reloads = s.path("reloads");
+    let verified = s.path("verified");
+    put(&root, "CONF", b"v1");
+    // The "program" refuses a file holding "bad"; each reload records the file it ran.
+    let reload = format!(
+        "if grep -q bad {out}; then exit 1; fi; cat {out} >> {reloads}; echo >> {reloads}",
+        out = out.display(),
+        reloads = reloads.display()
+    );
+    // The health probe after a reload fails for a file holding "sick".
+    let verify = format!(
+        "if grep -q sick {out}; then exit 3; fi; echo ok >> {verified}",
+        out = out.display(),
+        verified = verified.display()
+    );
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args([
+                "watch", "CONF", "--reload", &reload, "--verify", &verify, "--out",
+            ])
+            .arg(&out),
+    );
+    // The file the program last reloaded (a value that keeps failing is tried again, with
+    // back-off, so how many reloads there are depends on timing).
+    let last_reloaded = |want: &'static str| {
+        let reloads = reloads.clone();
+        wait_for(&format!("the last reload to be of {want:?}"), move || {
+            let all = std::fs::read_to_string(&reloads).unwrap_or_default();
+            (all.lines().last() == Some(want)).then_some(())
+        })
+    };
+    last_reloaded("v1");
+    put(&root, "CONF", b"bad");
+    let log = watch
+        .wait_log("rolled back: the last file that reloaded runs again", 1)
+        .await;
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"v1",
+        "the good file is back:\n{log}"
+    );
+    // The rollback reloaded v1 (and so may every retry of "bad" since): "bad" never ran.
+    let runs = std::fs::read_to_string(&reloads).unwrap();
+    assert!(
+        runs.lines().count() >= 2 && runs.lines().all(|l| l == "v1"),
+        "{runs:?}"
+    );
+    put(&root, "CONF", b"sick");
+    watch
+        .wait_log("rolled back: the last file that reloaded runs again", 2)
+        .await;
+    let log = watch.wait_log("--verify exited with status 3", 1).await;
+    assert_eq!(std::fs::read(&out).unwrap(), b"v1", "{log}");
+    last_reloaded("v1");
+    put(&root, "CONF", b"v3");
+    last_reloaded("v3");
+    assert_eq!(std::fs::read(&out).unwrap(), b"v3");
+}

@@ -36,9 +36,11 @@ Examples:
 
 At start and on every change the value is written to a file staged beside FILE (fsynced, with
 FILE's mode and owner, or --mode when new), --check runs on it (its path is $1), and only if it
-passes does it replace FILE by rename; then --reload runs, once per change. A value that cannot be
-written or fails its check leaves FILE as it was and is reported. A deleted key keeps the last
-file. Waits for the key when it is not published yet.
+passes does it replace FILE by rename; then --reload runs, once per change, and --verify after it.
+A value that cannot be written or fails its check leaves FILE as it was and is reported. A reload
+(or --verify) that fails puts back the last file that reloaded and reloads it, then tries the new
+value again with back-off (1s, 2s, … 32s); --once exits 1 saying whether the rollback worked. A
+deleted key keeps the last file. Waits for the key when it is not published yet.
 
 With --pgpool, a reload is followed by making pgpool's node table match the file: configured
 backends pgpool holds down are attached, backends no longer configured are detached, and
@@ -67,7 +69,11 @@ pub struct WatchArgs {
     /// Run after FILE was replaced (once per change).
     #[arg(long, value_name = "COMMAND", requires = "out")]
     pub reload: Option<String>,
-    /// Bound on each --check and --reload run.
+    /// Run after each reload (e.g. a health probe of the reloaded program); non-zero counts as
+    /// a failed reload.
+    #[arg(long, value_name = "COMMAND", requires = "reload")]
+    pub verify: Option<String>,
+    /// Bound on each --check, --reload and --verify run.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub command_timeout: Duration,
     /// Mode of FILE when herald creates it (an existing file keeps its own); no set-id, sticky or
@@ -173,6 +179,8 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         out,
         check: args.check.clone(),
         reload: args.reload.clone(),
+        verify: args.verify.clone(),
+        last_good: None,
         command_timeout: args.command_timeout,
         env,
         reload_owed: false,

@@ -2,6 +2,10 @@
 //! rename is atomic), fsynced, given the old file's mode and owner, checked, renamed over the
 //! old file, and the directory fsynced. A concurrent reader sees the old file or the new one,
 //! never a part of either. Where the file is and who may own it: [`super::out`].
+//!
+//! A reload that fails after the swap (the reload command, or `--verify` after it) puts back the
+//! last file that reloaded successfully and reloads that, so the program runs a file it has run
+//! before; the new value is then tried again by the caller (with its back-off).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -22,6 +26,11 @@ pub struct FileTarget {
     pub check: Option<String>,
     /// Run after the file was replaced.
     pub reload: Option<String>,
+    /// Run after each reload; non-zero counts as a failed reload.
+    pub verify: Option<String>,
+    /// The content of the last file the program reloaded (or was synced to) successfully: what
+    /// a failed reload rolls back to.
+    pub last_good: Option<Vec<u8>>,
     /// Bound on each of check and reload.
     pub command_timeout: Duration,
     /// The environment check and reload run with.
@@ -98,6 +107,14 @@ pub enum WatchError {
     Check { path: PathBuf, source: CommandError },
     #[error("{} was replaced, but not reloaded", .path.display())]
     Reload { path: PathBuf, source: CommandError },
+    #[error("{} did not reload, so the last file that did was put back and reloaded; the new value is tried again", .path.display())]
+    RolledBack { path: PathBuf, source: CommandError },
+    #[error("{} did not reload, and neither did the last file that did, put back ({rollback}); the new value is tried again", .path.display())]
+    RollbackFailed {
+        path: PathBuf,
+        rollback: String,
+        source: CommandError,
+    },
     #[error("{} was replaced, but pgpool does not match it yet", .path.display())]
     Pgpool { path: PathBuf, source: PgpoolError },
     #[error("{} was replaced, but HAProxy does not run it yet", .path.display())]
@@ -123,10 +140,12 @@ impl FileTarget {
                 // The program may have drifted (pgpool: a restart with a stale status, a
                 // failover; HAProxy: a restart from an older file, a change by hand).
                 self.sync(content).await?;
+                self.last_good = Some(content.to_vec());
                 return Ok(Applied::Unchanged);
             }
             self.deliver(None, content).await?;
             self.reload_owed = false;
+            self.last_good = Some(content.to_vec());
             return Ok(Applied::Reloaded);
         }
         let write_err = |source| WatchError::Write {
@@ -155,9 +174,61 @@ impl FileTarget {
         staged.swap().map_err(write_err)?;
         tracing::info!(file = %self.path().display(), bytes = content.len(), "wrote the new value");
         self.reload_owed = true;
-        self.deliver(old.as_deref(), content).await?;
+        match self.deliver(old.as_deref(), content).await {
+            Ok(()) => {}
+            Err(WatchError::Reload { path, source }) => {
+                return Err(self.roll_back(content, path, source).await);
+            }
+            Err(err) => return Err(err),
+        }
         self.reload_owed = false;
+        self.last_good = Some(content.to_vec());
         Ok(Applied::Written)
+    }
+
+    /// After the reload of `failed` failed (`source`): puts the last file that reloaded back
+    /// and reloads it. Without one (the first value), the new file stays, its reload owed.
+    async fn roll_back(
+        &mut self,
+        failed: &[u8],
+        path: PathBuf,
+        source: CommandError,
+    ) -> WatchError {
+        let Some(good) = self
+            .last_good
+            .clone()
+            .filter(|good| good.as_slice() != failed)
+        else {
+            return WatchError::Reload { path, source };
+        };
+        tracing::warn!(file = %path.display(), "{source}: putting back the last file that reloaded");
+        let put_back = async {
+            let current = self.out.read(good.len())?;
+            let staged =
+                self.out
+                    .stage(&good, current.as_ref())
+                    .map_err(|source| WatchError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
+            staged.swap().map_err(|source| WatchError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            self.deliver(Some(failed), &good).await
+        };
+        match put_back.await {
+            Ok(()) => {
+                self.reload_owed = false;
+                tracing::info!(file = %path.display(), bytes = good.len(), "rolled back: the last file that reloaded runs again");
+                WatchError::RolledBack { path, source }
+            }
+            Err(err) => WatchError::RollbackFailed {
+                path,
+                rollback: crate::report::OneLine(&err).to_string(),
+                source,
+            },
+        }
     }
 
     /// Brings the program to the file just written (`old`: the file it replaced): a HAProxy
@@ -242,6 +313,7 @@ impl FileTarget {
             self.sync(&content).await?;
         }
         self.reload_owed = false;
+        self.last_good = Some(content);
         Ok(())
     }
 
@@ -277,7 +349,8 @@ impl FileTarget {
         }
     }
 
-    /// Runs the reload command (or, for a pgpool without one, `pcp_reload_config`).
+    /// Runs the reload command (or, for a pgpool without one, `pcp_reload_config`), then
+    /// `--verify`.
     async fn reload(&mut self) -> Result<(), WatchError> {
         if self.reload.is_none()
             && let Some(Program::Pgpool(pgpool)) = &self.program
@@ -291,6 +364,21 @@ impl FileTarget {
             run_command(
                 "--reload",
                 reload,
+                &[],
+                None,
+                &self.env,
+                self.command_timeout,
+            )
+            .await
+            .map_err(|source| WatchError::Reload {
+                path: self.path().to_owned(),
+                source,
+            })?;
+        }
+        if let Some(verify) = &self.verify {
+            run_command(
+                "--verify",
+                verify,
                 &[],
                 None,
                 &self.env,

@@ -360,35 +360,15 @@ impl FileTarget {
                 source,
             })?;
         }
-        if let Some(reload) = &self.reload {
-            run_command(
-                "--reload",
-                reload,
-                &[],
-                None,
-                &self.env,
-                self.command_timeout,
-            )
-            .await
-            .map_err(|source| WatchError::Reload {
-                path: self.path().to_owned(),
-                source,
-            })?;
-        }
-        if let Some(verify) = &self.verify {
-            run_command(
-                "--verify",
-                verify,
-                &[],
-                None,
-                &self.env,
-                self.command_timeout,
-            )
-            .await
-            .map_err(|source| WatchError::Reload {
-                path: self.path().to_owned(),
-                source,
-            })?;
+        // A failed --verify is a failed reload.
+        for (role, command) in [("--reload", &self.reload), ("--verify", &self.verify)] {
+            let Some(command) = command else { continue };
+            run_command(role, command, &[], None, &self.env, self.command_timeout)
+                .await
+                .map_err(|source| WatchError::Reload {
+                    path: self.path().to_owned(),
+                    source,
+                })?;
         }
         Ok(())
     }

@@ -59,32 +59,53 @@ fn herald_on(root: &str, zk: &str) -> Command {
 
 /// `herald run --service web` around a Python HTTP server that answers its own name.
 fn backend(root: &str, zk: &str, s: &Scratch, name: &str) -> (Daemon, u16) {
-    let port = free_port();
     let dir = s.path(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), format!("{name}\n")).unwrap();
-    let daemon = Daemon::spawn(
-        herald_on(root, zk)
-            .args([
-                "run",
-                "--service",
-                "web",
-                "--id",
-                name,
-                "--address",
-                "127.0.0.1",
-            ])
-            .args(["--port", &port.to_string()])
-            .args(["--check", &format!("http://127.0.0.1:{port}/")])
-            .args(["--rise", "1", "--check-interval", "100ms", "--env-dir"])
-            .arg(s.path("environment"))
-            .arg("--control-dir")
-            .arg(s.path("control"))
-            .args(["--", "python3", "-m", "http.server", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--directory"])
-            .arg(&dir),
-    );
-    (daemon, port)
+    // A free port may be taken by another test before the server binds it: the server exits
+    // ("Address already in use"), and so does its herald; then it starts again on another.
+    for _attempt in 1..=5 {
+        let port = free_port();
+        let mut daemon = Daemon::spawn(
+            herald_on(root, zk)
+                .args([
+                    "run",
+                    "--service",
+                    "web",
+                    "--id",
+                    name,
+                    "--address",
+                    "127.0.0.1",
+                ])
+                .args(["--port", &port.to_string()])
+                .args(["--check", &format!("http://127.0.0.1:{port}/")])
+                .args(["--rise", "1", "--check-interval", "100ms", "--env-dir"])
+                .arg(s.path("environment"))
+                .arg("--control-dir")
+                .arg(s.path("control"))
+                .args(["--", "python3", "-m", "http.server", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--directory"])
+                .arg(&dir),
+        );
+        let registered = wait_until(&format!("{name} to register"), || {
+            if daemon.stderr().contains("registered path=") {
+                return Ok(true);
+            }
+            match daemon.child.try_wait() {
+                Ok(Some(_)) => Ok(false),
+                _ => Err(daemon.stderr()),
+            }
+        });
+        if registered {
+            return (daemon, port);
+        }
+        let said = daemon.stderr();
+        assert!(
+            said.contains("Address already in use"),
+            "{name} exited before it registered:\n{said}"
+        );
+    }
+    panic!("{name}: no free port in 5 attempts");
 }
 
 /// The servers of backend `web` in the configuration HAProxy runs, from its stats socket.
@@ -109,7 +130,13 @@ fn servers_in_force(socket: &std::path::Path) -> Result<BTreeSet<String>, String
 /// Waits until HAProxy runs exactly the `live` servers (its stats socket says so, and the worker
 /// of any older configuration is gone), then until every one of them has answered; no answer
 /// may come from anyone else.
-async fn answered_by(port: u16, live: &[&str], watch: &Daemon, dir: &std::path::Path) {
+async fn answered_by(
+    port: u16,
+    live: &[&str],
+    watch: &Daemon,
+    director: &Daemon,
+    dir: &std::path::Path,
+) {
     let want: BTreeSet<String> = live.iter().map(|s| s.to_string()).collect();
     let socket = dir.join("haproxy.sock");
     let pidfile = dir.join("haproxy.pid");
@@ -121,8 +148,9 @@ async fn answered_by(port: u16, live: &[&str], watch: &Daemon, dir: &std::path::
             Ok(())
         } else {
             Err(format!(
-                "{servers:?} in {workers} worker(s); watch said:\n{}\nHAProxy said:\n{}",
+                "{servers:?} in {workers} worker(s); watch said:\n{}\ndirector said:\n{}\nHAProxy said:\n{}",
                 watch.stderr(),
+                director.stderr(),
                 std::fs::read_to_string(&log).unwrap_or_default()
             ))
         };
@@ -249,7 +277,7 @@ impl Deployment {
     }
 
     async fn answered_by(&self, live: &[&str]) {
-        answered_by(self.port, live, &self.watch, &self.dir).await;
+        answered_by(self.port, live, &self.watch, &self.director, &self.dir).await;
     }
 }
 

@@ -714,3 +714,79 @@ async fn an_address_that_does_not_resolve_is_refused_before_registering() {
         "nothing was registered"
     );
 }
+
+/// `herald drain --for D --reason R` (hacheck's downtimes): the reason shows in `herald status`,
+/// and for a soft drain in the node (so in `herald ls`); the drain ends by itself after D, and a
+/// later request is not undone by an earlier drain's expiry.
+#[tokio::test]
+async fn a_drain_with_a_reason_and_an_expiry_ends_by_itself() {
+    let root = root("drain_for");
+    let s = Scratch::new("drain_for");
+    let path = node(&root, "pg", "db1");
+    let watcher = client().await;
+    let mut agent = Agent::spawn(&mut announce(&root, &s, "pg", "db1", &[]));
+    appears(&watcher, &path).await;
+    let control = |args: &[&str]| {
+        run(herald(&root)
+            .args(args)
+            .arg("--control-dir")
+            .arg(s.path("control")))
+    };
+    let out = control(&[
+        "drain",
+        "--keep-registered",
+        "--for",
+        "3s",
+        "--reason",
+        "kernel upgrade",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.starts_with(
+            "pg/db1: drained softly (weight 0), registered; reason: kernel upgrade, until "
+        ),
+        "{said}"
+    );
+    let doc = document(&watcher.get_data(&path).await.unwrap().0);
+    assert_eq!(doc["payload"]["weight"], 0);
+    assert_eq!(doc["payload"]["drain"]["reason"], "kernel upgrade");
+    let ls = run(herald(&root).args(["ls", "pg"]));
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("DRAINED reason: kernel upgrade, until"),
+        "{}",
+        describe(&ls)
+    );
+    // After 3s it serves again by itself, and the node loses the note.
+    agent
+        .wait_log("the drain's time is up: serving again", 1)
+        .await;
+    document_becomes(&watcher, &path, "weight 1 again", |d| {
+        d["payload"]["weight"] == 1 && d["payload"].get("drain").is_none()
+    })
+    .await;
+    let out = control(&["status"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/db1: serving, registered"
+    );
+    // A drain out for 2s, then a plain drain: the first one's expiry leaves it drained.
+    assert!(control(&["drain", "--for", "2s"]).status.success());
+    vanishes(&watcher, &path).await;
+    let out = control(&["drain", "--reason", "for good"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = control(&["drain", "--reason", "\u{7}bell"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    agent
+        .wait_log("an earlier drain's time is up; the later request stands", 1)
+        .await;
+    let out = control(&["status"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/db1: drained, not registered; reason: for good",
+        "{}",
+        describe(&out)
+    );
+    agent.signal(libc::SIGTERM);
+    agent.exited().await;
+}

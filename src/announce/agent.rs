@@ -164,7 +164,8 @@ impl Connected {
 impl Agent {
     /// Drains (softly: weight 0; or out: deregistered) or serves again.
     pub fn drain(&self, drain: Drain) {
-        self.switch.set_drain(drain);
+        self.switch
+            .set_drain(drain, crate::instance::DrainNote::default());
     }
 
     /// New metadata (declared again): the node is rewritten in place. `Ok(false)` when it is

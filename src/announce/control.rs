@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::document::{Drain, Switch};
 use super::registrar::{Registered, Status};
+use crate::instance::DrainNote;
 use crate::layout::{InstanceId, ServiceName};
 use crate::local_socket::{PrivateSocket, SocketError, trusted};
 
@@ -48,13 +49,61 @@ impl Request {
     }
 }
 
-/// What the agent answers: how drained it is, whether its node exists, and whether the node
-/// had not followed the request yet when the agent stopped waiting for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the agent answers: how drained it is, whether its node exists, whether the node had
+/// not followed the request yet when the agent stopped waiting for it, and what the operator
+/// said of the drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub drain: Drain,
     pub registered: bool,
     pub pending: bool,
+    pub note: DrainNote,
+}
+
+/// The longest drain reason.
+pub const MAX_REASON: usize = 200;
+
+/// ` until=MS reason=TEXT`, the parts `note` has (the reason last: it may hold spaces).
+fn note_words(note: &DrainNote) -> String {
+    let mut words = String::new();
+    if let Some(until) = note.until_ms {
+        words.push_str(&format!(" until={until}"));
+    }
+    if let Some(reason) = &note.reason {
+        words.push_str(&format!(" reason={reason}"));
+    }
+    words
+}
+
+/// The tokens after a request's verb or a reply's state: `pending`, `until=MS`, and
+/// `reason=TEXT` to the end of the line. A reason is cut to [`MAX_REASON`] bytes and loses
+/// control characters.
+fn parse_words(rest: &str) -> (bool, DrainNote) {
+    let (head, reason) = match rest.split_once("reason=") {
+        Some((head, reason)) => (head, Some(reason.trim())),
+        None => (rest, None),
+    };
+    let mut note = DrainNote {
+        reason: reason.filter(|r| !r.is_empty()).map(|r| {
+            r.chars()
+                .filter(|c| !c.is_control())
+                .scan(0, |len, c| {
+                    *len += c.len_utf8();
+                    (*len <= MAX_REASON).then_some(c)
+                })
+                .collect()
+        }),
+        until_ms: None,
+    };
+    let mut pending = false;
+    for word in head.split_whitespace() {
+        if word == "pending" {
+            pending = true;
+        } else if let Some(until) = word.strip_prefix("until=") {
+            note.until_ms = until.parse().ok();
+        }
+    }
+    (pending, note)
 }
 
 fn drain_word(drain: Drain) -> &'static str {
@@ -79,6 +128,9 @@ impl std::fmt::Display for Reply {
         write!(f, "{drain}, {node}")?;
         if self.pending {
             write!(f, ", not yet carried out")?;
+        }
+        if !self.note.is_empty() {
+            write!(f, "; {}", self.note)?;
         }
         Ok(())
     }
@@ -231,8 +283,9 @@ impl Control {
             };
             let switch = switch.clone();
             let status = status.clone();
+            let cancel = cancel.clone();
             tokio::spawn(async move {
-                if let Err(err) = answer(stream, &switch, status, stranger).await {
+                if let Err(err) = answer(stream, switch, status, stranger, cancel).await {
                     debug!(error = %err, "control request failed");
                 }
             });
@@ -242,14 +295,15 @@ impl Control {
 
 async fn answer(
     stream: UnixStream,
-    switch: &Switch,
+    switch: Arc<Switch>,
     mut status: watch::Receiver<Status>,
     stranger: Option<String>,
+    cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // One short line, promptly: an idle or endless client must not hold the task.
-    let mut reader = BufReader::new(read.take(64));
+    let mut reader = BufReader::new(read.take(64 + MAX_REASON as u64 * 4));
     if tokio::time::timeout(Duration::from_secs(1), reader.read_line(&mut line))
         .await
         .is_err()
@@ -261,7 +315,9 @@ async fn answer(
         write.write_all(b"error: not allowed\n").await?;
         return Ok(());
     }
-    let wanted = match line.trim() {
+    let (verb, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    let (_, note) = parse_words(rest);
+    let wanted = match verb {
         "drain" => Some(Drain::Out),
         "drain-soft" => Some(Drain::Soft),
         "undrain" => Some(Drain::Serving),
@@ -275,9 +331,34 @@ async fn answer(
     };
     let mut pending = false;
     if let Some(drain) = wanted {
-        let (previous, generation) = switch.set_drain(drain);
-        if previous != drain {
-            info!("{} by a control request", drain_word(drain));
+        let (previous, generation, epoch) = switch.set_drain(drain, note.clone());
+        if previous != drain || !note.is_empty() {
+            info!(
+                "{} by a control request{}",
+                drain_word(drain),
+                if note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({note})")
+                }
+            );
+        }
+        // A drain for a while ends by itself, unless another request came meanwhile.
+        if let Some(until) = note.until_ms.filter(|_| drain != Drain::Serving) {
+            let wait = Duration::from_millis(until.saturating_sub(now_ms()));
+            let switch = switch.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {
+                        if switch.expire(epoch) {
+                            info!("the drain's time is up: serving again");
+                        } else {
+                            info!("an earlier drain's time is up; the later request stands");
+                        }
+                    }
+                }
+            });
         }
         // Done when the registrar has carried the change out: the node is gone (drain), or
         // holds the document with the new weight.
@@ -295,18 +376,26 @@ async fn answer(
     write
         .write_all(
             format!(
-                "{} {}{}\n",
+                "{} {}{}{}\n",
                 drain_word(switch.drain()),
                 if registered {
                     "registered"
                 } else {
                     "unregistered"
                 },
-                if pending { " pending" } else { "" }
+                if pending { " pending" } else { "" },
+                note_words(&switch.note()),
             )
             .as_bytes(),
         )
         .await
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The control sockets in `dir` as (path, service.id), sorted.
@@ -323,8 +412,13 @@ pub fn sockets(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     Ok(found)
 }
 
-/// Sends `request` to the agent at `path` and returns its reply.
-pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlError> {
+/// Sends `request` (with what the operator says of a drain) to the agent at `path` and returns
+/// its reply.
+pub async fn request(
+    path: &Path,
+    request: Request,
+    note: &DrainNote,
+) -> Result<Reply, ControlError> {
     let connect = |source| ControlError::Connect {
         path: path.to_owned(),
         source,
@@ -341,7 +435,7 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlErro
         });
     }
     stream
-        .write_all(format!("{}\n", request.as_str()).as_bytes())
+        .write_all(format!("{}{}\n", request.as_str(), note_words(note)).as_bytes())
         .await
         .map_err(connect)?;
     let mut line = String::new();
@@ -365,11 +459,13 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, ControlErro
         _ => return Err(no_answer()),
     };
     let registered = words.next() == Some("registered");
-    let pending = words.next() == Some("pending");
+    let rest = words.collect::<Vec<_>>().join(" ");
+    let (pending, note) = parse_words(&rest);
     Ok(Reply {
         drain,
         registered,
         pending,
+        note,
     })
 }
 

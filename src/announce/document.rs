@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::instance::{DocumentError, Instance};
+use crate::instance::{DocumentError, DrainNote, Instance};
 
 /// How drained an instance is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,10 @@ pub struct Switch {
 struct State {
     instance: Instance,
     drain: Drain,
+    /// Why and until when the operator drained it.
+    note: DrainNote,
+    /// Counts drain requests: an expiry ends only the drain it was set for.
+    epoch: u64,
     generation: u64,
 }
 
@@ -60,6 +64,8 @@ impl Switch {
             state: Mutex::new(State {
                 instance,
                 drain: Drain::Serving,
+                note: DrainNote::default(),
+                epoch: 0,
                 generation: 1,
             }),
             serving,
@@ -79,12 +85,22 @@ impl Switch {
         self.lock().drain
     }
 
-    /// Sets the drain state; returns the previous one and the generation of the document that
-    /// carries it (a caller waits for the node to hold that generation).
-    pub fn set_drain(&self, drain: Drain) -> (Drain, u64) {
+    /// Sets the drain state with what the operator said of it (nothing for `Serving`); returns
+    /// the previous state, the generation of the document that carries it (a caller waits for
+    /// the node to hold that generation) and the drain's epoch (for [`Switch::expire`]).
+    pub fn set_drain(&self, drain: Drain, note: DrainNote) -> (Drain, u64, u64) {
         let mut state = self.lock();
         let previous = std::mem::replace(&mut state.drain, drain);
-        if (previous == Drain::Soft) != (drain == Drain::Soft) {
+        let note = if drain == Drain::Serving {
+            DrainNote::default()
+        } else {
+            note
+        };
+        let note_changed = std::mem::replace(&mut state.note, note) != state.note;
+        state.epoch += 1;
+        if (previous == Drain::Soft) != (drain == Drain::Soft)
+            || (drain == Drain::Soft && note_changed)
+        {
             // Encoding cannot fail here: only the weight changed, and weight 0 is never longer
             // than the weight the instance was validated with.
             let _ = self.publish(&mut state);
@@ -93,7 +109,22 @@ impl Switch {
             let now = drain != Drain::Out;
             std::mem::replace(s, now) != now
         });
-        (previous, state.generation)
+        (previous, state.generation, state.epoch)
+    }
+
+    /// Ends the drain of `epoch` (its time is up), unless another request came since; whether
+    /// it did.
+    pub fn expire(&self, epoch: u64) -> bool {
+        if self.lock().epoch != epoch {
+            return false;
+        }
+        self.set_drain(Drain::Serving, DrainNote::default());
+        true
+    }
+
+    /// What the operator said of the current drain.
+    pub fn note(&self) -> DrainNote {
+        self.lock().note.clone()
     }
 
     /// Replaces the metadata (declared again on SIGHUP). Nothing changes when it is the same;
@@ -136,6 +167,7 @@ fn effective(state: &State) -> Instance {
     let mut instance = state.instance.clone();
     if state.drain == Drain::Soft {
         instance.weight = 0;
+        instance.drained = Some(state.note.clone());
     }
     instance
 }
@@ -166,25 +198,46 @@ mod tests {
         let s = switch();
         let docs = s.document();
         assert_eq!(weight(&docs.borrow()), 3);
-        let (previous, generation) = s.set_drain(Drain::Soft);
+        let (previous, generation, _) = s.set_drain(Drain::Soft, DrainNote::default());
         assert_eq!(previous, Drain::Serving);
         assert_eq!(docs.borrow().generation, generation);
         assert_eq!(weight(&docs.borrow()), 0);
         assert!(*s.serving().borrow());
-        s.set_drain(Drain::Serving);
+        s.set_drain(Drain::Serving, DrainNote::default());
         assert_eq!(weight(&docs.borrow()), 3);
     }
 
     #[test]
     fn a_drain_deregisters_without_touching_the_document() {
         let s = switch();
-        let (_, generation) = s.set_drain(Drain::Out);
+        let (_, generation, _) = s.set_drain(Drain::Out, DrainNote::default());
         assert!(!*s.serving().borrow());
         assert_eq!(generation, 1);
         // Soft after out: registered again, weightless.
-        s.set_drain(Drain::Soft);
+        s.set_drain(Drain::Soft, DrainNote::default());
         assert!(*s.serving().borrow());
         assert_eq!(weight(&s.document().borrow()), 0);
+    }
+
+    #[test]
+    fn a_drain_with_a_note_carries_it_and_its_expiry_ends_only_that_drain() {
+        let s = switch();
+        let note = DrainNote {
+            reason: Some("kernel upgrade".to_owned()),
+            until_ms: Some(1),
+        };
+        let (_, _, first) = s.set_drain(Drain::Soft, note.clone());
+        let doc: serde_json::Value = serde_json::from_slice(&s.document().borrow().bytes).unwrap();
+        assert_eq!(doc["payload"]["drain"]["reason"], "kernel upgrade");
+        assert_eq!(s.note(), note);
+        // A later request: the first drain's expiry changes nothing.
+        let (_, _, second) = s.set_drain(Drain::Out, DrainNote::default());
+        assert!(!s.expire(first));
+        assert_eq!(s.drain(), Drain::Out);
+        assert!(s.expire(second));
+        assert_eq!(s.drain(), Drain::Serving);
+        let doc: serde_json::Value = serde_json::from_slice(&s.document().borrow().bytes).unwrap();
+        assert!(doc["payload"].get("drain").is_none(), "{doc}");
     }
 
     #[test]

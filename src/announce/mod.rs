@@ -25,7 +25,8 @@ use crate::zk::ZkError;
 
 pub use agent::{Agent, Plan};
 pub use control::{
-    Control, ControlError, Reply, Request, default_control_dir, matches_socket, request, sockets,
+    Control, ControlError, MAX_REASON, Reply, Request, default_control_dir, matches_socket, now_ms,
+    request, sockets,
 };
 pub use document::{Document, Drain, Switch};
 pub use host::{default_address, default_id, hostname};

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use herald::announce::{self, Request};
+use herald::instance::DrainNote;
 
 use super::Outcome;
 
@@ -16,6 +17,7 @@ Examples:
   herald drain --service pg      only the pg agent
   herald drain --soft            stay registered with weight 0: no new work, sessions finish
   herald undrain                 register again (once the health checks pass), with its weight
+  herald drain --for 10m --reason \"kernel upgrade\"    ends by itself after 10 minutes
 
 A soft drain keeps the instance in every derived value with weight 0: pgpool (backend_weightN)
 and HAProxy (weight) send it no new sessions while open ones go on, and the url and hostports
@@ -41,8 +43,14 @@ pub struct DrainArgs {
 #[derive(Debug, Args)]
 pub struct DrainCommand {
     /// Stay registered with weight 0 instead of deregistering.
-    #[arg(long)]
+    #[arg(long, visible_alias = "keep-registered")]
     pub soft: bool,
+    /// End the drain by itself after this long (e.g. 10m): the instance serves again.
+    #[arg(long = "for", value_name = "DURATION", value_parser = super::parse_duration)]
+    pub for_: Option<std::time::Duration>,
+    /// Why (shown by herald status, and by herald ls for a soft drain); at most 200 bytes.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     #[command(flatten)]
     pub agents: DrainArgs,
 }
@@ -53,10 +61,31 @@ pub async fn drain(args: DrainCommand) -> anyhow::Result<()> {
     } else {
         Request::Drain
     };
-    run(args.agents, request).await
+    if let Some(reason) = &args.reason
+        && (reason.trim().is_empty()
+            || reason.len() > announce::MAX_REASON
+            || reason.chars().any(char::is_control))
+    {
+        return Err(Outcome::Usage(format!(
+            "--reason: write one line of at most {} bytes, e.g. --reason \"kernel upgrade\"",
+            announce::MAX_REASON
+        ))
+        .into());
+    }
+    let note = DrainNote {
+        reason: args.reason.map(|r| r.trim().to_owned()),
+        until_ms: args
+            .for_
+            .map(|d| announce::now_ms().saturating_add(d.as_millis() as u64)),
+    };
+    send(args.agents, request, &note).await
 }
 
 pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
+    send(args, request, &DrainNote::default()).await
+}
+
+async fn send(args: DrainArgs, request: Request, note: &DrainNote) -> anyhow::Result<()> {
     let dir = args
         .control_dir
         .clone()
@@ -78,7 +107,7 @@ pub async fn run(args: DrainArgs, request: Request) -> anyhow::Result<()> {
     let mut failures = 0;
     let mut unsettled = 0;
     for (path, name) in matching {
-        match announce::request(&path, request).await {
+        match announce::request(&path, request, note).await {
             Ok(reply) => {
                 println!("{}: {reply}", name.replacen('@', "/", 1));
                 if matches!(request, Request::Drain | Request::DrainSoft) && reply.pending {

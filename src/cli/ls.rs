@@ -116,6 +116,7 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
                     "endpoints": i.endpoints, "metaKeys": meta_keys,
                     "registrationTimeUTC": i.registered_ms, "serviceType": i.service_type,
                     "excludedFrom": left_out.iter().map(|(k, r)| (k.clone(), json!(r))).collect::<serde_json::Map<_, _>>(),
+                    "drained": i.drained.as_ref().map(|d| json!({"reason": d.reason, "until": d.until_ms})),
                 })
                 .to_string(),
             );
@@ -132,6 +133,9 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
                 printable(&labels.join(",")),
                 printable(&meta_keys.join(","))
             ));
+            if let Some(note) = &i.drained {
+                out.push_str(&format!("  DRAINED {}", printable(&note.to_string())));
+            }
             for (key, reason) in &left_out {
                 out.push_str(&format!("  EXCLUDED from {key}: {}", printable(reason)));
             }

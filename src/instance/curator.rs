@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{DYNAMIC, Instance};
+use super::{DYNAMIC, DrainNote, Instance};
 use crate::layout::{InstanceId, ServiceName};
 
 /// The largest instance document herald writes or reads. A director holds every document of
@@ -58,6 +58,17 @@ struct Payload<'a> {
     meta: &'a BTreeMap<String, String>,
     endpoints: &'a BTreeMap<String, u16>,
     weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain: Option<DrainDoc<'a>>,
+}
+
+/// `payload.drain`: `{"reason": …, "until": ms}`, each when known.
+#[derive(Serialize)]
+struct DrainDoc<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
 }
 
 impl Instance {
@@ -74,6 +85,10 @@ impl Instance {
                 meta: &self.meta,
                 endpoints: &self.endpoints,
                 weight: self.weight,
+                drain: self.drained.as_ref().map(|d| DrainDoc {
+                    reason: d.reason.as_deref(),
+                    until: d.until_ms,
+                }),
             },
             registration_time_utc: self.registered_ms,
             service_type: &self.service_type,
@@ -137,6 +152,7 @@ impl Instance {
             meta: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             weight: 1,
+            drained: None,
         };
         if let Some(Value::Object(payload)) = doc.get("payload") {
             read_payload(&mut instance, payload);
@@ -175,6 +191,15 @@ fn read_payload(instance: &mut Instance, payload: &Map<String, Value>) {
             .and_then(|w| u32::try_from(w).ok())
         {
             instance.weight = weight;
+        }
+        if let Some(Value::Object(drain)) = payload.get("drain") {
+            instance.drained = Some(DrainNote {
+                reason: drain
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                until_ms: drain.get("until").and_then(Value::as_u64),
+            });
         }
     } else if let Some(metadata @ Value::Object(_)) = payload.get("metadata") {
         instance.meta = strings(Some(metadata));

@@ -35,6 +35,38 @@ pub struct Instance {
     pub endpoints: BTreeMap<String, u16>,
     /// Relative weight for load balancing; 0 means "registered, but send nothing".
     pub weight: u32,
+    /// Set while an operator keeps it drained but registered (`herald drain --soft`): why, and
+    /// until when.
+    pub drained: Option<DrainNote>,
+}
+
+/// What an operator said of a drain: why, and until when (it ends by itself then).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainNote {
+    pub reason: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub until_ms: Option<u64>,
+}
+
+impl DrainNote {
+    pub fn is_empty(&self) -> bool {
+        self.reason.is_none() && self.until_ms.is_none()
+    }
+}
+
+impl std::fmt::Display for DrainNote {
+    /// `reason: R, until 2026-12-07T16:50:00Z`, the parts there are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(reason) = &self.reason {
+            parts.push(format!("reason: {reason}"));
+        }
+        if let Some(until) = self.until_ms {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(until);
+            parts.push(format!("until {}", humantime::format_rfc3339_seconds(at)));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// `serviceType` of instances herald registers: removed when their session ends.
@@ -62,6 +94,7 @@ impl Instance {
             meta: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             weight: 1,
+            drained: None,
         }
     }
 }

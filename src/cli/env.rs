@@ -23,7 +23,7 @@ parameters (password=, access_token=, …) and Bearer/Basic credentials, are mas
 pub struct EnvArgs {
     #[command(flatten)]
     pub harness: HarnessArgs,
-    /// Print one JSON object: {\"environment\": {NAME: value}, \"export\": {NAME: value}}.
+    /// Print one JSON object: {"environment": {NAME: value}, "export": {NAME: value}}.
     #[arg(long)]
     pub json: bool,
     /// Print values as they are.

@@ -24,7 +24,7 @@ pub struct LsArgs {
     /// List this service's instances instead.
     #[arg(value_name = "SERVICE")]
     pub service: Option<String>,
-    /// Print one JSON object: {\"environment\": {KEY: bytes}, \"services\": {name: instances}}.
+    /// Print one JSON object: {"environment": {KEY: bytes}, "services": {name: instances}}.
     #[arg(long)]
     pub json: bool,
 }

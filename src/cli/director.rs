@@ -59,10 +59,10 @@ pub struct DirectorArgs {
     /// One output: a program that reads the instances (JSON) on stdin and prints the value.
     #[arg(long, value_name = "COMMAND", group = "derivation")]
     pub exec: Option<String>,
-    /// Bound on --exec.
+    /// Bound on --exec [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub exec_timeout: Option<String>,
-    /// Keep the last value while fewer instances are registered.
+    /// Keep the last value while fewer instances are registered [default: 1].
     #[arg(long, value_name = "N")]
     pub min_instances: Option<usize>,
     /// Publish even with no instances.

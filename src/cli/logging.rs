@@ -13,6 +13,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log format on stderr.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

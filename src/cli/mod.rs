@@ -97,6 +97,7 @@ pub enum Command {
 
 /// How to reach ZooKeeper and where herald's znodes live.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "ZooKeeper")]
 pub struct ZkArgs {
     /// ZooKeeper connect string: host:port[,host:port…][/chroot].
     #[arg(

@@ -7,7 +7,7 @@ use clap::Args;
 use herald::harness::mask;
 use serde_json::{Map, Value, json};
 
-use super::run::{HarnessArgs, Prepared};
+use super::harness::{HarnessArgs, Prepared};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\

@@ -10,6 +10,7 @@ mod drain;
 mod env;
 mod exit;
 mod gateway;
+mod harness;
 pub mod logging;
 mod ls;
 mod put;

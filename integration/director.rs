@@ -949,11 +949,38 @@ async fn a_cliff_is_held_until_it_lasts_and_never_published_when_it_recovers() {
     d.wait_log("reason=max_drop", 1).await;
     let (held, _) = client.get_data(&path).await.unwrap();
     assert_eq!(held, all.as_bytes(), "the last value is kept");
+    // `herald ls` shows the hold, and stops showing it once it ends.
+    let ls = |root: String| move || run(herald(&root).arg("ls")).stdout;
+    let listing = tokio::task::spawn_blocking({
+        let ls = ls(root.clone());
+        move || {
+            wait_for("herald ls to show the hold", || {
+                let out = String::from_utf8_lossy(&ls()).into_owned();
+                out.contains("HELD since").then_some(out)
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        listing.contains("the instances fell from 4 to 1, more than max_drop allows"),
+        "{listing}"
+    );
     // They come back before drop_confirm: nothing was published meanwhile.
     for (id, port) in [("b", 5002), ("c", 5003), ("d", 5004)] {
         register(&client, &root, "pg", id, port).await;
     }
     d.wait_log("no longer held", 1).await;
+    tokio::task::spawn_blocking({
+        let ls = ls(root.clone());
+        move || {
+            wait_for("herald ls to drop the hold", || {
+                (!String::from_utf8_lossy(&ls()).contains("HELD")).then_some(())
+            })
+        }
+    })
+    .await
+    .unwrap();
     let (data, stat) = client.get_data(&path).await.unwrap();
     assert_eq!(data, all.as_bytes());
     // A drop that lasts is published once drop_confirm has passed.

@@ -296,6 +296,7 @@ fn ls_lists_keys_with_sizes_and_services_with_instance_counts() {
             "root": root,
             "environment": {"A_KEY": 1, "B_KEY": 5},
             "services": {"cache": 1, "pg": 2},
+            "holds": {},
         })
     );
     let out = run(herald(&root).args(["ls"]));

@@ -11,7 +11,7 @@
 //! | znodes | anyone | `read` | `write` | `register` | `lead` |
 //! |---|---|---|---|---|---|
 //! | `<root>` | r | | c | c | c |
-//! | `environment`, `slots`, `excluded` | r | | cd | | cd |
+//! | `environment`, `slots`, `excluded`, `holds` | r | | cd | | cd |
 //! | values, slot maps, exclusion lists | | r | rw | | rw |
 //! | `services`, `services/S` | r | | | cd | |
 //! | instance nodes (metadata may hold credentials) | | | | | r |
@@ -132,7 +132,7 @@ impl FromStr for Grant {
 pub enum Kind {
     /// `<root>` (and anything below it herald does not know).
     Root,
-    /// `environment`, `slots`, `excluded`.
+    /// `environment`, `slots`, `excluded`, `holds`.
     ValueDir,
     /// Values, slot maps, exclusion lists.
     Value,
@@ -189,7 +189,7 @@ impl Kind {
         let below = dir.strip_prefix(root)?.strip_prefix('/')?;
         let top = below.split('/').next().unwrap_or_default();
         Some(match top {
-            "environment" | "slots" | "excluded" => Kind::ValueDir,
+            "environment" | "slots" | "excluded" | "holds" => Kind::ValueDir,
             "services" => Kind::ServiceDir,
             "directors" => Kind::ElectionDir,
             _ => Kind::Root,
@@ -451,6 +451,7 @@ async fn tree(
         (layout.environment(), Kind::ValueDir, None),
         (layout.slots_dir(), Kind::ValueDir, None),
         (layout.excluded_dir(), Kind::ValueDir, None),
+        (layout.holds_dir(), Kind::ValueDir, None),
         (layout.services(), Kind::ServiceDir, Some(Kind::Instance)),
         (
             format!("{}/directors", layout.root()),

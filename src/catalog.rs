@@ -95,6 +95,28 @@ pub async fn instances(
     Ok(found)
 }
 
+/// The outputs whose leader holds the last value, with what it said of the hold
+/// (`<root>/holds/<KEY>`: reason, message, since), by key; outputs holding nothing are left out.
+pub async fn holds(
+    client: &zk::Client,
+    layout: &Layout,
+) -> Result<Vec<(EnvKey, serde_json::Value)>, ZkError> {
+    let listed = list_named::<EnvKey>(client, &layout.holds_dir()).await?;
+    let mut out = Vec::new();
+    for (key, _) in listed {
+        let path = layout.hold(&key);
+        match client.get_data(&path).await {
+            Ok((data, _)) => match serde_json::from_slice::<serde_json::Value>(&data) {
+                Ok(record) if record.get("reason").is_some() => out.push((key, record)),
+                _ => {}
+            },
+            Err(zk::Error::NoNode) => {}
+            Err(err) => return Err(ZkError::op("read", &path, err)),
+        }
+    }
+    Ok(out)
+}
+
 /// Every output's excluded instances (`<root>/excluded/<KEY>`), by key.
 pub async fn excluded(
     client: &zk::Client,

@@ -278,6 +278,17 @@ impl Layout {
         format!("{}/excluded/{key}", self.root)
     }
 
+    /// `<root>/holds`: the parent of every output's current hold.
+    pub fn holds_dir(&self) -> String {
+        format!("{}/holds", self.root)
+    }
+
+    /// `<root>/holds/<KEY>`: why output KEY's leader keeps the last value instead of a new one
+    /// (JSON; `{}` when nothing is held), written by the leader, fenced.
+    pub fn hold(&self, key: &EnvKey) -> String {
+        format!("{}/holds/{key}", self.root)
+    }
+
     /// `<root>/directors/<KEY>`: where the directors of output KEY hold their election.
     pub fn directors(&self, key: &EnvKey) -> String {
         format!("{}/directors/{key}", self.root)

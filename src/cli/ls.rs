@@ -39,11 +39,13 @@ pub async fn run(zk_args: &ZkArgs, args: LsArgs) -> anyhow::Result<()> {
     let listed = zk::bounded(&target.config, async {
         let keys = target.values.list(&client).await?;
         let services = catalog::services(&client, layout).await?;
-        anyhow::Ok((keys, services))
+        let holds = catalog::holds(&client, layout).await?;
+        anyhow::Ok((keys, services, holds))
     })
     .await;
     zk::close(client).await;
-    let (keys, services) = listed?.with_context(|| format!("cannot list {}", layout.root()))?;
+    let (keys, services, holds) =
+        listed?.with_context(|| format!("cannot list {}", layout.root()))?;
 
     let mut out = String::new();
     if args.json {
@@ -55,7 +57,11 @@ pub async fn run(zk_args: &ZkArgs, args: LsArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(s, n)| (s.to_string(), json!(n)))
             .collect();
-        out = json!({ "root": layout.root(), "environment": environment, "services": services })
+        let holds: serde_json::Map<_, _> = holds
+            .iter()
+            .map(|(k, record)| (k.to_string(), record.clone()))
+            .collect();
+        out = json!({ "root": layout.root(), "environment": environment, "services": services, "holds": holds })
             .to_string();
         out.push('\n');
     } else {
@@ -66,8 +72,33 @@ pub async fn run(zk_args: &ZkArgs, args: LsArgs) -> anyhow::Result<()> {
             .max()
             .unwrap_or(0);
         out.push_str(&format!("environment ({}/environment):\n", layout.root()));
+        let held = |key: &herald::layout::EnvKey| -> String {
+            let Some((_, record)) = holds.iter().find(|(k, _)| k == key) else {
+                return String::new();
+            };
+            let since = record["since"]
+                .as_u64()
+                .map(|ms| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                    )
+                    .to_string()
+                })
+                .unwrap_or_default();
+            format!(
+                "  HELD since {since}: {}",
+                printable(record["message"].as_str().unwrap_or("?"))
+            )
+        };
         for (key, bytes) in &keys {
-            out.push_str(&format!("  {key:width$}  {bytes} bytes\n"));
+            out.push_str(&format!("  {key:width$}  {bytes} bytes{}\n", held(key)));
+        }
+        // A held output that has never published has no value to list.
+        for (key, _) in holds
+            .iter()
+            .filter(|(k, _)| !keys.iter().any(|(p, _)| p == k))
+        {
+            out.push_str(&format!("  {key:width$}  not published{}\n", held(key)));
         }
         out.push_str(&format!("services ({}/services):\n", layout.root()));
         for (service, n) in &services {

@@ -27,34 +27,41 @@ pub enum Beside<'a> {
     Slots(&'a [u8], bool),
     /// `<root>/excluded/<KEY>`: the bytes, and whether the znode exists.
     Excluded(&'a [u8], bool),
+    /// `<root>/holds/<KEY>`: the bytes, and whether the znode exists.
+    Hold(&'a [u8], bool),
 }
 
 /// Writes `value` as KEY if `lead` still leads, and with it, in the same multi-op, the output's
-/// `beside` znodes. `exists` is what the caller believes (it read the value when it began to
-/// lead): a wrong guess costs one more round trip, never a wrong write.
+/// `beside` znodes (only those when `value` is `None`). `exists` is what the caller believes
+/// (it read the value when it began to lead): a wrong guess costs one more round trip, never a
+/// wrong write.
 pub async fn publish(
     lead: &Leadership,
     values: &Values,
     key: &EnvKey,
-    value: &[u8],
+    value: Option<&[u8]>,
     exists: bool,
     beside: &[Beside<'_>],
 ) -> Result<Fenced, ValueError> {
-    check_value(key, value)?;
     let layout = values.layout();
-    let mut writes = vec![Write {
-        path: layout.value(key),
-        parent: layout.environment(),
-        data: value,
-        exists,
-        created_parent: false,
-    }];
+    let mut writes = Vec::new();
+    if let Some(value) = value {
+        check_value(key, value)?;
+        writes.push(Write {
+            path: layout.value(key),
+            parent: layout.environment(),
+            data: value,
+            exists,
+            created_parent: false,
+        });
+    }
     for b in beside {
         let (path, parent, data, exists) = match *b {
             Beside::Slots(data, exists) => (layout.slots(key), layout.slots_dir(), data, exists),
             Beside::Excluded(data, exists) => {
                 (layout.excluded(key), layout.excluded_dir(), data, exists)
             }
+            Beside::Hold(data, exists) => (layout.hold(key), layout.holds_dir(), data, exists),
         };
         check_value(key, data)?;
         writes.push(Write {
@@ -64,6 +71,9 @@ pub async fn publish(
             exists,
             created_parent: false,
         });
+    }
+    if writes.is_empty() {
+        return Ok(Fenced::Published);
     }
     let client = &lead.live.client;
     for _ in 0..8 {

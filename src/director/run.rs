@@ -272,6 +272,16 @@ async fn serve(
             }
         };
     }
+    // The output's hold record (`<root>/holds/KEY`) as stored: `None` when there is no znode.
+    let hold_path = shared.values.layout().hold(key);
+    let mut hold_stored: Option<Vec<u8>> = match lead.live.client.get_data(&hold_path).await {
+        Ok((data, _)) => Some(data),
+        Err(zookeeper_client::Error::NoNode) => None,
+        Err(err) => {
+            warn!(error = %ZkError::op("read", &hold_path, err), "cannot read the hold record; trying again in 1s");
+            return Ended::Failed;
+        }
+    };
     // The instances of the last value that passed the check (or was published already): what
     // is new or changed since is suspect when a value fails.
     let mut last_passed: Option<Vec<Instance>> = None;
@@ -450,20 +460,27 @@ async fn serve(
                 Some(assigned)
             }
         };
-        // Each hold is said once, when it begins or its reason changes.
-        let mut hold = |why: Hold| {
-            if held != Some(why.reason()) {
-                warn!(
-                    instances = instances.len(),
-                    reason = %why.reason(),
-                    value = %digest(published.as_deref()),
-                    "{why}: keeping the last value"
-                );
-                held = Some(why.reason());
+        // Each hold is said once, when it begins or its reason changes, and recorded at
+        // <root>/holds/KEY for `herald ls`.
+        let mut hold = |why: Hold| -> Option<Vec<u8>> {
+            if held == Some(why.reason()) {
+                return None;
             }
+            warn!(
+                instances = instances.len(),
+                reason = %why.reason(),
+                value = %digest(published.as_deref()),
+                "{why}: keeping the last value"
+            );
+            held = Some(why.reason());
+            Some(hold_record(&why, instances.len()))
         };
         if let Err(why) = guards.enough(instances.len()) {
-            hold(why);
+            if let Some(record) = hold(why)
+                && let Some(ended) = record_hold(lead, shared, key, record, &mut hold_stored).await
+            {
+                return ended;
+            }
             continue;
         }
         let derived = match &output.derivation {
@@ -501,7 +518,12 @@ async fn serve(
                     // Published then if the drop lasts; a change before re-derives anyway.
                     retry_at = Some(*until);
                 }
-                hold(why);
+                if let Some(record) = hold(why)
+                    && let Some(ended) =
+                        record_hold(lead, shared, key, record, &mut hold_stored).await
+                {
+                    return ended;
+                }
                 continue;
             }
             Ok(Pass::Confirmed) => {
@@ -519,6 +541,11 @@ async fn serve(
                     );
                 }
             }
+        }
+        if let Some(ended) =
+            record_hold(lead, shared, key, NO_HOLD.to_vec(), &mut hold_stored).await
+        {
+            return ended;
         }
         let slot_bytes = assigned.as_ref().map(|a| a.slots.to_bytes());
         let slots_same = match (&slot_bytes, &slot_map) {
@@ -601,7 +628,7 @@ async fn serve(
             lead,
             &shared.values,
             key,
-            &value,
+            Some(&value),
             published.is_some(),
             &beside,
         )
@@ -636,6 +663,49 @@ async fn serve(
                 error!(error = %err, retry_in_s = delay.as_secs(), "cannot publish; retrying");
                 retry_at = Some(Instant::now() + delay);
             }
+        }
+    }
+}
+
+/// The hold record when nothing is held.
+const NO_HOLD: &[u8] = b"{}";
+
+/// What `<root>/holds/KEY` says of a hold: its reason, its words, since when, and how many
+/// instances the candidate had.
+fn hold_record(why: &Hold, instances: usize) -> Vec<u8> {
+    serde_json::json!({
+        "reason": why.reason(),
+        "message": why.to_string(),
+        "since": now_ms(),
+        "instances": instances,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Writes the hold record (fenced) when it differs from what is stored; `Some` when this
+/// director no longer leads. A failed write is only said: the record is for people.
+async fn record_hold(
+    lead: &Leadership,
+    shared: &Shared,
+    key: &crate::layout::EnvKey,
+    record: Vec<u8>,
+    stored: &mut Option<Vec<u8>>,
+) -> Option<Ended> {
+    // No znode and nothing held: nothing to say.
+    if stored.as_deref() == Some(record.as_slice()) || (stored.is_none() && record == NO_HOLD) {
+        return None;
+    }
+    let beside = [Beside::Hold(&record, stored.is_some())];
+    match publish(lead, &shared.values, key, None, false, &beside).await {
+        Ok(Fenced::Published) => {
+            *stored = Some(record);
+            None
+        }
+        Ok(Fenced::Deposed) => Some(Ended::Deposed),
+        Err(err) => {
+            warn!(error = %err, "cannot record the hold at <root>/holds; it is only logged");
+            None
         }
     }
 }

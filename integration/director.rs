@@ -994,5 +994,73 @@ async fn a_cliff_is_held_until_it_lasts_and_never_published_when_it_recovers() {
         stat.version + 1,
         "one write: the confirmed drop"
     );
-    d.wait_log("the drop has lasted drop_confirm", 1).await;
+    d.wait_log("the drop is confirmed", 1).await;
+}
+
+/// `herald confirm KEY`: an operator publishes a held drop at once instead of after
+/// `drop_confirm`; with nothing held it exits 3.
+#[tokio::test]
+async fn an_operator_confirms_a_held_drop() {
+    let root = root("dir_confirm");
+    let client = client().await;
+    let path = value_path(&root, "HOSTS");
+    let confirm = |root: &str| {
+        let root = root.to_owned();
+        tokio::task::spawn_blocking(move || run(herald(&root).args(["confirm", "HOSTS"])))
+    };
+    let out = confirm(&root).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "nothing held: {}",
+        describe(&out)
+    );
+    let d = Director::spawn(&mut director(
+        &root,
+        "HOSTS",
+        "pg",
+        &[
+            "--preset",
+            "hostports",
+            "--settle",
+            "0s",
+            "--wait",
+            "500ms:2s",
+            "--max-drop",
+            "50%",
+            "--drop-confirm",
+            "10m",
+        ],
+    ));
+    for (id, port) in [("a", 5001), ("b", 5002), ("c", 5003)] {
+        register(&client, &root, "pg", id, port).await;
+    }
+    value_becomes(&client, &path, "10.0.0.1:5001,10.0.0.2:5002,10.0.0.3:5003").await;
+    for id in ["b", "c"] {
+        client
+            .delete(&format!("{root}/services/pg/{id}"), None)
+            .await
+            .unwrap();
+    }
+    d.wait_log("reason=max_drop", 1).await;
+    // The hold is recorded just after it is logged: confirm once it is there.
+    let out = tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || {
+            wait_for("herald confirm to find the hold", || {
+                let out = run(herald(&root).args(["confirm", "HOSTS"]));
+                out.status.success().then_some(out)
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("HOSTS: confirmed (the instances fell from 3 to 1"),
+        "{}",
+        describe(&out)
+    );
+    value_becomes(&client, &path, "10.0.0.1:5001").await;
+    d.wait_log("an operator confirmed the drop", 1).await;
 }

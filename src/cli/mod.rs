@@ -4,6 +4,7 @@
 
 mod acl;
 mod announce;
+mod confirm;
 mod delete;
 mod director;
 mod drain;
@@ -90,6 +91,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Derive values from the live instances and publish them (one fenced leader per output).
     Director(director::DirectorArgs),
+    /// Publish a drop a director holds back (max_drop) now.
+    Confirm(confirm::ConfirmArgs),
     /// A local HTTP daemon: containers POST and GET values (the single-machine case).
     Gateway(gateway::GatewayArgs),
     /// Check herald's znodes against its ACL policy, or bring them to it.
@@ -357,6 +360,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => drain::run(args, Request::Status).await,
         Command::Watch(args) => watch::run(&cli.zk, args).await,
         Command::Director(args) => director::run(&cli.zk, args).await,
+        Command::Confirm(args) => confirm::run(&cli.zk, args).await,
         Command::Gateway(args) => gateway::run(&cli.zk, args).await,
         Command::Acl(args) => acl::run(&cli.zk, args).await,
     };

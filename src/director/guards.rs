@@ -94,6 +94,8 @@ pub struct Guards {
     seen: VecDeque<(Instant, usize)>,
     /// Since when the current drop has lasted.
     cliff_since: Option<Instant>,
+    /// An operator confirmed the current drop (`herald confirm`).
+    confirmed: bool,
 }
 
 impl Guards {
@@ -102,6 +104,7 @@ impl Guards {
             limits,
             seen: VecDeque::new(),
             cliff_since: None,
+            confirmed: false,
         }
     }
 
@@ -129,11 +132,12 @@ impl Guards {
         let reference = self.reference();
         if self.limits.max_drop >= 1.0 || reference == 0 || !self.is_cliff(reference, count) {
             self.cliff_since = None;
+            self.confirmed = false;
             return Ok(Pass::Clear);
         }
         let since = *self.cliff_since.get_or_insert(now);
         let until = since + self.limits.drop_confirm;
-        if now >= until {
+        if now >= until || self.confirmed {
             return Ok(Pass::Confirmed);
         }
         Err(Hold::Cliff {
@@ -146,10 +150,18 @@ impl Guards {
     /// A value of `count` instances was published: after a confirmed drop it is the new
     /// reference.
     pub fn published(&mut self, count: usize, now: Instant) {
+        self.confirmed = false;
         if self.cliff_since.take().is_some() {
             self.seen.clear();
         }
         self.record(count, now);
+    }
+
+    /// An operator confirmed the drop held now: the next candidate with it passes. Whether a
+    /// drop was held.
+    pub fn confirm(&mut self) -> bool {
+        self.confirmed = self.cliff_since.is_some();
+        self.confirmed
     }
 
     /// Another director leads and the view has `count` of the output's instances: remembered,
@@ -294,6 +306,19 @@ mod tests {
             g.admit(2, false, secs(t0, 2)).is_err(),
             "taking over: 8 was there"
         );
+    }
+
+    #[test]
+    fn an_operator_confirms_the_drop_held_now() {
+        let t0 = Instant::now();
+        let mut g = Guards::new(LIMITS);
+        assert!(!g.confirm(), "nothing held");
+        g.published(10, t0);
+        assert!(g.admit(2, false, secs(t0, 1)).is_err());
+        assert!(g.confirm());
+        assert_eq!(g.admit(2, false, secs(t0, 2)), Ok(Pass::Confirmed));
+        g.published(2, secs(t0, 2));
+        assert!(!g.confirm(), "the confirmed drop is the new reference");
     }
 
     #[test]

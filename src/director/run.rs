@@ -273,7 +273,20 @@ async fn serve(
         };
     }
     // The output's hold record (`<root>/holds/KEY`) as stored: `None` when there is no znode.
+    // Watched (before it is read) for an operator's confirmation (`herald confirm KEY`).
     let hold_path = shared.values.layout().hold(key);
+    let mut confirmations = match lead
+        .live
+        .client
+        .watch(&hold_path, zookeeper_client::AddWatchMode::Persistent)
+        .await
+    {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            warn!(error = %ZkError::op("watch", &hold_path, err), "cannot watch the hold record; trying again in 1s");
+            return Ended::Failed;
+        }
+    };
     let mut hold_stored: Option<Vec<u8>> = match lead.live.client.get_data(&hold_path).await {
         Ok((data, _)) => Some(data),
         Err(zookeeper_client::Error::NoNode) => None,
@@ -340,6 +353,20 @@ async fn serve(
                             published = None;
                             retry_at = Some(Instant::now() + Duration::from_secs(1));
                         }
+                    }
+                }
+                event = confirmations.changed() => {
+                    if matches!(event.event_type, zookeeper_client::EventType::Session)
+                        || held != Some("max_drop")
+                    {
+                        continue;
+                    }
+                    let Ok((Some(record), _)) = read_value(&lead.live.client, &hold_path).await else {
+                        continue;
+                    };
+                    if confirms(&record, hold_stored.as_deref()) && guards.confirm() {
+                        info!("an operator confirmed the drop (herald confirm): publishing it");
+                        retry_at = Some(Instant::now());
                     }
                 }
                 changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
@@ -530,7 +557,7 @@ async fn serve(
                 held = None;
                 warn!(
                     instances = instances.len(),
-                    "the drop has lasted drop_confirm: publishing it"
+                    "the drop is confirmed (it lasted drop_confirm, or herald confirm): publishing it"
                 );
             }
             Ok(Pass::Clear) => {
@@ -665,6 +692,20 @@ async fn serve(
             }
         }
     }
+}
+
+/// Whether `record` (as read) is `stored` (the hold this leader recorded) marked confirmed: a
+/// confirmation of an earlier hold does not count.
+fn confirms(record: &[u8], stored: Option<&[u8]>) -> bool {
+    let parse = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    let (Some(mut record), Some(stored)) = (parse(record), stored.and_then(parse)) else {
+        return false;
+    };
+    let confirmed = record
+        .as_object_mut()
+        .and_then(|r| r.remove("confirmed"))
+        .is_some_and(|c| c == true);
+    confirmed && record == stored
 }
 
 /// The hold record when nothing is held.

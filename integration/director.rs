@@ -1064,3 +1064,54 @@ async fn an_operator_confirms_a_held_drop() {
     value_becomes(&client, &path, "10.0.0.1:5001").await;
     d.wait_log("an operator confirmed the drop", 1).await;
 }
+
+/// A value its check refuses, with nobody to leave out, is a hold like the guards' own: recorded
+/// for `herald ls`, and cleared by the next value published.
+#[tokio::test]
+async fn a_failed_check_shows_as_a_hold_until_a_value_passes() {
+    let root = root("dir_check_hold");
+    let s = Scratch::new("dir_check_hold");
+    let client = client().await;
+    let path = value_path(&root, "HOSTS");
+    let gate = s.path("refuse");
+    std::fs::write(&gate, "").unwrap();
+    let check = format!("test ! -e {}", gate.display());
+    // Two instances, every value refused: nobody is to blame, so nothing is left out.
+    register(&client, &root, "pg", "a", 5001).await;
+    register(&client, &root, "pg", "b", 5002).await;
+    let d = Director::spawn(&mut director(
+        &root,
+        "HOSTS",
+        "pg",
+        &["--preset", "hostports", "--check", &check],
+    ));
+    d.wait_log("failed its check", 1).await;
+    let ls = {
+        let root = root.clone();
+        move || String::from_utf8_lossy(&run(herald(&root).arg("ls")).stdout).into_owned()
+    };
+    let listing = tokio::task::spawn_blocking({
+        let ls = ls.clone();
+        move || {
+            wait_for("herald ls to show the failed check", || {
+                let out = ls();
+                out.contains("HELD since").then_some(out)
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        listing.contains("HOSTS") && listing.contains("failed its check"),
+        "{listing}"
+    );
+    std::fs::remove_file(&gate).unwrap();
+    value_becomes(&client, &path, "10.0.0.1:5001,10.0.0.2:5002").await;
+    tokio::task::spawn_blocking(move || {
+        wait_for("herald ls to drop the hold", || {
+            (!ls().contains("HELD")).then_some(())
+        })
+    })
+    .await
+    .unwrap();
+}

@@ -500,7 +500,7 @@ async fn serve(
                 "{why}: keeping the last value"
             );
             held = Some(why.reason());
-            Some(hold_record(&why, instances.len()))
+            Some(hold_record(why.reason(), &why.to_string(), instances.len()))
         };
         if let Err(why) = guards.enough(instances.len()) {
             if let Some(record) = hold(why)
@@ -528,6 +528,12 @@ async fn serve(
             // The same instances give the same size: no retry, the next change tries again.
             Err(err @ (DeriveError::TooLarge { .. } | DeriveError::OutputTooLarge)) => {
                 error!(error = %err, instances = instances.len(), value = %digest(published.as_deref()), "nothing published: keeping the last value until the instances change");
+                held = Some("too_large");
+                let record = hold_record("too_large", &err.to_string(), instances.len());
+                if let Some(ended) = record_hold(lead, shared, key, record, &mut hold_stored).await
+                {
+                    return ended;
+                }
                 continue;
             }
             Err(err) => {
@@ -561,18 +567,18 @@ async fn serve(
                 );
             }
             Ok(Pass::Clear) => {
-                if let Some(reason) = held.take() {
+                // A guard's hold ends here; a failed check or an oversized value ends with the
+                // next value published.
+                if let Some(reason) =
+                    held.filter(|r| ["min_instances", "empty", "max_drop"].contains(r))
+                {
+                    held = None;
                     info!(
                         instances = instances.len(),
                         reason, "no longer held: the instances are back"
                     );
                 }
             }
-        }
-        if let Some(ended) =
-            record_hold(lead, shared, key, NO_HOLD.to_vec(), &mut hold_stored).await
-        {
-            return ended;
         }
         let slot_bytes = assigned.as_ref().map(|a| a.slots.to_bytes());
         let slots_same = match (&slot_bytes, &slot_map) {
@@ -594,6 +600,12 @@ async fn serve(
         if published.as_deref() == Some(value.as_slice()) && slots_same && excluded_same {
             debug!(instances = instances.len(), "the value is unchanged");
             guards.published(instances.len(), Instant::now());
+            held = None;
+            if let Some(ended) =
+                record_hold(lead, shared, key, NO_HOLD.to_vec(), &mut hold_stored).await
+            {
+                return ended;
+            }
             last_passed = Some(instances.clone());
             failures = 0;
             continue;
@@ -636,6 +648,14 @@ async fn serve(
                         let delay = backoff(failures);
                         error!(error = %err, value = %digest(Some(&value)), retry_in_s = delay.as_secs(), "the new value failed its check ({why}); nothing published");
                         retry_at = Some(Instant::now() + delay);
+                        held = Some("check_failed");
+                        let message = format!("the new value failed its check ({why}): {err}");
+                        let record = hold_record("check_failed", &message, instances.len());
+                        if let Some(ended) =
+                            record_hold(lead, shared, key, record, &mut hold_stored).await
+                        {
+                            return ended;
+                        }
                     }
                 }
                 continue;
@@ -650,6 +670,11 @@ async fn serve(
             && !excluded_same
         {
             beside.push(Beside::Excluded(bytes, excluded_stored.is_some()));
+        }
+        // A hold ends with this value: its record says so in the same write.
+        let clears_hold = hold_stored.as_deref().is_some_and(|h| h != NO_HOLD);
+        if clears_hold {
+            beside.push(Beside::Hold(NO_HOLD, true));
         }
         match publish(
             lead,
@@ -671,6 +696,10 @@ async fn serve(
                 if !excluded_same {
                     excluded_stored = excluded_bytes;
                 }
+                if clears_hold {
+                    hold_stored = Some(NO_HOLD.to_vec());
+                }
+                held = None;
                 info!(
                     old = %digest(published.as_deref()),
                     new = %digest(Some(&value)),
@@ -711,12 +740,13 @@ fn confirms(record: &[u8], stored: Option<&[u8]>) -> bool {
 /// The hold record when nothing is held.
 const NO_HOLD: &[u8] = b"{}";
 
-/// What `<root>/holds/KEY` says of a hold: its reason, its words, since when, and how many
-/// instances the candidate had.
-fn hold_record(why: &Hold, instances: usize) -> Vec<u8> {
+/// What `<root>/holds/KEY` says of a hold: its reason (`min_instances`, `empty`, `max_drop`,
+/// `too_large`, `check_failed`), its words, since when, and how many instances the candidate
+/// had.
+fn hold_record(reason: &str, message: &str, instances: usize) -> Vec<u8> {
     serde_json::json!({
-        "reason": why.reason(),
-        "message": why.to_string(),
+        "reason": reason,
+        "message": message,
         "since": now_ms(),
         "instances": instances,
     })
@@ -733,8 +763,17 @@ async fn record_hold(
     record: Vec<u8>,
     stored: &mut Option<Vec<u8>>,
 ) -> Option<Ended> {
-    // No znode and nothing held: nothing to say.
-    if stored.as_deref() == Some(record.as_slice()) || (stored.is_none() && record == NO_HOLD) {
+    // No znode and nothing held, or the same hold said again: nothing to write.
+    let said = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .map(|v| (v["reason"].clone(), v["message"].clone()))
+    };
+    if (stored.is_none() && record == NO_HOLD)
+        || stored
+            .as_deref()
+            .is_some_and(|s| s == record.as_slice() || said(s) == said(&record))
+    {
         return None;
     }
     let beside = [Beside::Hold(&record, stored.is_some())];

@@ -78,6 +78,21 @@ async fn value_becomes(client: &zkc::Client, path: &str, expected: &str) -> zkc:
     waited.unwrap_or_else(|_| panic!("{path} did not become {expected:?}; last {last:?}"))
 }
 
+/// Runs `herald ls` until its listing satisfies `ready` (a hold is recorded just after it is
+/// logged); returns that listing.
+async fn listing_when(root: &str, what: &str, ready: fn(&str) -> bool) -> String {
+    let (root, what) = (root.to_owned(), format!("herald ls to show {what}"));
+    tokio::task::spawn_blocking(move || {
+        wait_for(&what, || {
+            let listing =
+                String::from_utf8_lossy(&run(herald(&root).arg("ls")).stdout).into_owned();
+            ready(&listing).then_some(listing)
+        })
+    })
+    .await
+    .unwrap()
+}
+
 fn value_path(root: &str, key: &str) -> String {
     format!("{root}/environment/{key}")
 }
@@ -950,18 +965,7 @@ async fn a_cliff_is_held_until_it_lasts_and_never_published_when_it_recovers() {
     let (held, _) = client.get_data(&path).await.unwrap();
     assert_eq!(held, all.as_bytes(), "the last value is kept");
     // `herald ls` shows the hold, and stops showing it once it ends.
-    let ls = |root: String| move || run(herald(&root).arg("ls")).stdout;
-    let listing = tokio::task::spawn_blocking({
-        let ls = ls(root.clone());
-        move || {
-            wait_for("herald ls to show the hold", || {
-                let out = String::from_utf8_lossy(&ls()).into_owned();
-                out.contains("HELD since").then_some(out)
-            })
-        }
-    })
-    .await
-    .unwrap();
+    let listing = listing_when(&root, "the hold", |l| l.contains("HELD since")).await;
     assert!(
         listing.contains("the instances fell from 4 to 1, more than max_drop allows"),
         "{listing}"
@@ -971,16 +975,7 @@ async fn a_cliff_is_held_until_it_lasts_and_never_published_when_it_recovers() {
         register(&client, &root, "pg", id, port).await;
     }
     d.wait_log("no longer held", 1).await;
-    tokio::task::spawn_blocking({
-        let ls = ls(root.clone());
-        move || {
-            wait_for("herald ls to drop the hold", || {
-                (!String::from_utf8_lossy(&ls()).contains("HELD")).then_some(())
-            })
-        }
-    })
-    .await
-    .unwrap();
+    listing_when(&root, "no hold", |l| !l.contains("HELD")).await;
     let (data, stat) = client.get_data(&path).await.unwrap();
     assert_eq!(data, all.as_bytes());
     // A drop that lasts is published once drop_confirm has passed.
@@ -1086,32 +1081,12 @@ async fn a_failed_check_shows_as_a_hold_until_a_value_passes() {
         &["--preset", "hostports", "--check", &check],
     ));
     d.wait_log("failed its check", 1).await;
-    let ls = {
-        let root = root.clone();
-        move || String::from_utf8_lossy(&run(herald(&root).arg("ls")).stdout).into_owned()
-    };
-    let listing = tokio::task::spawn_blocking({
-        let ls = ls.clone();
-        move || {
-            wait_for("herald ls to show the failed check", || {
-                let out = ls();
-                out.contains("HELD since").then_some(out)
-            })
-        }
-    })
-    .await
-    .unwrap();
+    let listing = listing_when(&root, "the failed check", |l| l.contains("HELD since")).await;
     assert!(
         listing.contains("HOSTS") && listing.contains("failed its check"),
         "{listing}"
     );
     std::fs::remove_file(&gate).unwrap();
     value_becomes(&client, &path, "10.0.0.1:5001,10.0.0.2:5002").await;
-    tokio::task::spawn_blocking(move || {
-        wait_for("herald ls to drop the hold", || {
-            (!ls().contains("HELD")).then_some(())
-        })
-    })
-    .await
-    .unwrap();
+    listing_when(&root, "no hold", |l| !l.contains("HELD")).await;
 }

@@ -487,16 +487,8 @@ async fn the_control_socket_answers_its_own_user_only() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let scratch_top = s.path(".");
     std::fs::set_permissions(&scratch_top, std::fs::Permissions::from_mode(0o711)).unwrap();
-    // User nobody (Debian's python3, as herald's binary may sit where nobody cannot reach)
-    // asks the agent to drain.
-    let out = run(std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args([
-            "/usr/bin/python3",
-            "-c",
-            "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);s.sendall(b'drain\\n');print(s.makefile().read())",
-        ])
-        .arg(&socket));
+    // User nobody asks the agent to drain.
+    let out = ask_as_nobody(&socket, "drain\n");
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("error: not allowed"),

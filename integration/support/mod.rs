@@ -387,6 +387,19 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
 }
 
 /// Waits until `probe` returns `Some`, failing the test with `what` after [`DEADLINE`].
+/// Sends `request` to the Unix socket at `socket` as user nobody (uid 65534, as root only, by
+/// setpriv and Debian's python3: herald's binary may sit where nobody cannot reach) and returns
+/// what it printed: the whole answer.
+pub fn ask_as_nobody(socket: &Path, request: &str) -> Output {
+    let script = format!(
+        "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);s.sendall({request:?}.encode());print(s.makefile(errors='replace').read())"
+    );
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", &script])
+        .arg(socket))
+}
+
 /// Whether `pid` is gone (or a zombie nobody has reaped yet).
 pub fn process_gone(pid: &str) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

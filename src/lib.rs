@@ -12,6 +12,8 @@
 //! - [`announce`]: registration: the ephemeral instance znode, kept while healthy and not
 //!   drained, re-created after expiry or deletion, never taken from another session.
 //! - [`director`]: instances → derived value → fenced publish, with leader election per output.
+//! - [`last_known`]: the local copy of values read from ZooKeeper, served (with their age)
+//!   while ZooKeeper cannot be reached.
 //! - [`catalog`]: the registered services and their instance counts.
 //! - [`input`]: files that flags name, read the one way: regular files only, bounded.
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
@@ -36,6 +38,7 @@ pub mod harness;
 pub mod health;
 pub mod input;
 pub mod instance;
+pub mod last_known;
 pub mod layout;
 pub mod local_socket;
 pub mod reaper;

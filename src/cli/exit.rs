@@ -32,6 +32,8 @@ pub enum Exit {
     /// The instance id is registered by another live session (herald never takes it over), or
     /// held by a persistent node.
     Duplicate = 8,
+    /// ZooKeeper could not be reached and the last known value is older than `--max-stale`.
+    Stale = 9,
     /// `herald run`: CMD was found but could not be executed.
     CannotExecute = 126,
     /// `herald run`: CMD was not found.
@@ -53,6 +55,8 @@ pub enum Outcome {
     NotFound(String),
     #[error("{0}")]
     TimedOut(String),
+    #[error("{0}")]
+    Stale(String),
 }
 
 impl Exit {
@@ -64,6 +68,7 @@ impl Exit {
                     Outcome::Usage(_) => Exit::Usage,
                     Outcome::NotFound(_) => Exit::NotFound,
                     Outcome::TimedOut(_) => Exit::TimedOut,
+                    Outcome::Stale(_) => Exit::Stale,
                 };
             }
             if let Some(zk) = cause.downcast_ref::<ZkError>() {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use herald::harness::{self, Dir, Limits, Resolved};
+use herald::harness::{self, Dir, Limits, Notes, Resolved};
 use herald::layout::EnvKey;
 
 use super::parse_duration;
@@ -73,10 +73,31 @@ impl HarnessArgs {
                 .collect()
         };
         let limits = self.limits();
-        let inherited: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-        let resolved = harness::build(&dirs, inherited, self.keep_existing, limits.clone()).await?;
+        let mut inherited: BTreeMap<OsString, OsString> = std::env::vars_os()
+            .filter(|(name, _)| name != harness::NOTES_VAR && name != harness::STALE_VAR)
+            .collect();
+        // The entries' notes to each other (ZooKeeper unreachable) and to CMD (stale values).
+        let notes = Notes::create()
+            .map_err(|err| tracing::warn!(error = %err, "no notes directory for the entries; each tries ZooKeeper on its own"))
+            .ok();
+        if let Some(notes) = &notes {
+            inherited.insert(harness::NOTES_VAR.into(), notes.path().into());
+        }
+        let mut resolved =
+            harness::build(&dirs, inherited, self.keep_existing, limits.clone()).await?;
         let (export_dir, explicit) = self.export_location();
         let export = harness::declare(&export_dir, explicit, &resolved.env, limits).await?;
+        resolved
+            .env
+            .remove(std::ffi::OsStr::new(harness::NOTES_VAR));
+        if let Some(stale) = notes.as_ref().and_then(Notes::stale_var) {
+            resolved
+                .env
+                .insert(harness::STALE_VAR.into(), stale.clone().into());
+            if let Ok(key) = harness::STALE_VAR.parse::<EnvKey>() {
+                resolved.vars.push((key, stale));
+            }
+        }
         Ok(Prepared { resolved, export })
     }
 }

@@ -12,6 +12,7 @@ mod env;
 mod exit;
 mod gateway;
 mod harness;
+mod last_known;
 pub mod logging;
 mod ls;
 mod put;
@@ -51,7 +52,8 @@ Examples:
 
 Credentials: HERALD_ZK_AUTH=user:password or --zk-auth-file FILE (never on the command line).
 Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 timed out, 5 ZooKeeper unreachable, 6 denied,
-7 an /environment or /export entry failed, 8 instance id held by another live session or a persistent node;
+7 an /environment or /export entry failed, 8 instance id held by another live session or a persistent node,
+9 ZooKeeper unreachable and the last known value older than --max-stale;
 `herald run`: 126/127 when CMD cannot run, else CMD's.";
 
 #[derive(Debug, Parser)]

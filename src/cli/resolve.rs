@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use herald::zk::{self, Session};
+use herald::harness::RunNotes;
+use herald::layout::EnvKey;
+use herald::zk::{self, Session, ZkError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Outcome, ZkArgs, parse_duration, parse_key};
+use super::last_known::{self, CacheArgs};
+use super::{Outcome, Target, ZkArgs, parse_duration, parse_key};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -22,7 +25,12 @@ As an /environment script (/environment/DATABASE_URL):
   #!/bin/sh
   exec herald resolve DATABASE_URL
 
-Exit codes: 0 printed, 3 not published, 4 timed out, 5 ZooKeeper unreachable.
+With a cache (--cache DIR or HERALD_CACHE), each value read is kept there, and while ZooKeeper
+cannot be reached the kept value is printed instead, with a warning saying its age:
+  HERALD_CACHE=/var/cache/herald herald resolve DATABASE_URL
+
+Exit codes: 0 printed, 3 not published, 4 timed out, 5 ZooKeeper unreachable (and no kept
+value), 9 ZooKeeper unreachable and the kept value older than --max-stale.
 --default is used when the key is not published (or --wait timed out), never when
 ZooKeeper is unreachable.")]
 pub struct ResolveArgs {
@@ -37,36 +45,48 @@ pub struct ResolveArgs {
     /// Print this when the key is not published, and exit 0.
     #[arg(long)]
     pub default: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub async fn run(zk_args: &ZkArgs, args: ResolveArgs) -> anyhow::Result<()> {
     let key = parse_key(&args.key)?;
     let target = zk_args.target()?;
-    let values = &target.values;
-    let found = if args.wait {
-        let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
-        let waited = match args.timeout {
-            Some(limit) => tokio::time::timeout(limit, values.wait(&session.handle(), &key))
-                .await
-                .ok(),
-            None => Some(values.wait(&session.handle(), &key).await),
-        };
-        session.close().await;
-        match waited {
-            Some(result) => Some(result?),
-            None if args.default.is_some() => None,
-            None => {
-                let limit = humantime::format_duration(args.timeout.unwrap_or_default());
-                return Err(
-                    Outcome::TimedOut(format!("{key} was not published within {limit}")).into(),
-                );
+    let cache = args.cache.open(target.values.layout(), false)?;
+    let notes = RunNotes::from_env();
+    // An earlier entry of this `herald run` found ZooKeeper unreachable: do not wait out the
+    // connect timeout again.
+    let read = if notes.as_ref().is_some_and(RunNotes::unreachable) {
+        Err(ZkError::Unreachable {
+            hosts: target.config.connect.hosts().to_owned(),
+            within: target.config.connect_timeout,
+            cause: Some("an earlier entry of this herald run could not reach it".to_owned()),
+        }
+        .into())
+    } else {
+        read(&target, &key, &args).await
+    };
+    let found = match read {
+        Ok(found) => {
+            last_known::record(cache.as_ref(), &key, found.as_deref());
+            found
+        }
+        Err(err) => {
+            let Some(zk) = err
+                .downcast_ref::<ZkError>()
+                .filter(|zk| zk.is_unreachable())
+            else {
+                return Err(err);
+            };
+            if let Some(notes) = &notes {
+                notes.mark_unreachable();
+            }
+            let why = zk.to_string();
+            match last_known::fallback(cache.as_ref(), args.cache.max_stale, &key, &why)? {
+                Some(cached) => Some(cached.value),
+                None => return Err(err),
             }
         }
-    } else {
-        let client = zk::connect(&target.config).await?;
-        let got = zk::bounded(&target.config, values.get(&client, &key)).await;
-        zk::close(client).await;
-        got??
     };
     let value = match (found, args.default) {
         (Some(value), _) => value,
@@ -74,7 +94,7 @@ pub async fn run(zk_args: &ZkArgs, args: ResolveArgs) -> anyhow::Result<()> {
         (None, None) => {
             return Err(Outcome::NotFound(format!(
                 "{key} is not published (no znode {}); publish it with `herald put {key} …`, or pass --default or --wait",
-                values.layout().value(&key)
+                target.values.layout().value(&key)
             ))
             .into());
         }
@@ -85,4 +105,35 @@ pub async fn run(zk_args: &ZkArgs, args: ResolveArgs) -> anyhow::Result<()> {
         .and_then(|()| stdout.flush())
         .with_context(|| format!("cannot write the value of {key} to stdout"))?;
     Ok(())
+}
+
+/// KEY from ZooKeeper (`None`: not published; with `--wait`, once published).
+async fn read(
+    target: &Target,
+    key: &EnvKey,
+    args: &ResolveArgs,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let values = &target.values;
+    if !args.wait {
+        let client = zk::connect(&target.config).await?;
+        let got = zk::bounded(&target.config, values.get(&client, key)).await;
+        zk::close(client).await;
+        return Ok(got??);
+    }
+    let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
+    let waited = match args.timeout {
+        Some(limit) => tokio::time::timeout(limit, values.wait(&session.handle(), key))
+            .await
+            .ok(),
+        None => Some(values.wait(&session.handle(), key).await),
+    };
+    session.close().await;
+    match waited {
+        Some(result) => Ok(Some(result?)),
+        None if args.default.is_some() => Ok(None),
+        None => {
+            let limit = humantime::format_duration(args.timeout.unwrap_or_default());
+            Err(Outcome::TimedOut(format!("{key} was not published within {limit}")).into())
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod export;
 mod mask;
+pub mod notes;
 mod script;
 mod supervise;
 
@@ -27,6 +28,7 @@ pub use error::HarnessError;
 pub use exec::{ExecError, exec};
 pub use export::declare;
 pub use mask::mask;
+pub use notes::{NOTES_VAR, Notes, RunNotes, STALE_VAR};
 pub use supervise::{Child, Ended, FORWARDED, Signals, spawn};
 
 /// The largest value an entry may produce.

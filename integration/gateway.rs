@@ -856,3 +856,209 @@ fn slow_bodies_and_unread_responses_are_cut_off() {
         "all {taken} bytes were sent: the connection was not cut off"
     );
 }
+
+/// The `Age` header of a response head, if any.
+fn age_of(head: &str) -> Option<u64> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("age: ").or_else(|| l.strip_prefix("Age: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A gateway reaching the test ZooKeeper through `proxy`, keeping its last known values in
+/// `cache`, ready to serve.
+fn gateway_behind(
+    proxy: &Proxy,
+    root: &str,
+    cache: &std::path::Path,
+    session_timeout: &str,
+) -> (Daemon, u16) {
+    let mut command = herald_at(&proxy.connect_string(), root);
+    command
+        .env("HERALD_CACHE", cache)
+        .env("HERALD_SESSION_TIMEOUT", session_timeout)
+        .args(["gateway", "--listen", "127.0.0.1:0"]);
+    let mut daemon = Daemon::spawn(&mut command);
+    let port = wait_for("the gateway to listen", || {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("the gateway exited ({status}): {}", daemon.stderr());
+        }
+        serving_port(&daemon.stderr())
+    });
+    (daemon, port)
+}
+
+/// A value read once is served from memory: with every request to ZooKeeper held back, GETs
+/// of it are still answered (fresh, no `Age`), while a key never read waits for ZooKeeper.
+/// Writes are seen: through the gateway at once, through another client once its watch event
+/// arrives, and at once with `Cache-Control: no-cache`.
+#[test]
+fn values_are_served_from_memory_and_every_write_is_seen() {
+    let root = root("gateway_memory");
+    let scratch = Scratch::new("gateway_memory");
+    let proxy = Proxy::start(zk().port);
+    // Held-back pings make the client give up on the connection after 2/3 of the session
+    // timeout: long enough here for every request while held.
+    let (_gateway, port) = gateway_behind(&proxy, &root, &scratch.path("cache"), "30s");
+    wait_for("the gateway to be ready", || {
+        (http(port, "GET", "/ready", b"").0 == 200).then_some(())
+    });
+    let put = |value: &str| {
+        let out = run(herald(&root).args(["put", "K", value]));
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    };
+    put("v1");
+    assert_eq!(
+        http(port, "GET", "/environment/K", b""),
+        (200, b"v1".to_vec())
+    );
+
+    proxy.hold();
+    for _ in 0..20 {
+        let (status, head, body) = request(port, "GET", "/environment/K", &[], 0, b"");
+        assert_eq!((status, body.as_slice()), (200, &b"v1"[..]), "{head}");
+        assert_eq!(age_of(&head), None, "{head}");
+    }
+    // A key not held needs ZooKeeper: it is not answered while requests are held back.
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    probe
+        .write_all(b"GET /environment/OTHER HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        probe.read(&mut byte).is_err(),
+        "a key never read was answered without ZooKeeper"
+    );
+    proxy.release();
+    probe.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = probe.read_to_end(&mut answer);
+    assert_eq!(split_response(&answer).0, 404);
+
+    // Another writer: seen once the event arrives.
+    put("v2");
+    wait_until("the gateway to serve v2", || {
+        match http(port, "GET", "/environment/K", b"") {
+            (200, body) if body == b"v2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // With no-cache: at once, every time.
+    for n in 3..13 {
+        let value = format!("v{n}");
+        put(&value);
+        let (status, _, body) = request(
+            port,
+            "GET",
+            "/environment/K",
+            &["Cache-Control: no-cache"],
+            0,
+            b"",
+        );
+        assert_eq!((status, body), (200, value.into_bytes()));
+    }
+    // Through the gateway: its writer's next GET sees it at once.
+    for n in 0..10 {
+        let value = format!("posted {n}");
+        assert_eq!(
+            http(port, "POST", "/environment/K", value.as_bytes()).0,
+            204
+        );
+        assert_eq!(
+            http(port, "GET", "/environment/K", b""),
+            (200, value.into_bytes())
+        );
+    }
+    // A deletion is seen too.
+    let out = run(herald(&root).args(["delete", "K"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    wait_until("the gateway to answer 404", || {
+        match http(port, "GET", "/environment/K", b"") {
+            (404, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+/// ZooKeeper unreachable: a value held in memory, then (after a restart of the gateway) the
+/// last known value on disk, is answered with its `Age`; a key with none and every write get
+/// 503; past --max-stale, 503 too. When ZooKeeper is back, fresh answers without `Age`.
+#[test]
+fn while_zookeeper_cannot_be_reached_gets_are_answered_with_their_age() {
+    let root = root("gateway_offline");
+    let scratch = Scratch::new("gateway_offline");
+    let cache = scratch.path("cache");
+    let proxy = Proxy::start(zk().port);
+    let out = run(herald(&root).args(["put", "DATABASE_URL", "postgres://db/app"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let (gateway, port) = gateway_behind(&proxy, &root, &cache, "4s");
+    wait_for("the gateway to be ready", || {
+        (http(port, "GET", "/ready", b"").0 == 200).then_some(())
+    });
+    assert_eq!(
+        http(port, "GET", "/environment/DATABASE_URL", b""),
+        (200, b"postgres://db/app".to_vec())
+    );
+
+    proxy.partition();
+    let head = wait_until("an answer with an Age", || {
+        let (status, head, body) = request(port, "GET", "/environment/DATABASE_URL", &[], 0, b"");
+        match (status, age_of(&head)) {
+            (200, Some(_)) if body == b"postgres://db/app" => Ok(head),
+            _ => Err(head),
+        }
+    });
+    assert!(age_of(&head).is_some_and(|age| age < 60), "{head}");
+    assert_eq!(http(port, "GET", "/ready", b"").0, 503);
+    let (status, body) = http(port, "GET", "/environment/NEVER_READ", b"");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no last known value of NEVER_READ"));
+    assert_eq!(http(port, "POST", "/environment/X", b"x").0, 503);
+    drop(gateway);
+
+    // Started while ZooKeeper cannot be reached: the disk answers.
+    let (_gateway, port) = gateway_behind(&proxy, &root, &cache, "4s");
+    let (status, head, body) = request(port, "GET", "/environment/DATABASE_URL", &[], 0, b"");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"postgres://db/app"[..]),
+        "{head}"
+    );
+    assert!(age_of(&head).is_some(), "{head}");
+    assert_eq!(http(port, "GET", "/ready", b"").0, 503);
+    assert_eq!(
+        http(port, "DELETE", "/environment/DATABASE_URL", b"").0,
+        503
+    );
+    // Older than --max-stale (24h by default): refused.
+    let kept = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("DATABASE_URL");
+    std::fs::File::options()
+        .write(true)
+        .open(&kept)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400))
+        .unwrap();
+    let (status, body) = http(port, "GET", "/environment/DATABASE_URL", b"");
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("--max-stale"));
+
+    proxy.heal();
+    wait_for("the gateway to be ready", || {
+        (http(port, "GET", "/ready", b"").0 == 200).then_some(())
+    });
+    let (status, head, body) = request(port, "GET", "/environment/DATABASE_URL", &[], 0, b"");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"postgres://db/app"[..]),
+        "{head}"
+    );
+    assert_eq!(age_of(&head), None, "{head}");
+}

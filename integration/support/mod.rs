@@ -317,6 +317,12 @@ pub fn herald_at(zk: &str, root: &str) -> Command {
         .env("HERALD_ZK", zk)
         .env("HERALD_ROOT", root)
         .env("HERALD_CONNECT_TIMEOUT", "10s")
+        // The long-running commands keep last known values by default (/var/cache/herald for
+        // root): each test binary gets a fresh directory instead, so no run sees another's.
+        .env(
+            "HERALD_CACHE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cache-{}", std::process::id())),
+        )
         .stdin(Stdio::null());
     command
 }

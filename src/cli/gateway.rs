@@ -5,13 +5,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use herald::gateway::{self, Address, Backend, Guard, Limits, Listener, Token};
+use std::sync::{Arc, OnceLock};
+
+use herald::gateway::{self, Address, Backend, Guard, Limits, Listener, Mirror, Token};
+use herald::last_known::LastKnown;
 use herald::local_socket::SocketError;
 use herald::values::MAX_VALUE_LEN;
-use herald::zk::Session;
+use herald::zk::{Session, ZkConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use super::last_known::CacheArgs;
 use super::{Outcome, ZkArgs, parse_duration};
 
 #[derive(Debug, Args)]
@@ -62,6 +66,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "HERALD_GATEWAY_UPLOAD_BUDGET", value_name = "SIZE",
           default_value = "64MiB", value_parser = gateway::parse_size)]
     pub upload_budget: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// The longest token file read.
@@ -147,12 +153,24 @@ pub async fn run(zk_args: &ZkArgs, args: GatewayArgs) -> anyhow::Result<()> {
         ))
         .into(),
     })?;
+    let cache = args.cache.open(target.values.layout(), true)?;
     let cancel = CancellationToken::new();
-    let session = Session::open(target.config.clone(), cancel.clone()).await?;
     let backend = Backend {
         values: target.values.clone(),
-        session: session.handle(),
+        session: Arc::new(OnceLock::new()),
+        mirror: Arc::new(Mirror::default()),
+        cache: cache.clone(),
+        max_stale: args.cache.max_stale,
+        read_timeout: target.config.session_timeout,
     };
+    // Serving starts at once: until ZooKeeper answers, GETs are answered from the last known
+    // values (with their age), and the rest is 503.
+    let connecting = tokio::spawn(connect(
+        target.config.clone(),
+        backend.clone(),
+        cache,
+        cancel.clone(),
+    ));
     let serving = gateway::serve(listener, backend, guard, cancel.clone());
     tokio::pin!(serving);
     tokio::select! {
@@ -160,6 +178,57 @@ pub async fn run(zk_args: &ZkArgs, args: GatewayArgs) -> anyhow::Result<()> {
         _ = term.recv() => { cancel.cancel(); serving.await; }
         _ = int.recv() => { cancel.cancel(); serving.await; }
     }
-    session.close().await;
+    cancel.cancel();
+    if let Ok(Some(session)) = connecting.await {
+        session.close().await;
+    }
     Ok(())
+}
+
+/// Establishes the gateway's session (trying again until `cancel` while ZooKeeper cannot be
+/// reached), then keeps its values in memory current.
+async fn connect(
+    config: ZkConfig,
+    backend: Backend,
+    cache: Option<LastKnown>,
+    cancel: CancellationToken,
+) -> Option<Session> {
+    let mut said = false;
+    let session = loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            attempt = Session::open(config.clone(), cancel.clone()) => attempt,
+        };
+        match attempt {
+            Ok(session) => break session,
+            Err(err) if err.is_unreachable() => {
+                if !said {
+                    tracing::warn!(
+                        "{err}; answering GETs from the last known values meanwhile, and trying again"
+                    );
+                    said = true;
+                }
+            }
+            Err(err) => {
+                tracing::error!("{}; trying again", herald::report::one_line(&err.into()));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    if said {
+        tracing::info!("reached ZooKeeper");
+    }
+    let handle = session.handle();
+    let _ = backend.session.set(handle.clone());
+    tokio::spawn(gateway::mirror::follow(
+        backend.mirror.clone(),
+        handle,
+        backend.values.layout().clone(),
+        cache,
+        cancel,
+    ));
+    Some(session)
 }

@@ -5,7 +5,9 @@
 //! ```text
 //! Listener (TCP, or a private Unix socket) ─accept (≤ max connections)─▶ one task per
 //!   connection (hyper HTTP/1.1, header timeout, write deadline) ─▶ routes::handle (token,
-//!   upload budget, body timeout) ─▶ Values / catalog
+//!   upload budget, body timeout) ─▶ Mirror (values in memory) ─miss─▶ Values / catalog
+//!                                          ZooKeeper unreachable ─▶ LastKnown (disk), with Age
+//! <root>/environment ──one persistent recursive watch──▶ mirror::follow ─▶ drop changed copies
 //! ```
 //!
 //! Every client-controlled quantity is bounded ([`Limits`]): connection tasks are tracked
@@ -15,6 +17,7 @@
 mod auth;
 mod limits;
 mod listen;
+pub mod mirror;
 mod routes;
 
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use tracing::{debug, info, warn};
 pub use auth::Token;
 pub use limits::{Limits, UploadBudget, parse_size};
 pub use listen::{Address, Listener, Peer};
+pub use mirror::Mirror;
 pub use routes::Backend;
 
 /// How long requests in flight may finish after a stop.

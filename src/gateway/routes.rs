@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! GET    /environment/KEY[?wait=30s]   the value, byte for byte (404 until published; with wait,
-//!                                      until published or 504); HEAD: the same without the body
+//!                                      until published or 504); HEAD: the same without the body.
+//!                                      From memory when held (see `mirror`); `Cache-Control:
+//!                                      no-cache` reads ZooKeeper after a sync. While ZooKeeper
+//!                                      cannot be reached: the copy or the last known value, with
+//!                                      `Age: SECONDS` (503 past --max-stale, or when none)
 //! POST   /environment/KEY  (or PUT)    publish the request body (204)
 //! DELETE /environment/KEY              remove it (204, or 404)
 //! GET    /environment                  {"KEY": bytes, …}
@@ -16,29 +20,66 @@
 //! Every GET route answers HEAD too (hyper leaves the body out). Values and tokens are never
 //! logged; errors are one line of plain text saying what to do.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    AGE, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue,
+    WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use zookeeper_client::SessionState;
 
 use crate::catalog;
 use crate::director::derive::instance_json;
+use crate::last_known::LastKnown;
 use crate::layout::{EnvKey, ServiceName};
 use crate::values::{MAX_VALUE_LEN, ValueError, Values};
-use crate::zk::{SessionHandle, ZkError};
+use crate::zk::{Live, SessionHandle, ZkError};
 
 use super::auth::Token;
 use super::limits::UploadBudget;
+use super::mirror::{Lookup, Mirror};
 
 /// What the routes work on.
 #[derive(Clone)]
 pub struct Backend {
     pub values: Values,
-    pub session: SessionHandle,
+    /// Set once the first session is established (the gateway serves before that, from its
+    /// last known values).
+    pub session: Arc<OnceLock<SessionHandle>>,
+    /// The values held in memory, kept current by a watch ([`super::mirror`]).
+    pub mirror: Arc<Mirror>,
+    /// The last known values on disk: written from every value read, answered from while
+    /// ZooKeeper cannot be reached.
+    pub cache: Option<LastKnown>,
+    /// The oldest value answered while ZooKeeper cannot be reached.
+    pub max_stale: Duration,
+    /// The longest a read may wait for ZooKeeper before the last known value answers.
+    pub read_timeout: Duration,
+}
+
+impl Backend {
+    /// The current client, once there has been a session.
+    fn live(&self) -> Option<Live> {
+        self.session.get().map(SessionHandle::live)
+    }
+
+    /// The current client if it is connected now; else the reply saying so (nothing was sent).
+    fn connected(&self) -> Result<Live, Reply> {
+        match self.live() {
+            Some(live) if matches!(live.client.state(), SessionState::SyncConnected) => Ok(live),
+            _ => Err(not_connected()),
+        }
+    }
+
+    /// `None` when ZooKeeper did not answer within the read timeout.
+    async fn bounded<T>(&self, request: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(self.read_timeout, request).await.ok()
+    }
 }
 
 /// What every request shares: the backend and the guards.
@@ -104,6 +145,25 @@ fn zk_error(err: &ZkError) -> Reply {
     text(status, err.to_string())
 }
 
+/// ZooKeeper cannot be reached now: what needs it cannot be done (nothing was written).
+fn not_connected() -> Reply {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway cannot reach ZooKeeper now; nothing was done, try again shortly",
+    )
+}
+
+/// A write sent, but not confirmed in time.
+fn unconfirmed(backend: &Backend) -> Reply {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "ZooKeeper did not confirm the write within {}; it may still be applied: GET the key, or send it again",
+            humantime::format_duration(backend.read_timeout)
+        ),
+    )
+}
+
 fn unauthorized() -> Reply {
     let mut reply = text(
         StatusCode::UNAUTHORIZED,
@@ -155,7 +215,17 @@ pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply
                         Ok(wait) => wait,
                         Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
                     };
-                    get_value(backend, &key, wait).await
+                    let fresh = request
+                        .headers()
+                        .get_all(CACHE_CONTROL)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .flat_map(|v| v.split(','))
+                        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+                    match wait {
+                        Some(limit) => wait_value(backend, &key, limit).await,
+                        None => get_value(backend, &key, fresh).await,
+                    }
                 }
                 Method::POST | Method::PUT => put_value(shared, &key, request).await,
                 Method::DELETE => delete_value(backend, &key).await,
@@ -196,7 +266,13 @@ pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply
 }
 
 fn ready(backend: &Backend) -> Reply {
-    match backend.session.live().client.state() {
+    let Some(live) = backend.live() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to ZooKeeper (no session yet)",
+        );
+    };
+    match live.client.state() {
         SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
             text(StatusCode::OK, "ready")
         }
@@ -243,41 +319,146 @@ fn wait_of(query: Option<&str>) -> Result<Option<Duration>, String> {
     Ok(None)
 }
 
-async fn get_value(backend: &Backend, key: &EnvKey, wait: Option<Duration>) -> Reply {
-    let found = match wait {
-        None => {
-            let live = backend.session.live();
-            backend.values.get(&live.client, key).await
-        }
-        Some(limit) => {
-            match tokio::time::timeout(limit, backend.values.wait(&backend.session, key)).await {
-                Ok(result) => result.map(Some),
-                Err(_) => {
-                    return text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "{key} was not published within {}",
-                            humantime::format_duration(limit)
-                        ),
-                    );
-                }
+/// The value, from memory when held; else read (and held); while ZooKeeper cannot be reached,
+/// the copy held or the last known value on disk, with an `Age` header. `fresh`
+/// (`Cache-Control: no-cache`): a `sync` and a read, whatever memory holds.
+async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
+    let epoch = match backend.mirror.lookup(key) {
+        Lookup::Held(value, age) if !fresh => return held(backend, key, value, age),
+        Lookup::Held(..) => None,
+        Lookup::Miss(epoch) => Some(epoch),
+        Lookup::Offline => None,
+    };
+    // Offline: no watch armed (yet, or since a disconnection); read only on a connected session.
+    let Some(live) = backend.live().filter(|live| {
+        epoch.is_some() || matches!(live.client.state(), SessionState::SyncConnected)
+    }) else {
+        return last_known(backend, key, None);
+    };
+    let read = async {
+        if fresh {
+            let path = backend.values.layout().environment();
+            match live.client.sync(&path).await {
+                Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                Err(err) => return Err(ZkError::op("sync", &path, err)),
             }
         }
+        backend.values.get(&live.client, key).await
     };
-    match found {
-        Ok(Some(value)) => {
-            let mut reply = Response::new(Full::new(Bytes::from(value)));
+    let found = match tokio::time::timeout(backend.read_timeout, read).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(err)) if !err.is_unreachable() => return zk_error(&err),
+        Ok(Err(err)) => return last_known(backend, key, Some(&err)),
+        Err(_elapsed) => return last_known(backend, key, None),
+    };
+    if let Some(epoch) = epoch {
+        backend.mirror.fill(
+            key,
+            epoch,
+            found.as_ref().map(|v| Bytes::copy_from_slice(v)),
+        );
+    }
+    if let Some(cache) = &backend.cache {
+        let (cache, key, found) = (cache.clone(), key.clone(), found.clone());
+        tokio::task::spawn_blocking(move || {
+            let done = match &found {
+                Some(value) => cache.store(&key, value),
+                None => cache.forget(&key),
+            };
+            if let Err(err) = done {
+                tracing::debug!("cannot keep the last known value: {err}");
+            }
+        });
+    }
+    held(backend, key, found.map(Bytes::from), None)
+}
+
+/// The value (or its absence) as a reply; `age` when ZooKeeper could not confirm it now.
+fn held(backend: &Backend, key: &EnvKey, value: Option<Bytes>, age: Option<Duration>) -> Reply {
+    if let Some(age) = age
+        && age > backend.max_stale
+    {
+        return too_stale(backend, key, age);
+    }
+    let mut reply = match value {
+        Some(value) => {
+            let mut reply = Response::new(Full::new(value));
             reply.headers_mut().insert(
                 CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/octet-stream"),
+                HeaderValue::from_static("application/octet-stream"),
             );
             reply
         }
-        Ok(None) => text(
+        None => text(
             StatusCode::NOT_FOUND,
             format!("{key} is not published; POST it, or GET with ?wait=30s"),
         ),
-        Err(err) => zk_error(&err),
+    };
+    if let Some(age) = age {
+        reply
+            .headers_mut()
+            .insert(AGE, HeaderValue::from(age.as_secs()));
+    }
+    reply
+}
+
+fn too_stale(backend: &Backend, key: &EnvKey, age: Duration) -> Reply {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "ZooKeeper cannot be reached, and the last known value of {key} is {} old, older than --max-stale {}",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(backend.max_stale)
+        ),
+    )
+}
+
+/// ZooKeeper cannot answer for KEY now (`err`, when it said why): the last known value on disk.
+fn last_known(backend: &Backend, key: &EnvKey, err: Option<&ZkError>) -> Reply {
+    let cached = backend
+        .cache
+        .as_ref()
+        .and_then(|cache| match cache.load(key) {
+            Ok(cached) => cached,
+            Err(err) => {
+                tracing::warn!("{err}");
+                None
+            }
+        });
+    match cached {
+        Some(cached) => {
+            let age = cached.age();
+            tracing::debug!(key = %key, age_s = age.as_secs(), "answering from the last known value");
+            held(backend, key, Some(Bytes::from(cached.value)), Some(age))
+        }
+        None => {
+            let why = err.map_or_else(
+                || "ZooKeeper cannot be reached now".to_owned(),
+                ToString::to_string,
+            );
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{why}; no last known value of {key} to answer with"),
+            )
+        }
+    }
+}
+
+/// `?wait=`: until KEY is published (from ZooKeeper, never from memory).
+async fn wait_value(backend: &Backend, key: &EnvKey, limit: Duration) -> Reply {
+    let Some(session) = backend.session.get() else {
+        return not_connected();
+    };
+    match tokio::time::timeout(limit, backend.values.wait(session, key)).await {
+        Ok(Ok(value)) => held(backend, key, Some(Bytes::from(value)), None),
+        Ok(Err(err)) => zk_error(&err),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "{key} was not published within {}",
+                humantime::format_duration(limit)
+            ),
+        ),
     }
 }
 
@@ -327,8 +508,20 @@ async fn put_value(shared: &Shared, key: &EnvKey, request: Request<Incoming>) ->
             );
         }
     };
-    let live = backend.session.live();
-    match backend.values.put(&live.client, key, &body).await {
+    let live = match backend.connected() {
+        Ok(live) => live,
+        Err(reply) => return reply,
+    };
+    let written = backend
+        .bounded(backend.values.put(&live.client, key, &body))
+        .await;
+    // Whatever happened, the copy may be stale now: the writer's next GET reads ZooKeeper.
+    backend.mirror.invalidate(key);
+    let written = match written {
+        Some(written) => written,
+        None => return unconfirmed(backend),
+    };
+    match written {
         Ok(()) => {
             tracing::info!(key = %key, bytes = body.len(), "published over HTTP");
             empty(StatusCode::NO_CONTENT)
@@ -339,8 +532,18 @@ async fn put_value(shared: &Shared, key: &EnvKey, request: Request<Incoming>) ->
 }
 
 async fn delete_value(backend: &Backend, key: &EnvKey) -> Reply {
-    let live = backend.session.live();
-    match backend.values.delete(&live.client, key).await {
+    let live = match backend.connected() {
+        Ok(live) => live,
+        Err(reply) => return reply,
+    };
+    let deleted = backend
+        .bounded(backend.values.delete(&live.client, key))
+        .await;
+    backend.mirror.invalidate(key);
+    let Some(deleted) = deleted else {
+        return unconfirmed(backend);
+    };
+    match deleted {
         Ok(true) => {
             tracing::info!(key = %key, "deleted over HTTP");
             empty(StatusCode::NO_CONTENT)
@@ -351,8 +554,14 @@ async fn delete_value(backend: &Backend, key: &EnvKey) -> Reply {
 }
 
 async fn list_values(backend: &Backend) -> Reply {
-    let live = backend.session.live();
-    match backend.values.list(&live.client).await {
+    let live = match backend.connected() {
+        Ok(live) => live,
+        Err(reply) => return reply,
+    };
+    let Some(answer) = backend.bounded(backend.values.list(&live.client)).await else {
+        return not_connected();
+    };
+    match answer {
         Ok(keys) => json_reply(
             keys.into_iter()
                 .map(|(k, n)| (k.to_string(), json!(n)))
@@ -364,8 +573,17 @@ async fn list_values(backend: &Backend) -> Reply {
 }
 
 async fn list_services(backend: &Backend) -> Reply {
-    let live = backend.session.live();
-    match catalog::services(&live.client, backend.values.layout()).await {
+    let live = match backend.connected() {
+        Ok(live) => live,
+        Err(reply) => return reply,
+    };
+    let Some(answer) = backend
+        .bounded(catalog::services(&live.client, backend.values.layout()))
+        .await
+    else {
+        return not_connected();
+    };
+    match answer {
         Ok(services) => json_reply(
             services
                 .into_iter()
@@ -378,8 +596,21 @@ async fn list_services(backend: &Backend) -> Reply {
 }
 
 async fn list_instances(backend: &Backend, service: &ServiceName, metadata: bool) -> Reply {
-    let live = backend.session.live();
-    match catalog::instances(&live.client, backend.values.layout(), service).await {
+    let live = match backend.connected() {
+        Ok(live) => live,
+        Err(reply) => return reply,
+    };
+    let Some(answer) = backend
+        .bounded(catalog::instances(
+            &live.client,
+            backend.values.layout(),
+            service,
+        ))
+        .await
+    else {
+        return not_connected();
+    };
+    match answer {
         Ok(instances) => json_reply(
             instances
                 .iter()

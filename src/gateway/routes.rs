@@ -68,12 +68,10 @@ impl Backend {
         self.session.get().map(SessionHandle::live)
     }
 
-    /// The current client if it is connected now; else the reply saying so (nothing was sent).
-    fn connected(&self) -> Result<Live, Reply> {
-        match self.live() {
-            Some(live) if matches!(live.client.state(), SessionState::SyncConnected) => Ok(live),
-            _ => Err(not_connected()),
-        }
+    /// The current client if it is connected now.
+    fn connected(&self) -> Option<Live> {
+        self.live()
+            .filter(|live| matches!(live.client.state(), SessionState::SyncConnected))
     }
 
     /// `None` when ZooKeeper did not answer within the read timeout.
@@ -508,9 +506,8 @@ async fn put_value(shared: &Shared, key: &EnvKey, request: Request<Incoming>) ->
             );
         }
     };
-    let live = match backend.connected() {
-        Ok(live) => live,
-        Err(reply) => return reply,
+    let Some(live) = backend.connected() else {
+        return not_connected();
     };
     let written = backend
         .bounded(backend.values.put(&live.client, key, &body))
@@ -532,9 +529,8 @@ async fn put_value(shared: &Shared, key: &EnvKey, request: Request<Incoming>) ->
 }
 
 async fn delete_value(backend: &Backend, key: &EnvKey) -> Reply {
-    let live = match backend.connected() {
-        Ok(live) => live,
-        Err(reply) => return reply,
+    let Some(live) = backend.connected() else {
+        return not_connected();
     };
     let deleted = backend
         .bounded(backend.values.delete(&live.client, key))
@@ -554,9 +550,8 @@ async fn delete_value(backend: &Backend, key: &EnvKey) -> Reply {
 }
 
 async fn list_values(backend: &Backend) -> Reply {
-    let live = match backend.connected() {
-        Ok(live) => live,
-        Err(reply) => return reply,
+    let Some(live) = backend.connected() else {
+        return not_connected();
     };
     let Some(answer) = backend.bounded(backend.values.list(&live.client)).await else {
         return not_connected();
@@ -573,9 +568,8 @@ async fn list_values(backend: &Backend) -> Reply {
 }
 
 async fn list_services(backend: &Backend) -> Reply {
-    let live = match backend.connected() {
-        Ok(live) => live,
-        Err(reply) => return reply,
+    let Some(live) = backend.connected() else {
+        return not_connected();
     };
     let Some(answer) = backend
         .bounded(catalog::services(&live.client, backend.values.layout()))
@@ -596,9 +590,8 @@ async fn list_services(backend: &Backend) -> Reply {
 }
 
 async fn list_instances(backend: &Backend, service: &ServiceName, metadata: bool) -> Reply {
-    let live = match backend.connected() {
-        Ok(live) => live,
-        Err(reply) => return reply,
+    let Some(live) = backend.connected() else {
+        return not_connected();
     };
     let Some(answer) = backend
         .bounded(catalog::instances(

@@ -244,3 +244,84 @@ fn an_environment_of_many_keys_pays_for_an_unreachable_zookeeper_once() {
     );
     assert_eq!(said.matches("Connection refused").count(), 1, "{said}");
 }
+
+/// `watch` keeps what it reads; started while ZooKeeper cannot be reached, it writes the file
+/// from the last known value (`--once`: and exits 0, or 9 past --max-stale), and once
+/// ZooKeeper answers it follows the value again.
+#[test]
+fn watch_starts_from_the_last_known_value_and_follows_once_zookeeper_answers() {
+    let root = root("watch_cache");
+    let scratch = Scratch::new("watch_cache");
+    let cache = scratch.path("cache");
+    let out_file = scratch.path("backends.conf");
+    let live = zk().connect_string();
+    let out = run(herald(&root).args(["put", "BACKENDS", "db1:5432"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let out = run(herald_cached(&live, &root, &cache)
+        .args(["watch", "BACKENDS", "--once", "--out"])
+        .arg(&out_file));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        std::fs::read(entry(&cache, "BACKENDS")).unwrap(),
+        b"db1:5432"
+    );
+
+    // ZooKeeper down, the file gone (a fresh container): written from the cache.
+    std::fs::remove_file(&out_file).unwrap();
+    let out = run(herald_cached(&nowhere(), &root, &cache)
+        .args(["watch", "BACKENDS", "--once", "--out"])
+        .arg(&out_file));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(std::fs::read(&out_file).unwrap(), b"db1:5432");
+    assert!(
+        stderr(&out).contains("last known value"),
+        "{}",
+        describe(&out)
+    );
+
+    // Too old: exit 9, the file untouched.
+    std::fs::remove_file(&out_file).unwrap();
+    age_entry(&entry(&cache, "BACKENDS"), Duration::from_secs(3 * 3600));
+    let out = run(herald_cached(&nowhere(), &root, &cache)
+        .args(["watch", "BACKENDS", "--once", "--max-stale", "1h", "--out"])
+        .arg(&out_file));
+    assert_eq!(out.status.code(), Some(9), "{}", describe(&out));
+    assert!(!out_file.exists());
+    // No cache: exit 5 as ever.
+    let out = run(herald_at(&nowhere(), &root)
+        .env("HERALD_CONNECT_TIMEOUT", "1s")
+        .args(["watch", "BACKENDS", "--once", "--no-cache", "--out"])
+        .arg(&out_file));
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+
+    // Following: the kept value first, then ZooKeeper's once it can be reached.
+    let proxy = Proxy::start(zk().port);
+    proxy.partition();
+    let watcher = Daemon::spawn(
+        herald_cached(&proxy.connect_string(), &root, &cache)
+            .args(["watch", "BACKENDS", "--out"])
+            .arg(&out_file),
+    );
+    wait_until(
+        "the file from the last known value",
+        || match std::fs::read(&out_file) {
+            Ok(v) if v == b"db1:5432" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let out = run(herald(&root).args(["put", "BACKENDS", "db1:5432,db2:5432"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    proxy.heal();
+    wait_until("the file from ZooKeeper", || {
+        match std::fs::read(&out_file) {
+            Ok(v) if v == b"db1:5432,db2:5432" => Ok(()),
+            other => Err(format!("{other:?}: {}", watcher.stderr())),
+        }
+    });
+    wait_until("the cache to follow", || {
+        match std::fs::read(entry(&cache, "BACKENDS")) {
+            Ok(v) if v == b"db1:5432,db2:5432" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}

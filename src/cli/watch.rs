@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use herald::first::first_of;
+use herald::layout::EnvKey;
 use herald::watch::haproxy::Haproxy;
 use herald::watch::pgpool::Pgpool;
 use herald::watch::{Applied, Applies, Embed, FileTarget, OutFile, Program};
@@ -15,6 +16,7 @@ use herald::zk::Session;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use super::last_known::{self, CacheArgs};
 use super::{Outcome, ZkArgs, parse_duration, parse_key, without_credentials};
 
 #[derive(Debug, Args)]
@@ -41,6 +43,11 @@ A value that cannot be written or fails its check leaves FILE as it was and is r
 (or --verify) that fails puts back the last file that reloaded and reloads it, then tries the new
 value again with back-off (1s, 2s, … 32s); --once exits 1 saying whether the rollback worked. A
 deleted key keeps the last file. Waits for the key when it is not published yet.
+
+Each value read is kept in the last known values (--cache DIR, HERALD_CACHE; by default
+/var/cache/herald for root, ~/.cache/herald otherwise; --no-cache to turn off). When ZooKeeper
+cannot be reached at start, FILE is written from them (a warning says how old they are; exit 9
+with --once past --max-stale), and watch follows ZooKeeper once it answers.
 
 With --pgpool, a reload is followed by making pgpool's node table match the file: configured
 backends pgpool holds down are attached, backends no longer configured are detached, and
@@ -116,6 +123,8 @@ pub struct WatchArgs {
     /// Separate printed values with NUL instead of newline.
     #[arg(short = '0', long = "null", conflicts_with = "out")]
     pub null: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -192,7 +201,45 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     // The first check is one period from now: the first value's apply checks the program too.
     resync.reset();
     let syncing = (args.pgpool.is_some() || args.haproxy.is_some()) && !args.once;
-    let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
+    let cache = args.cache.open(target.values.layout(), true)?;
+    let session = match Session::open(target.config.clone(), CancellationToken::new()).await {
+        Ok(session) => session,
+        Err(err) if err.is_unreachable() => {
+            // The last known values, if every key has one: written now, followed once
+            // ZooKeeper answers.
+            let why = err.to_string();
+            let mut kept = Vec::with_capacity(keys.len());
+            for key in &keys {
+                match last_known::fallback(cache.as_ref(), args.cache.max_stale, key, &why)? {
+                    Some(cached) => kept.push(Some(cached.value)),
+                    None => return Err(err.into()),
+                }
+            }
+            let content = render(&embed, &keys, &kept)?;
+            deliver(file.as_mut(), &content, args.null).await?;
+            if args.once {
+                return Ok(());
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = term.recv() => return Ok(()),
+                    _ = int.recv() => return Ok(()),
+                }
+                match Session::open(target.config.clone(), CancellationToken::new()).await {
+                    Ok(session) => {
+                        tracing::info!("reached ZooKeeper; following the values again");
+                        break session;
+                    }
+                    Err(err) if err.is_unreachable() => {
+                        tracing::debug!(error = %err, "ZooKeeper still cannot be reached");
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Err(err) => return Err(err.into()),
+    };
     let handle = session.handle();
     let values = &target.values;
     // Per key: the value each watch compares against (None: wait for it to exist), and the
@@ -237,8 +284,12 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             }
         };
         let value = match next {
-            Ok(Some(value)) => value,
+            Ok(Some(value)) => {
+                last_known::record(cache.as_ref(), &keys[index], Some(&value));
+                value
+            }
             Ok(None) => {
+                last_known::record(cache.as_ref(), &keys[index], None);
                 tracing::warn!(key = %keys[index], "the key was deleted; keeping the last value");
                 known[index] = None;
                 continue;
@@ -252,18 +303,8 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
             continue;
         }
         let delivery = async {
-            match &embed {
-                Some((embed, origin)) => {
-                    let bound: Vec<(&str, &[u8])> = keys
-                        .iter()
-                        .zip(&last)
-                        .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default()))
-                        .collect();
-                    let content = embed.render(&bound, origin)?;
-                    deliver(file.as_mut(), &content, args.null).await
-                }
-                None => deliver(file.as_mut(), &value, args.null).await,
-            }
+            let content = render(&embed, &keys, &last)?;
+            deliver(file.as_mut(), &content, args.null).await
         };
         let delivered = tokio::select! {
             delivered = delivery => delivered,
@@ -386,6 +427,25 @@ fn stopped(nothing_delivered: bool, missing: Option<herald::layout::EnvKey>) -> 
         }
     }
     Ok(())
+}
+
+/// What the file (or stdout) gets: the one key's value, or every key's through `--template`.
+fn render(
+    embed: &Option<(Embed, String)>,
+    keys: &[EnvKey],
+    values: &[Option<Vec<u8>>],
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match embed {
+        Some((embed, origin)) => {
+            let bound: Vec<(&str, &[u8])> = keys
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default()))
+                .collect();
+            embed.render(&bound, origin)?
+        }
+        None => values.first().cloned().flatten().unwrap_or_default(),
+    })
 }
 
 /// Prints the value, or makes the file hold it.

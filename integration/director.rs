@@ -1090,3 +1090,81 @@ async fn a_failed_check_shows_as_a_hold_until_a_value_passes() {
     value_becomes(&client, &path, "10.0.0.1:5001,10.0.0.2:5002").await;
     listing_when(&root, "no hold", |l| !l.contains("HELD")).await;
 }
+
+/// `--removal-delay`: an instance whose session is lost (its node goes with no departure
+/// record) stays in the value for the delay, and one back within it was never out of it; an
+/// agent that deregisters (herald announce stopped) is removed at once, leaving its record.
+#[tokio::test]
+async fn a_lost_session_is_held_for_the_removal_delay_a_deregistration_is_not() {
+    let root = root("dir_limbo");
+    let scratch = Scratch::new("dir_limbo");
+    let client = client().await;
+    let path = value_path(&root, "BACKENDS");
+    let d = Director::spawn(&mut director(
+        &root,
+        "BACKENDS",
+        "pg",
+        &[
+            "--preset",
+            "hostports",
+            "--removal-delay",
+            "4s",
+            "--settle",
+            "0s",
+        ],
+    ));
+    let mut agent_command = herald(&root);
+    agent_command
+        .args(["announce", "--service", "pg", "--id", "a"])
+        .args(["--address", "10.0.0.1", "--port", "5432", "--control-dir"])
+        .arg(scratch.path("control"));
+    let agent = Director::spawn(&mut agent_command);
+    let lost = support::client().await;
+    register(&lost, &root, "pg", "b", 5433).await;
+    let both = "10.0.0.1:5432,10.0.0.183:5433";
+    value_becomes(&client, &path, both).await;
+
+    // b's session ends without a deregistration: its ephemeral node goes, and nothing else.
+    drop(lost);
+    d.wait_log("vanished without deregistering", 1).await;
+    let (data, _) = client.get_data(&path).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&data),
+        both,
+        "held for the removal delay"
+    );
+    value_becomes(&client, &path, "10.0.0.1:5432").await;
+    d.wait_log("did not come back: removed", 1).await;
+
+    // Back within the delay: the value never changed.
+    let lost = support::client().await;
+    register(&lost, &root, "pg", "b", 5433).await;
+    let stat = value_becomes(&client, &path, both).await;
+    drop(lost);
+    d.wait_log("vanished without deregistering", 2).await;
+    let again = support::client().await;
+    register(&again, &root, "pg", "b", 5433).await;
+    d.wait_log("is back", 1).await;
+    let (data, now) = client.get_data(&path).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&data), both);
+    assert_eq!(now.version, stat.version, "no publish while b was away");
+
+    // A deregistration: gone at once (well within the 4 s delay), its record left.
+    agent.signal(libc::SIGTERM);
+    value_becomes(&client, &path, "10.0.0.183:5433").await;
+    assert!(
+        client
+            .check_stat(&format!("{root}/departures/pg/a"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the departure record"
+    );
+    let log = d.stderr();
+    assert_eq!(
+        log.matches("vanished without deregistering").count(),
+        2,
+        "a deregistration is not held:\n{log}"
+    );
+    drop(again);
+}

@@ -13,8 +13,8 @@
 //! | `<root>` | r | | c | c | c |
 //! | `environment`, `slots`, `excluded`, `holds` | r | | cd | | cd |
 //! | values, slot maps, exclusion lists | | r | rw | | rw |
-//! | `services`, `services/S` | r | | | cd | |
-//! | instance nodes (metadata may hold credentials) | | | | | r |
+//! | `services`, `services/S`, `departures`, `departures/S` | r | | | cd | |
+//! | instance nodes (metadata may hold credentials), departure records | | | | | r |
 //! | `directors`, `directors/K` | r | | | | cd |
 //! | election nodes | r | | | | |
 //!
@@ -190,7 +190,7 @@ impl Kind {
         let top = below.split('/').next().unwrap_or_default();
         Some(match top {
             "environment" | "slots" | "excluded" | "holds" => Kind::ValueDir,
-            "services" => Kind::ServiceDir,
+            "services" | "departures" => Kind::ServiceDir,
             "directors" => Kind::ElectionDir,
             _ => Kind::Root,
         })
@@ -453,6 +453,7 @@ async fn tree(
         (layout.excluded_dir(), Kind::ValueDir, None),
         (layout.holds_dir(), Kind::ValueDir, None),
         (layout.services(), Kind::ServiceDir, Some(Kind::Instance)),
+        (layout.departures(), Kind::ServiceDir, Some(Kind::Instance)),
         (
             format!("{}/directors", layout.root()),
             Kind::ElectionDir,

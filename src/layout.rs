@@ -257,6 +257,22 @@ impl Layout {
         format!("{}/services/{service}/{id}", self.root)
     }
 
+    /// `<root>/departures`: where agents leave a trace of a graceful deregistration.
+    pub fn departures(&self) -> String {
+        format!("{}/departures", self.root)
+    }
+
+    /// `<root>/departures/<service>`.
+    pub fn departures_of(&self, service: &ServiceName) -> String {
+        format!("{}/departures/{service}", self.root)
+    }
+
+    /// `<root>/departures/<service>/<instance-id>`: written in the same multi-op that deletes
+    /// the instance's node, so a director can tell a deregistration from a lost session.
+    pub fn departure(&self, service: &ServiceName, id: &InstanceId) -> String {
+        format!("{}/departures/{service}/{id}", self.root)
+    }
+
     /// `<root>/slots`: the parent of every slot map.
     pub fn slots_dir(&self) -> String {
         format!("{}/slots", self.root)

@@ -59,6 +59,8 @@ impl Node {
             path: layout.instance(&instance.service, &instance.id),
             parent: layout.service(&instance.service),
             data: instance.to_json()?,
+            departure: layout.departure(&instance.service, &instance.id),
+            departures: layout.departures_of(&instance.service),
             root: layout.root().to_owned(),
             policy,
         })

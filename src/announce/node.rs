@@ -15,6 +15,9 @@ pub struct Node {
     /// The service directory (persistent, created when missing).
     pub parent: String,
     pub data: Vec<u8>,
+    /// The trace a deregistration leaves (`<root>/departures/S/ID`) and its directory.
+    pub departure: String,
+    pub departures: String,
     /// herald's root (the service directory's ACL depends on it being below).
     pub root: String,
     pub policy: Policy,
@@ -44,12 +47,12 @@ impl Node {
     pub async fn claim(&self, client: &zk::Client) -> Result<Claim, zk::Error> {
         let mode = CreateMode::Ephemeral.with_acls(self.policy.instance());
         match client.create(&self.path, &self.data, &mode).await {
-            Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
+            Ok((stat, _)) => return Ok(self.created(client, &stat).await),
             Err(zk::Error::NodeExists) => {}
             Err(zk::Error::NoNode) => {
                 acl::make_dirs(client, &self.root, &self.parent, self.policy).await?;
                 match client.create(&self.path, &self.data, &mode).await {
-                    Ok((stat, _)) => return Ok(Claim::Ours(owned(&stat))),
+                    Ok((stat, _)) => return Ok(self.created(client, &stat).await),
                     Err(zk::Error::NodeExists) => {}
                     Err(err) => return Err(err),
                 }
@@ -57,6 +60,18 @@ impl Node {
             Err(err) => return Err(err),
         }
         self.recognise(client).await
+    }
+
+    /// A new node: the record of an earlier departure no longer speaks for it (best effort: a
+    /// director reads a record only when it sees the node go).
+    async fn created(&self, client: &zk::Client, stat: &Stat) -> Claim {
+        match client.delete(&self.departure, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(err) => {
+                tracing::debug!(path = %self.departure, error = %err, "cannot remove the earlier departure record")
+            }
+        }
+        Claim::Ours(owned(stat))
     }
 
     async fn recognise(&self, client: &zk::Client) -> Result<Claim, zk::Error> {
@@ -100,13 +115,69 @@ impl Node {
             {
                 return Ok(());
             }
-            match client.delete(&self.path, Some(stat.version)).await {
+            match self.delete_leaving_a_trace(client, stat.version).await {
                 Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
                 Err(zk::Error::BadVersion) => continue,
                 Err(err) => return Err(err),
             }
         }
     }
+
+    /// Deletes the node at `version` and, in the same multi-op, writes its departure record:
+    /// whoever sees the node go can read there that it was a deregistration, not a lost
+    /// session. A record that cannot be written (its directory missing and not creatable, an
+    /// ACL) never keeps the node from going: it is then deleted alone.
+    async fn delete_leaving_a_trace(
+        &self,
+        client: &zk::Client,
+        version: i32,
+    ) -> Result<(), zk::Error> {
+        let record = departure_record();
+        let mode = CreateMode::Persistent.with_acls(self.policy.instance());
+        let mut made_dirs = false;
+        for _ in 0..3 {
+            let mut multi = client.new_multi_writer();
+            multi.add_delete(&self.path, Some(version))?;
+            multi.add_create(&self.departure, &record, &mode)?;
+            let (index, source) = match multi.commit().await {
+                Ok(_) => return Ok(()),
+                Err(zk::MultiWriteError::OperationFailed { index, source }) => (index, source),
+                Err(err) => return Err(err.into()),
+            };
+            match (index, source) {
+                // The node itself: gone, or changed.
+                (0, err) => return Err(err),
+                // An earlier departure's record: replace it, then delete.
+                (_, zk::Error::NodeExists) => {
+                    match client.set_data(&self.departure, &record, None).await {
+                        Ok(_) => {}
+                        Err(zk::Error::NoNode) => continue,
+                        Err(zk::Error::NoAuth) => break,
+                        Err(err) => return Err(err),
+                    }
+                    return client.delete(&self.path, Some(version)).await;
+                }
+                (_, zk::Error::NoNode) if !made_dirs => {
+                    made_dirs = true;
+                    match acl::make_dirs(client, &self.root, &self.departures, self.policy).await {
+                        Ok(()) => {}
+                        Err(zk::Error::NoAuth) => break,
+                        Err(err) => return Err(err),
+                    }
+                }
+                _ => break,
+            }
+        }
+        client.delete(&self.path, Some(version)).await
+    }
+}
+
+/// What a departure record holds: when (milliseconds since the epoch, the agent's clock).
+fn departure_record() -> Vec<u8> {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{{\"at_ms\":{at_ms}}}").into_bytes()
 }
 
 fn owned(stat: &Stat) -> Owned {

@@ -80,6 +80,10 @@ pub struct DirectorArgs {
     /// …measured against the most instances within this window (default 5m).
     #[arg(long, value_name = "DURATION")]
     pub drop_window: Option<String>,
+    /// Keep an instance whose node vanished without a deregistration (a lost session, maybe a
+    /// blip) in the value this long, unless it comes back first. Default 0s: removed at once.
+    #[arg(long, value_name = "DURATION")]
+    pub removal_delay: Option<String>,
     /// Debounce: quiet period, or QUIET:MAX (e.g. 100ms:1s). Default 0: publish at once.
     #[arg(long, value_name = "DURATION[:DURATION]")]
     pub wait: Option<String>,
@@ -125,6 +129,7 @@ impl DirectorArgs {
             max_drop: self.max_drop.clone(),
             drop_confirm: self.drop_confirm.clone(),
             drop_window: self.drop_window.clone(),
+            removal_delay: self.removal_delay.clone(),
             wait: self.wait.clone(),
             settle: self.settle.clone(),
             slots: None,

@@ -36,7 +36,15 @@ pub struct Snapshot {
     /// When each service's instances last changed: the arrival of the event or listing that
     /// changed them (for settling and latency reports). Absent: never changed.
     pub changed: BTreeMap<ServiceName, Instant>,
+    /// The instances that went by deregistering (their departure record was there when their
+    /// node went), and when that was seen; forgotten when they come back, or after an hour.
+    pub deregistered: BTreeMap<ServiceName, BTreeMap<InstanceId, Instant>>,
 }
+
+/// How long a deregistration is remembered (longer than any sensible removal delay).
+const REMEMBER_DEREGISTERED: Duration = Duration::from_secs(3600);
+/// Departure records older than this are removed by the reconciliation (ZooKeeper's mtime).
+const DEPARTURE_RECORD_AGE: Duration = Duration::from_secs(600);
 
 impl Snapshot {
     /// The instances of `services`, sorted by (service, id).
@@ -77,6 +85,7 @@ pub fn follow(
         ready: false,
         listed_at: None,
         changed: BTreeMap::new(),
+        deregistered: BTreeMap::new(),
     });
     tokio::spawn(async move {
         let mut cache = Follower {
@@ -267,6 +276,8 @@ impl Follower {
             debug!(path, "skipping a child whose name is not an instance id");
             return Ok(());
         };
+        let deregistered = kind == EventType::NodeDeleted
+            && self.departed_by_deregistering(client, &service, &id).await;
         let instance = if kind == EventType::NodeDeleted {
             None
         } else {
@@ -291,15 +302,78 @@ impl Follower {
             };
             if changed {
                 let map = Arc::make_mut(instances);
+                let present = instance.is_some();
                 match instance {
-                    Some(new) => map.insert(id, new),
+                    Some(new) => map.insert(id.clone(), new),
                     None => map.remove(&id),
                 };
+                note_departures(snapshot, &service, [(id, present, deregistered)], at);
                 snapshot.changed.insert(service, at);
             }
             changed
         });
         Ok(())
+    }
+
+    /// Whether the instance's node went with a departure record beside it (a deregistration),
+    /// rather than with its session. Unknown (an error) counts as not.
+    async fn departed_by_deregistering(
+        &self,
+        client: &zk::Client,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> bool {
+        let path = self.layout.departure(service, id);
+        match client.check_stat(&path).await {
+            Ok(found) => found.is_some(),
+            Err(err) => {
+                debug!(path, error = %err, "cannot read the departure record");
+                false
+            }
+        }
+    }
+
+    /// For the instances that vanished from `service` between `old` and `fresh`: whether each
+    /// deregistered.
+    async fn departures(
+        &self,
+        client: &zk::Client,
+        service: &ServiceName,
+        old: Option<&Instances>,
+        fresh: &BTreeMap<InstanceId, Instance>,
+    ) -> Vec<(InstanceId, bool, bool)> {
+        let mut out = Vec::new();
+        for id in old.iter().flat_map(|m| m.keys()) {
+            if !fresh.contains_key(id) {
+                let left = self.departed_by_deregistering(client, service, id).await;
+                out.push((id.clone(), false, left));
+            }
+        }
+        out.extend(fresh.keys().map(|id| (id.clone(), true, false)));
+        out
+    }
+
+    /// Removes the departure records of `service` older than [`DEPARTURE_RECORD_AGE`] (best
+    /// effort: an identity without the right to delete them leaves them).
+    async fn sweep_departures(&self, client: &zk::Client, service: &ServiceName) {
+        let dir = self.layout.departures_of(service);
+        let Ok(names) = client.list_children(&dir).await else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for name in names {
+            let path = format!("{dir}/{name}");
+            if let Ok(Some(stat)) = client.check_stat(&path).await
+                && now_ms - stat.mtime > DEPARTURE_RECORD_AGE.as_millis() as i64
+            {
+                match client.delete(&path, Some(stat.version)).await {
+                    Ok(()) => debug!(path, "removed an old departure record"),
+                    Err(err) => debug!(path, error = %err, "cannot remove an old departure record"),
+                }
+            }
+        }
     }
 
     /// Lists every service; `whole` marks the listing as the view's new start (`listed_at`).
@@ -340,6 +414,15 @@ impl Follower {
                     .collect::<BTreeMap<_, _>>(),
             );
         }
+        let mut departures = BTreeMap::new();
+        for (service, instances) in &fresh {
+            let old = self.tx.borrow().services.get(service).cloned();
+            departures.insert(
+                service.clone(),
+                self.departures(client, service, old.as_ref(), instances)
+                    .await,
+            );
+        }
         self.tx.send_if_modified(|snapshot| {
             // Becoming ready is news too: leaders wait for it.
             let mut changed = !snapshot.ready;
@@ -347,6 +430,8 @@ impl Follower {
                 let slot = snapshot.services.entry(service.clone()).or_default();
                 if **slot != instances {
                     *slot = Arc::new(instances);
+                    let moved = departures.remove(&service).unwrap_or_default();
+                    note_departures(snapshot, &service, moved, at);
                     snapshot.changed.insert(service, at);
                     changed = true;
                 }
@@ -368,15 +453,41 @@ impl Follower {
     ) -> Result<(), ZkError> {
         let found = catalog::instances(client, &self.layout, service).await?;
         let fresh: BTreeMap<_, _> = found.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let old = self.tx.borrow().services.get(service).cloned();
+        let moved = self.departures(client, service, old.as_ref(), &fresh).await;
         self.tx.send_if_modified(|snapshot| {
             let slot = snapshot.services.entry(service.clone()).or_default();
             if **slot == fresh {
                 return false;
             }
             *slot = Arc::new(fresh);
+            note_departures(snapshot, service, moved, at);
             snapshot.changed.insert(service.clone(), at);
             true
         });
+        self.sweep_departures(client, service).await;
         Ok(())
+    }
+}
+
+/// Records in `snapshot` which of `service`'s instances went by deregistering: each
+/// `(id, present now, deregistered)`. A present instance is forgotten; old entries expire.
+fn note_departures(
+    snapshot: &mut Snapshot,
+    service: &ServiceName,
+    moved: impl IntoIterator<Item = (InstanceId, bool, bool)>,
+    at: Instant,
+) {
+    let seen = snapshot.deregistered.entry(service.clone()).or_default();
+    for (id, present, deregistered) in moved {
+        if present || !deregistered {
+            seen.remove(&id);
+        } else {
+            seen.insert(id, at);
+        }
+    }
+    seen.retain(|_, when| at.saturating_duration_since(*when) < REMEMBER_DEREGISTERED);
+    if seen.is_empty() {
+        snapshot.deregistered.remove(service);
     }
 }

@@ -17,6 +17,7 @@
 //! max_drop = "50%"               # hold a value with more than this share of instances gone… (default off)
 //! drop_confirm = "30s"           # …until the drop has lasted this long…
 //! drop_window = "5m"             # …against the most instances seen within this window
+//! removal_delay = "0s"           # keep an instance whose session was lost (not deregistered) this long
 //! wait = "0s"                    # or "100ms:1s": quiet period : max wait (default 0)
 //! settle = "1s:10s"              # after leading or a rebuilt view: quiet period : max wait
 //! ```
@@ -70,6 +71,9 @@ pub struct Output {
     pub drop_confirm: Duration,
     /// How far back the largest instance count counts.
     pub drop_window: Duration,
+    /// How long an instance whose node vanished without a deregistration (its session lost:
+    /// maybe a blip) stays in the value ([`super::limbo`]); zero: removed at once.
+    pub removal_delay: Duration,
     /// Quiet period: a change is published once no other came for this long…
     pub wait_min: Duration,
     /// …but no later than this after the first change. `wait_min <= wait_max`.
@@ -137,6 +141,7 @@ pub struct OutputSpec {
     pub max_drop: Option<String>,
     pub drop_confirm: Option<String>,
     pub drop_window: Option<String>,
+    pub removal_delay: Option<String>,
     pub wait: Option<String>,
     pub settle: Option<String>,
     pub slots: Option<bool>,
@@ -538,6 +543,7 @@ impl OutputSpec {
         };
         let drop_confirm = duration("drop_confirm", &self.drop_confirm, DEFAULT_DROP_CONFIRM)?;
         let drop_window = duration("drop_window", &self.drop_window, DEFAULT_DROP_WINDOW)?;
+        let removal_delay = duration("removal_delay", &self.removal_delay, Duration::ZERO)?;
 
         let (wait_min, wait_max) = match &self.wait {
             Some(text) => parse_wait("wait", text).map_err(|why| field_error("wait", why))?,
@@ -562,6 +568,7 @@ impl OutputSpec {
             max_drop,
             drop_confirm,
             drop_window,
+            removal_delay,
             wait_min,
             wait_max,
             settle_quiet,
@@ -571,9 +578,9 @@ impl OutputSpec {
     }
 }
 
-/// `max_drop` when none is given: off. A graceful deregistration (a drain, a rolling restart)
-/// cannot yet be told from a lost session, and holding it would keep sending work to a server
-/// being taken down.
+/// `max_drop` when none is given: off. The guard counts instances, so it would also hold a
+/// scale-down or a drain of many (deregistrations), and keep sending work to servers being
+/// taken down; a lost session's blip is what `removal_delay` is for.
 pub const DEFAULT_MAX_DROP: f64 = 1.0;
 /// `drop_confirm` when none is given: a session timeout and a re-registration fit in it.
 pub const DEFAULT_DROP_CONFIRM: Duration = Duration::from_secs(30);

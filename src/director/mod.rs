@@ -12,6 +12,7 @@ pub mod culprits;
 pub mod derive;
 pub mod election;
 pub mod guards;
+pub mod limbo;
 pub mod preset;
 pub mod publish;
 pub mod run;

@@ -21,11 +21,13 @@ use super::culprits::{self, Excluded, Found};
 use super::derive::{Derivation, DeriveError, derive_exec};
 use super::election::{self, Leadership};
 use super::guards::{Guards, Hold, Pass};
+use super::limbo::Limbo;
 use super::publish::{Beside, Fenced, publish};
 use super::settle::Settle;
 use super::slots::{self, Refused, SlotMapError, SlotOf, Slots};
 use crate::command::run_command;
 use crate::instance::Instance;
+use crate::layout::{InstanceId, ServiceName};
 use crate::values::Values;
 use crate::zk::{SessionHandle, ZkError};
 
@@ -319,6 +321,10 @@ async fn serve(
     let mut retry_at: Option<Instant> = None;
     // The inputs of the last derivation: a change elsewhere in the cache costs nothing here.
     let mut last_inputs: Option<Vec<Option<Instances>>> = None;
+    // Instances whose session was lost stay for --removal-delay; woken when one is due.
+    let mut limbo = Limbo::new(output.removal_delay);
+    let mut limbo_at: Option<Instant> = None;
+    let mut limbo_due = false;
     loop {
         if !first {
             tokio::select! {
@@ -328,6 +334,10 @@ async fn serve(
                 _ = &mut lost => return Ended::Deposed,
                 _ = sleep_until(retry_at.filter(|_| !waiting)) => {}
                 _ = sleep_until(settle_at) => {}
+                _ = sleep_until(limbo_at) => {
+                    limbo_at = None;
+                    limbo_due = true;
+                }
                 event = outside.changed() => {
                     if matches!(event.event_type, zookeeper_client::EventType::Session) {
                         continue;
@@ -382,7 +392,7 @@ async fn serve(
         }
         first = false;
         // Only this output's services are looked at (and their maps shared, not copied).
-        let (ready, last_change, inputs) = {
+        let (ready, last_change, inputs, deregistered) = {
             let snapshot = snapshots.borrow_and_update();
             let inputs: Vec<Option<Instances>> = output
                 .services
@@ -390,7 +400,15 @@ async fn serve(
                 .map(|s| snapshot.services.get(s).cloned())
                 .collect();
             let last_change = snapshot.last_change(&output.services);
-            (snapshot.ready, last_change, inputs)
+            let deregistered: BTreeMap<ServiceName, BTreeSet<InstanceId>> = output
+                .services
+                .iter()
+                .filter_map(|s| {
+                    let ids = snapshot.deregistered.get(s)?;
+                    Some((s.clone(), ids.keys().cloned().collect()))
+                })
+                .collect();
+            (snapshot.ready, last_change, inputs, deregistered)
         };
         let now = Instant::now();
         if !ready {
@@ -424,10 +442,10 @@ async fn serve(
                     _ => false,
                 })
         });
-        if same_inputs && !retrying {
+        if same_inputs && !retrying && !std::mem::take(&mut limbo_due) {
             continue;
         }
-        let mut instances: Vec<Instance> = inputs
+        let selected: Vec<Instance> = inputs
             .iter()
             .flatten()
             .flat_map(|m| m.values())
@@ -435,6 +453,25 @@ async fn serve(
             .cloned()
             .collect();
         last_inputs = Some(inputs);
+        let (mut instances, moves, next) = limbo.apply(
+            selected,
+            |service, id| {
+                deregistered
+                    .get(service)
+                    .is_some_and(|ids| ids.contains(id))
+            },
+            now,
+        );
+        limbo_at = next;
+        for (service, id) in &moves.held {
+            warn!(service = %service, instance = %id, delay_ms = output.removal_delay.as_millis() as u64, "an instance vanished without deregistering (its session was lost): it stays in the value for the removal delay unless it comes back");
+        }
+        for (service, id) in &moves.returned {
+            info!(service = %service, instance = %id, "an instance held after losing its session is back");
+        }
+        for (service, id) in &moves.expired {
+            info!(service = %service, instance = %id, "an instance held after losing its session did not come back: removed");
+        }
         // An excluded instance is tried again once its registration changes (or it left).
         excluded.retain(|(was, x)| {
             let same = instances.contains(was);

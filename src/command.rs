@@ -294,7 +294,10 @@ async fn collect(mut pipe: Reader, into: Kept, sink: Sink) {
             Ok(n) => n,
         };
         if let Sink::Tail(_) = sink {
+            // Flushed each time: tokio's stderr hands the bytes to a blocking thread, and an
+            // unflushed write can still be on its way when herald exec()s CMD, and is lost.
             let _ = passthrough.write_all(&buf[..n]).await;
+            let _ = passthrough.flush().await;
         }
         let Ok(mut kept) = into.0.lock() else { return };
         kept.extend_from_slice(&buf[..n]);

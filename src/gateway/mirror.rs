@@ -190,6 +190,11 @@ impl Mirror {
             .collect()
     }
 
+    /// Whether the watch is armed on a connected session: values are read and followed.
+    pub fn is_live(&self) -> bool {
+        self.state().live
+    }
+
     /// How many bytes are held (for tests and the status).
     pub fn held(&self) -> usize {
         self.state().held

@@ -271,9 +271,15 @@ fn ready(backend: &Backend) -> Reply {
         );
     };
     match live.client.state() {
-        SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+        SessionState::SyncConnected | SessionState::ConnectedReadOnly
+            if backend.mirror.is_live() =>
+        {
             text(StatusCode::OK, "ready")
         }
+        SessionState::SyncConnected | SessionState::ConnectedReadOnly => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connected to ZooKeeper, not yet following the values",
+        ),
         state => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not connected to ZooKeeper ({state:?})"),

@@ -876,6 +876,7 @@ fn gateway_behind(
     command
         .env("HERALD_CACHE", cache)
         .env("HERALD_SESSION_TIMEOUT", session_timeout)
+        .env("HERALD_LOG", "herald=debug")
         .args(["gateway", "--listen", "127.0.0.1:0"]);
     let mut daemon = Daemon::spawn(&mut command);
     let port = wait_for("the gateway to listen", || {
@@ -898,7 +899,7 @@ fn values_are_served_from_memory_and_every_write_is_seen() {
     let proxy = Proxy::start(zk().port);
     // Held-back pings make the client give up on the connection after 2/3 of the session
     // timeout: long enough here for every request while held.
-    let (_gateway, port) = gateway_behind(&proxy, &root, &scratch.path("cache"), "30s");
+    let (gateway, port) = gateway_behind(&proxy, &root, &scratch.path("cache"), "30s");
     wait_for("the gateway to be ready", || {
         (http(port, "GET", "/ready", b"").0 == 200).then_some(())
     });
@@ -907,16 +908,27 @@ fn values_are_served_from_memory_and_every_write_is_seen() {
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     };
     put("v1");
-    assert_eq!(
-        http(port, "GET", "/environment/K", b""),
-        (200, b"v1".to_vec())
-    );
+    // The first GET reads ZooKeeper and keeps the value (unless the put's own event arrives
+    // during that read: then the next one does).
+    wait_until("K to be served from memory", || {
+        let (status, head, body) = request(port, "GET", "/environment/K", &[], 0, b"");
+        match (status, body.as_slice()) {
+            (200, b"v1") if head.contains("x-herald-source: memory") => Ok(()),
+            (200, b"v1") => Err(head),
+            _ => panic!("{status} {head}"),
+        }
+    });
 
     proxy.hold();
     for _ in 0..20 {
         let (status, head, body) = request(port, "GET", "/environment/K", &[], 0, b"");
-        assert_eq!((status, body.as_slice()), (200, &b"v1"[..]), "{head}");
-        assert_eq!(age_of(&head), None, "{head}");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"v1"[..]),
+            "{head}\n{}",
+            gateway.stderr()
+        );
+        assert_eq!(age_of(&head), None, "{head}\n{}", gateway.stderr());
     }
     // A key not held needs ZooKeeper: it is not answered while requests are held back.
     let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -997,10 +1009,9 @@ fn while_zookeeper_cannot_be_reached_gets_are_answered_with_their_age() {
     wait_for("the gateway to be ready", || {
         (http(port, "GET", "/ready", b"").0 == 200).then_some(())
     });
-    assert_eq!(
-        http(port, "GET", "/environment/DATABASE_URL", b""),
-        (200, b"postgres://db/app".to_vec())
-    );
+    let (status, head, body) = request(port, "GET", "/environment/DATABASE_URL", &[], 0, b"");
+    assert_eq!((status, body.as_slice()), (200, &b"postgres://db/app"[..]));
+    assert!(head.contains("x-herald-source: zookeeper"), "{head}");
 
     proxy.partition();
     let head = wait_until("an answer with an Age", || {
@@ -1016,17 +1027,25 @@ fn while_zookeeper_cannot_be_reached_gets_are_answered_with_their_age() {
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("no last known value of NEVER_READ"));
     assert_eq!(http(port, "POST", "/environment/X", b"x").0, 503);
-    drop(gateway);
 
     // Started while ZooKeeper cannot be reached: the disk answers.
-    let (_gateway, port) = gateway_behind(&proxy, &root, &cache, "4s");
+    let first_log = gateway.stderr();
+    drop(gateway);
+    let (gateway, port) = gateway_behind(&proxy, &root, &cache, "4s");
     let (status, head, body) = request(port, "GET", "/environment/DATABASE_URL", &[], 0, b"");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"postgres://db/app"[..]),
+        "{head}\nfirst gateway:\n{first_log}\nsecond:\n{}",
+        gateway.stderr()
+    );
     assert_eq!(
         (status, body.as_slice()),
         (200, &b"postgres://db/app"[..]),
         "{head}"
     );
     assert!(age_of(&head).is_some(), "{head}");
+    assert!(head.contains("x-herald-source: cache"), "{head}");
     assert_eq!(http(port, "GET", "/ready", b"").0, 503);
     assert_eq!(
         http(port, "DELETE", "/environment/DATABASE_URL", b"").0,

@@ -10,8 +10,9 @@
 //! (the event's delivery, typically a millisecond on one machine). `Cache-Control: no-cache`
 //! asks for a `sync` and a read instead: it sees every write acknowledged before the request.
 //!
-//! A read that raced an event is not kept: every event (and every re-arming of the watch) moves
-//! an epoch, and a read stores its answer only if the epoch it started in is still current.
+//! A read that raced an event is not kept: a miss registers the read it starts (a ticket per
+//! key); an event for that key, or any re-arming of the watch, voids the ticket, and only a
+//! read whose ticket is still valid stores its answer. Events for other keys do not matter.
 //!
 //! While the session is disconnected the copies are served with their age (since the
 //! disconnection); after a reconnect or a new session they are dropped, because events made
@@ -44,7 +45,7 @@ pub enum Lookup {
     /// Held: the value (`None`: not published), and its age when ZooKeeper is not reachable
     /// right now.
     Held(Option<Bytes>, Option<Duration>),
-    /// Not held, and the watch is armed: read it, then [`Mirror::fill`] with this epoch.
+    /// Not held, and the watch is armed: read it, then [`Mirror::fill`] with this ticket.
     Miss(u64),
     /// Not held, and no connected session: ZooKeeper cannot answer now.
     Offline,
@@ -66,7 +67,10 @@ impl Entry {
 struct State {
     entries: HashMap<EnvKey, Entry>,
     held: usize,
-    epoch: u64,
+    /// The reads in flight, by key: the ticket of the latest one not voided by an event.
+    pending: HashMap<EnvKey, u64>,
+    /// The last ticket given.
+    tickets: u64,
     /// The watch is armed on a connected session: the entries are current.
     live: bool,
     /// Since when the entries are not confirmed (the disconnection); `None` while live.
@@ -101,19 +105,28 @@ impl Mirror {
             entry.used = tick;
             return Lookup::Held(entry.value.clone(), age);
         }
-        if state.live {
-            Lookup::Miss(state.epoch)
-        } else {
-            Lookup::Offline
+        if !state.live {
+            return Lookup::Offline;
         }
+        // A read of a key already being read shares its ticket: either may store the answer,
+        // as long as no event for the key came since the first began.
+        if let Some(ticket) = state.pending.get(key) {
+            return Lookup::Miss(*ticket);
+        }
+        state.tickets += 1;
+        let ticket = state.tickets;
+        state.pending.insert(key.clone(), ticket);
+        Lookup::Miss(ticket)
     }
 
-    /// Keeps what ZooKeeper answered for KEY, unless an event came since `epoch`.
-    pub fn fill(&self, key: &EnvKey, epoch: u64, value: Option<Bytes>) {
+    /// Keeps what ZooKeeper answered for KEY, unless an event for it came since `ticket` was
+    /// given.
+    pub fn fill(&self, key: &EnvKey, ticket: u64, value: Option<Bytes>) {
         let mut state = self.state();
-        if !state.live || state.epoch != epoch {
+        if !state.live || state.pending.get(key) != Some(&ticket) {
             return;
         }
+        state.pending.remove(key);
         let cost = Entry::cost(key, &value);
         if cost > MAX_HELD {
             return;
@@ -139,10 +152,18 @@ impl Mirror {
         state.held += cost;
     }
 
+    /// A read with `ticket` failed: it will store nothing.
+    pub fn abandon(&self, key: &EnvKey, ticket: u64) {
+        let mut state = self.state();
+        if state.pending.get(key) == Some(&ticket) {
+            state.pending.remove(key);
+        }
+    }
+
     /// Drops KEY's copy: it changed (an event, or a write through this gateway).
     pub fn invalidate(&self, key: &EnvKey) {
         let mut state = self.state();
-        state.epoch += 1;
+        state.pending.remove(key);
         if let Some(gone) = state.entries.remove(key) {
             state.held -= Entry::cost(key, &gone.value);
         }
@@ -151,7 +172,7 @@ impl Mirror {
     /// The watch is armed on a connected session: start afresh.
     fn arm(&self) {
         let mut state = self.state();
-        state.epoch += 1;
+        state.pending.clear();
         state.entries.clear();
         state.held = 0;
         state.live = true;
@@ -161,7 +182,7 @@ impl Mirror {
     /// The session is disconnected: keep serving the copies, with their age.
     fn disarm(&self) {
         let mut state = self.state();
-        state.epoch += 1;
+        state.pending.clear();
         if state.live {
             state.live = false;
             state.stale_since = Some(SystemTime::now());
@@ -334,6 +355,25 @@ mod tests {
         };
         mirror.fill(&key("B"), epoch, None);
         assert_eq!(mirror.lookup(&key("B")), Lookup::Held(None, None));
+    }
+
+    #[test]
+    fn events_for_other_keys_do_not_void_a_read() {
+        let mirror = Mirror::default();
+        mirror.arm();
+        let Lookup::Miss(a) = mirror.lookup(&key("A")) else {
+            panic!("a miss")
+        };
+        let Lookup::Miss(same) = mirror.lookup(&key("A")) else {
+            panic!("a miss")
+        };
+        assert_eq!(a, same, "reads of one key share a ticket");
+        mirror.invalidate(&key("B"));
+        mirror.fill(&key("A"), a, Some(Bytes::from_static(b"a")));
+        assert_eq!(
+            mirror.lookup(&key("A")),
+            Lookup::Held(Some(Bytes::from_static(b"a")), None)
+        );
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub(super) struct Shared {
     pub body_timeout: Duration,
 }
 
+/// Where a GET's answer came from (`memory`, `zookeeper`, `cache`).
+const SOURCE: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-herald-source");
+
 /// The longest `?wait=`.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -327,15 +330,17 @@ fn wait_of(query: Option<&str>) -> Result<Option<Duration>, String> {
 /// the copy held or the last known value on disk, with an `Age` header. `fresh`
 /// (`Cache-Control: no-cache`): a `sync` and a read, whatever memory holds.
 async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
-    let epoch = match backend.mirror.lookup(key) {
-        Lookup::Held(value, age) if !fresh => return held(backend, key, value, age),
+    let ticket = match backend.mirror.lookup(key) {
+        Lookup::Held(value, age) if !fresh => {
+            return held(backend, key, value, age, Source::Memory);
+        }
         Lookup::Held(..) => None,
-        Lookup::Miss(epoch) => Some(epoch),
+        Lookup::Miss(ticket) => Some(ticket),
         Lookup::Offline => None,
     };
     // Offline: no watch armed (yet, or since a disconnection); read only on a connected session.
     let Some(live) = backend.live().filter(|live| {
-        epoch.is_some() || matches!(live.client.state(), SessionState::SyncConnected)
+        ticket.is_some() || matches!(live.client.state(), SessionState::SyncConnected)
     }) else {
         return last_known(backend, key, None);
     };
@@ -349,16 +354,20 @@ async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
         }
         backend.values.get(&live.client, key).await
     };
-    let found = match tokio::time::timeout(backend.read_timeout, read).await {
+    let read = tokio::time::timeout(backend.read_timeout, read).await;
+    if let (Some(ticket), Ok(Err(_)) | Err(_)) = (ticket, &read) {
+        backend.mirror.abandon(key, ticket);
+    }
+    let found = match read {
         Ok(Ok(found)) => found,
         Ok(Err(err)) if !err.is_unreachable() => return zk_error(&err),
         Ok(Err(err)) => return last_known(backend, key, Some(&err)),
         Err(_elapsed) => return last_known(backend, key, None),
     };
-    if let Some(epoch) = epoch {
+    if let Some(ticket) = ticket {
         backend.mirror.fill(
             key,
-            epoch,
+            ticket,
             found.as_ref().map(|v| Bytes::copy_from_slice(v)),
         );
     }
@@ -374,11 +383,44 @@ async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
             }
         });
     }
-    held(backend, key, found.map(Bytes::from), None)
+    held(
+        backend,
+        key,
+        found.map(Bytes::from),
+        None,
+        Source::Zookeeper,
+    )
+}
+
+/// Where an answer came from: the `X-Herald-Source` header.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Held in memory (current while the watch is armed; else with `Age`).
+    Memory,
+    /// Read from ZooKeeper for this request.
+    Zookeeper,
+    /// The last known values on disk (with `Age`).
+    Cache,
+}
+
+impl Source {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Source::Memory => "memory",
+            Source::Zookeeper => "zookeeper",
+            Source::Cache => "cache",
+        })
+    }
 }
 
 /// The value (or its absence) as a reply; `age` when ZooKeeper could not confirm it now.
-fn held(backend: &Backend, key: &EnvKey, value: Option<Bytes>, age: Option<Duration>) -> Reply {
+fn held(
+    backend: &Backend,
+    key: &EnvKey,
+    value: Option<Bytes>,
+    age: Option<Duration>,
+    source: Source,
+) -> Reply {
     if let Some(age) = age
         && age > backend.max_stale
     {
@@ -403,6 +445,7 @@ fn held(backend: &Backend, key: &EnvKey, value: Option<Bytes>, age: Option<Durat
             .headers_mut()
             .insert(AGE, HeaderValue::from(age.as_secs()));
     }
+    reply.headers_mut().insert(SOURCE, source.header());
     reply
 }
 
@@ -433,7 +476,13 @@ fn last_known(backend: &Backend, key: &EnvKey, err: Option<&ZkError>) -> Reply {
         Some(cached) => {
             let age = cached.age();
             tracing::debug!(key = %key, age_s = age.as_secs(), "answering from the last known value");
-            held(backend, key, Some(Bytes::from(cached.value)), Some(age))
+            held(
+                backend,
+                key,
+                Some(Bytes::from(cached.value)),
+                Some(age),
+                Source::Cache,
+            )
         }
         None => {
             let why = err.map_or_else(
@@ -454,7 +503,13 @@ async fn wait_value(backend: &Backend, key: &EnvKey, limit: Duration) -> Reply {
         return not_connected();
     };
     match tokio::time::timeout(limit, backend.values.wait(session, key)).await {
-        Ok(Ok(value)) => held(backend, key, Some(Bytes::from(value)), None),
+        Ok(Ok(value)) => held(
+            backend,
+            key,
+            Some(Bytes::from(value)),
+            None,
+            Source::Zookeeper,
+        ),
         Ok(Err(err)) => zk_error(&err),
         Err(_) => text(
             StatusCode::GATEWAY_TIMEOUT,

@@ -181,15 +181,16 @@ fn normalize_root(what: &'static str, s: &str) -> Result<String, LayoutError> {
     if trimmed.is_empty() {
         return Ok(String::new());
     }
+    // Only a first segment `zookeeper` is ZooKeeper's (`/zookeeperx/zookeeper` is not).
+    if trimmed == "/zookeeper" || trimmed.starts_with("/zookeeper/") {
+        return fail("/zookeeper is reserved by ZooKeeper");
+    }
     for segment in trimmed[1..].split('/') {
         if segment.is_empty() {
             return fail("it contains an empty segment ('//')");
         }
         if segment == "." || segment == ".." {
             return fail("it contains '.' or '..'");
-        }
-        if segment == "zookeeper" && trimmed.starts_with("/zookeeper") {
-            return fail("/zookeeper is reserved by ZooKeeper");
         }
         if segment.chars().any(|c| c.is_control()) {
             return fail("it contains a control character");
@@ -400,6 +401,13 @@ mod tests {
             (None, "/a//b", None),
             (None, "/a/../b", None),
             (None, "/zookeeper", None),
+            (None, "/zookeeper/x/", None),
+            (None, "/zookeeperx/zookeeper", Some("/zookeeperx/zookeeper")),
+            (
+                Some("/zookeeperx"),
+                "/a/zookeeper",
+                Some("/zookeeperx/a/zookeeper"),
+            ),
             (Some("/"), "/x", Some("/x")),
             (Some("x"), "/x", None),
             (Some("/c\n"), "/x", None),
@@ -411,6 +419,133 @@ mod tests {
                 want,
                 "chroot {chroot:?} root {root:?}"
             );
+        }
+    }
+
+    /// Names from arbitrary strings: parsing never panics; an accepted name builds paths with
+    /// no empty, `.` or `..` segment and no NUL or control character, and its display form
+    /// parses back to the same name.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::zk::ConnectString;
+
+        /// Strings near the rules and far from them.
+        fn name_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z0-9._-]{0,12}",
+                "[A-Za-z0-9._/-]{0,12}",
+                "[A-Za-z_][A-Za-z0-9_]{0,300}",
+                proptest::sample::select(
+                    &[
+                        "",
+                        ".",
+                        "..",
+                        "/",
+                        "//",
+                        "a/../b",
+                        "/zookeeper",
+                        "/zookeeper/x",
+                        "/zookeeperx",
+                        "a\u{0}b",
+                        "a\nb",
+                        "\u{7f}",
+                        "\u{85}",
+                        "é",
+                        "a b",
+                        "a\u{2028}",
+                        "\u{feff}a",
+                        "0",
+                        "_",
+                        "-",
+                        "zookeeper",
+                        "zookeeperx",
+                    ][..]
+                )
+                .prop_map(str::to_owned),
+                any::<String>(),
+            ]
+        }
+
+        /// Paths near the rules and far from them.
+        fn path_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                1 => proptest::collection::vec(name_like(), 0..5).prop_map(|s| format!("/{}", s.join("/"))),
+                1 => (name_like(), name_like()).prop_map(|(a, b)| format!("{a}/{b}")),
+                1 => name_like(),
+                // Near the reserved /zookeeper.
+                3 => proptest::collection::vec(
+                    proptest::sample::select(&["zookeeper", "zookeeperx", "a", "", "."][..]),
+                    1..4,
+                )
+                .prop_map(|s| format!("/{}", s.join("/"))),
+            ]
+        }
+
+        fn path_is_clean(path: &str) -> Result<(), TestCaseError> {
+            prop_assert!(path.starts_with('/'), "{:?}", path);
+            for segment in path[1..].split('/') {
+                prop_assert!(
+                    !segment.is_empty() && segment != "." && segment != "..",
+                    "segment {:?} in {:?}",
+                    segment,
+                    path
+                );
+                prop_assert!(!segment.chars().any(char::is_control), "{:?}", path);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn names_and_keys_make_clean_paths(s in name_like(), root in path_like()) {
+                let layout = Layout::new(None, &root);
+                let layout = layout.unwrap_or_else(|_| Layout::new(None, DEFAULT_ROOT).unwrap());
+                if let Ok(key) = s.parse::<EnvKey>() {
+                    prop_assert_eq!(key.to_string().parse::<EnvKey>().unwrap(), key.clone());
+                    prop_assert!(key.as_str().len() <= MAX_KEY_LEN);
+                    for path in [layout.value(&key), layout.slots(&key), layout.excluded(&key),
+                                 layout.hold(&key), layout.directors(&key)] {
+                        path_is_clean(&path)?;
+                        prop_assert_eq!(path.rsplit('/').next(), Some(key.as_str()));
+                    }
+                }
+                let service = s.parse::<ServiceName>();
+                let id = s.parse::<InstanceId>();
+                prop_assert_eq!(service.is_ok(), id.is_ok(), "one rule for both: {:?}", s);
+                if let (Ok(service), Ok(id)) = (service, id) {
+                    prop_assert_eq!(service.to_string().parse::<ServiceName>().unwrap(), service.clone());
+                    prop_assert_eq!(id.to_string().parse::<InstanceId>().unwrap(), id.clone());
+                    prop_assert!(id.as_str().len() <= MAX_NAME_LEN);
+                    let path = layout.instance(&service, &id);
+                    path_is_clean(&path)?;
+                    prop_assert_eq!(path, format!("{}/{}/{}", layout.services(), service, id));
+                }
+            }
+
+            /// Roots and chroots (also through a connect string): an accepted one is an
+            /// absolute path with clean segments, outside /zookeeper, and reads back the same.
+            #[test]
+            fn roots_are_clean(chroot in proptest::option::of(path_like()), root in path_like(),
+                               hosts in "[a-z0-9.:,\\[\\]]{0,12}") {
+                if let Ok(layout) = Layout::new(chroot.as_deref(), &root) {
+                    path_is_clean(layout.root())?;
+                    prop_assert!(layout.root() != "/zookeeper" && !layout.root().starts_with("/zookeeper/"));
+                    prop_assert_eq!(&Layout::new(None, layout.root()).unwrap(), &layout);
+                    prop_assert_eq!(&Layout::new(Some(layout.root()), "/").unwrap(), &layout);
+                }
+                let connect = format!("{hosts}{}", chroot.as_deref().unwrap_or(""));
+                if let Ok(parsed) = connect.parse::<ConnectString>() {
+                    let again: ConnectString = parsed.to_string().parse().unwrap();
+                    prop_assert_eq!((again.hosts(), again.chroot()), (parsed.hosts(), parsed.chroot()));
+                    if let Ok(layout) = Layout::new(parsed.chroot(), &root) {
+                        path_is_clean(layout.root())?;
+                    }
+                }
+            }
         }
     }
 }

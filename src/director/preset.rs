@@ -27,8 +27,9 @@ pub enum Preset {
     ///
     /// Placeholders: `{address}` (bracketed when IPv6), `{port}`, `{sslPort}`, `{id}`,
     /// `{service}`, `{meta.KEY}`, `{label.KEY}`, `{endpoint.NAME}`. Values are inserted as they
-    /// are, not percent-encoded. A placeholder the instance has no value for is an error. No
-    /// instance with weight > 0 gives an empty value.
+    /// are, not percent-encoded. A placeholder the instance has no value for, or a meta or
+    /// label value with whitespace or a control character, is an error. No instance with
+    /// weight > 0 gives an empty value.
     Url { format: String },
     /// `json`: the instances as one compact JSON array of [`instance_json`] objects, no
     /// trailing newline.
@@ -60,7 +61,8 @@ pub enum Preset {
     /// ```
     Pgpool,
     /// `haproxy`: one `server` line per instance, for a backend section; weight 0 is kept
-    /// (HAProxy sends such a server nothing). An address with whitespace is an error.
+    /// (HAProxy sends such a server nothing). An address with whitespace or a weight over 256
+    /// (HAProxy's largest) is an error.
     ///
     /// ```text
     /// server db1 10.0.0.5:5432 weight 1 check
@@ -169,7 +171,9 @@ impl Preset {
             }
             Preset::Url { format } if i.weight > 0 => url_refuses(format, i),
             Preset::Pgpool if i.port.is_some() => pgpool_refuses(i),
-            Preset::Haproxy if i.port.is_some() => check_address("haproxy", i, &['#']),
+            Preset::Haproxy if i.port.is_some() => {
+                check_address("haproxy", i, &['#']).and_then(|()| haproxy_weight(i))
+            }
             Preset::PoolPasswd => pool_passwd_refuses(i),
             _ => Ok(()),
         };
@@ -200,6 +204,23 @@ fn check_address(preset: &'static str, i: &Instance, also: &[char]) -> Result<()
             );
         }
         return Err(instance_error(preset, i, reason));
+    }
+    Ok(())
+}
+
+/// HAProxy's largest server weight: a configuration with a larger one does not load.
+const HAPROXY_MAX_WEIGHT: u32 = 256;
+
+fn haproxy_weight(i: &Instance) -> Result<(), DeriveError> {
+    if i.weight > HAPROXY_MAX_WEIGHT {
+        return Err(instance_error(
+            "haproxy",
+            i,
+            format!(
+                "its weight {} is over HAProxy's largest, {HAPROXY_MAX_WEIGHT}",
+                i.weight
+            ),
+        ));
     }
     Ok(())
 }
@@ -311,17 +332,38 @@ fn url_refuses(format: &str, i: &Instance) -> Result<(), DeriveError> {
             Piece::SslPort if i.ssl_port.is_none() => {
                 return Err(missing("sslPort".into(), "sslPort"));
             }
-            Piece::Meta(key) if !i.meta.contains_key(key) => {
-                return Err(missing(format!("meta.{key}"), "such meta"));
-            }
-            Piece::Label(key) if !i.labels.contains_key(key) => {
-                return Err(missing(format!("label.{key}"), "such label"));
-            }
+            Piece::Meta(key) => match i.meta.get(key) {
+                None => return Err(missing(format!("meta.{key}"), "such meta")),
+                Some(value) => one_word("url", i, &format!("meta {key}"), value)?,
+            },
+            Piece::Label(key) => match i.labels.get(key) {
+                None => return Err(missing(format!("label.{key}"), "such label")),
+                Some(value) => one_word("url", i, &format!("label {key}"), value)?,
+            },
             Piece::Endpoint(name) if !i.endpoints.contains_key(name) => {
                 return Err(missing(format!("endpoint.{name}"), "such endpoint"));
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// A metadata or label value that goes into a url as it is: whitespace or a control
+/// character would add a line, or a word to a `key=value` connection string. The error names
+/// the field, never its value.
+fn one_word(
+    preset: &'static str,
+    i: &Instance,
+    field: &str,
+    value: &str,
+) -> Result<(), DeriveError> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(instance_error(
+            preset,
+            i,
+            format!("its {field} contains whitespace or a control character"),
+        ));
     }
     Ok(())
 }
@@ -399,7 +441,8 @@ fn pgpool_flag(i: &Instance) -> String {
 
 /// Every field of the instance's backend block fits pgpool.conf.
 fn pgpool_refuses(i: &Instance) -> Result<(), DeriveError> {
-    check_address("pgpool", i, &['\'', '\\'])?;
+    // '#' too: herald watch --pgpool, like many readers, takes it for a comment.
+    check_address("pgpool", i, &['\'', '\\', '#'])?;
     let data_directory = i
         .meta
         .get("data_directory")
@@ -612,9 +655,15 @@ mod tests {
         let url = Preset::from_name("url", Some("pg://{address}:{port}/{meta.db}".into()))
             .unwrap()
             .unwrap();
+        let heavy = instance("w", "10.0.0.1", Some(1), 257, 1);
+        let heavy_no_port = instance("w", "10.0.0.1", None, 257, 1);
         let table: &[(&Preset, &Instance, bool)] = &[
+            (&Preset::Haproxy, &heavy, true),
+            (&Preset::Haproxy, &heavy_no_port, false),
+            (&Preset::HostPorts, &heavy, false),
             (&Preset::Pgpool, &quoted, true),
             (&Preset::Pgpool, &bad_dir, true),
+            (&Preset::Pgpool, &hashed, true),
             (&Preset::Pgpool, &no_port, false),
             (&Preset::Haproxy, &hashed, true),
             (&Preset::Haproxy, &quoted, false),
@@ -806,6 +855,16 @@ mod tests {
                 "{meta.password}: instance pg/db1 has no such meta",
             ),
             (url("{label.role}"), vec![base()], "{label.role}"),
+            (
+                url("host={address} user={meta.user}"),
+                vec![secret(base(), "user", "app sslmode=disable")],
+                "its meta user contains whitespace",
+            ),
+            (
+                url("postgresql://{meta.user}@{address}/app"),
+                vec![secret(base(), "user", "app\nX=1")],
+                "its meta user contains whitespace",
+            ),
             (url("{endpoint.admin}"), vec![base()], "{endpoint.admin}"),
             (
                 url("{port}"),
@@ -893,5 +952,278 @@ mod tests {
         }
         assert!(Preset::from_name("url", None).unwrap().is_err());
         assert!(Preset::from_name("pgpol", None).is_none());
+    }
+
+    /// Every preset over instances read from generated documents (hostile hosts, metadata and
+    /// weights), as the director derives it (leaving out what the preset refuses): an error,
+    /// or a value every line of which is well-formed for the preset, with exactly the
+    /// instances' fields in it (no injected line, server, backend or keyword).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::instance::strategies;
+        use crate::layout::InstanceId;
+
+        const SERVICES: [&str; 2] = ["pg", "pg-replica"];
+        const IDS: [&str; 5] = ["a", "b", "db1", "db-2", "x.y"];
+
+        /// Instances as the director's cache admits them: documents read by `from_json`, the
+        /// refused ones dropped; (service, id) unique; ids may repeat across services.
+        fn instances() -> impl Strategy<Value = Vec<Instance>> {
+            let document = prop_oneof![
+                2 => strategies::herald_instance()
+                    .prop_map(|i| i.to_json().unwrap_or_default()),
+                3 => strategies::herald_like_document()
+                    .prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+                1 => strategies::curator_document()
+                    .prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+            ];
+            proptest::collection::vec((0..SERVICES.len(), 0..IDS.len(), document), 0..8).prop_map(
+                |docs| {
+                    let mut out: Vec<Instance> = Vec::new();
+                    for (s, n, data) in docs {
+                        let (service, id) = (SERVICES[s].parse().unwrap(), IDS[n].parse().unwrap());
+                        if out.iter().any(|i| i.service == service && i.id == id) {
+                            continue;
+                        }
+                        out.extend(Instance::from_json(service, id, &data).ok());
+                    }
+                    out
+                },
+            )
+        }
+
+        fn presets() -> impl Strategy<Value = Preset> {
+            prop_oneof![
+                Just(Preset::HostPorts),
+                Just(Preset::Json),
+                Just(Preset::Pgpool),
+                Just(Preset::Haproxy),
+                Just(Preset::PoolPasswd),
+                proptest::sample::select(
+                    &[
+                        "postgresql://{meta.user}@{address}:{port}/{meta.db}",
+                        "host={address} port={port} user={meta.user} dbname={label.db}",
+                        "{service}/{id} {endpoint.metrics} {label.role}",
+                        "redis://{address}:{sslPort}",
+                        "{meta.user}",
+                        "host={address} user={meta.user}",
+                    ][..]
+                )
+                .prop_map(url),
+            ]
+        }
+
+        /// What the director publishes: the instances the preset refuses left out.
+        fn as_director(
+            preset: &Preset,
+            all: &[Instance],
+        ) -> (Vec<Instance>, Result<String, DeriveError>) {
+            let kept: Vec<Instance> = all
+                .iter()
+                .filter(|i| preset.refuses(i).is_none())
+                .cloned()
+                .collect();
+            let value = derive(preset.clone(), &kept);
+            let mut sorted = kept;
+            sorted.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+            (sorted, value)
+        }
+
+        fn clean(s: &str) -> bool {
+            !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+
+        fn check_hostports(kept: &[Instance], value: &str) -> Result<(), TestCaseError> {
+            let listed: Vec<&Instance> = kept
+                .iter()
+                .filter(|i| i.port.is_some() && i.weight > 0)
+                .collect();
+            if value.is_empty() {
+                prop_assert!(listed.is_empty());
+                return Ok(());
+            }
+            let items: Vec<&str> = value.split(',').collect();
+            prop_assert_eq!(items.len(), listed.len(), "{:?}", value);
+            for (item, i) in items.iter().zip(listed) {
+                let (host, port) = match item.strip_prefix('[') {
+                    Some(rest) => {
+                        let (host, port) = rest.split_once("]:").ok_or_else(|| {
+                            TestCaseError::fail(format!("{item:?}: '[' without ']:'"))
+                        })?;
+                        prop_assert!(
+                            host.contains(':') && !host.contains(['[', ']']),
+                            "{:?}",
+                            item
+                        );
+                        (host, port)
+                    }
+                    None => {
+                        let (host, port) = item.rsplit_once(':').unwrap_or(("", ""));
+                        prop_assert!(!host.contains([':', '[', ']']), "{:?}", item);
+                        (host, port)
+                    }
+                };
+                prop_assert!(clean(host) && !host.contains(','), "{:?}", item);
+                prop_assert_eq!(port.parse::<u16>().ok(), i.port, "{:?}", item);
+                prop_assert_eq!(
+                    host,
+                    i.address.trim_start_matches('[').trim_end_matches(']')
+                );
+            }
+            Ok(())
+        }
+
+        fn check_url(format: &str, value: &str) -> Result<(), TestCaseError> {
+            prop_assert!(!value.chars().any(char::is_control), "{:?}", value);
+            // An empty meta value may drop a word; none may add one.
+            prop_assert!(
+                value.split_whitespace().count() <= format.split_whitespace().count(),
+                "words injected into {:?}",
+                value
+            );
+            Ok(())
+        }
+
+        fn check_json(kept: &[Instance], value: &str) -> Result<(), TestCaseError> {
+            prop_assert!(!value.contains('\n'));
+            if kept.is_empty() {
+                prop_assert_eq!(value, "");
+                return Ok(());
+            }
+            let list: Vec<serde_json::Value> = serde_json::from_str(value).unwrap();
+            prop_assert_eq!(list.len(), kept.len());
+            for (v, i) in list.iter().zip(kept) {
+                prop_assert_eq!(v["address"].as_str(), Some(i.address.as_str()));
+            }
+            Ok(())
+        }
+
+        fn check_pgpool(kept: &[Instance], value: &str) -> Result<(), TestCaseError> {
+            let backends: Vec<&Instance> = kept.iter().filter(|i| i.port.is_some()).collect();
+            prop_assert_eq!(value.lines().count(), 6 * backends.len(), "{:?}", value);
+            prop_assert!(value.is_empty() || value.ends_with('\n'));
+            for line in value.lines() {
+                let (name, setting) = line
+                    .split_once(" = ")
+                    .ok_or_else(|| TestCaseError::fail(format!("not a setting: {line:?}")))?;
+                let field = name.trim_end_matches(|c: char| c.is_ascii_digit());
+                prop_assert!(field.len() < name.len(), "{:?}", line);
+                match field {
+                    "backend_port" | "backend_weight" => {
+                        prop_assert!(setting.parse::<u32>().is_ok(), "{:?}", line)
+                    }
+                    "backend_hostname"
+                    | "backend_data_directory"
+                    | "backend_application_name"
+                    | "backend_flag" => {
+                        let inner = setting
+                            .strip_prefix('\'')
+                            .and_then(|s| s.strip_suffix('\''))
+                            .ok_or_else(|| TestCaseError::fail(format!("unquoted: {line:?}")))?;
+                        prop_assert!(
+                            !inner.is_empty()
+                                && !inner.contains(['\'', '\\'])
+                                && !inner.chars().any(char::is_control),
+                            "{:?}",
+                            line
+                        );
+                    }
+                    _ => prop_assert!(false, "unknown setting {:?}", line),
+                }
+            }
+            // herald watch --pgpool reads the same backends back.
+            let read =
+                crate::watch::pgpool::configured(value.as_bytes()).map_err(TestCaseError::fail)?;
+            let read: Vec<(String, u16)> = read.into_values().map(|b| (b.host, b.port)).collect();
+            let expected: Vec<(String, u16)> = backends
+                .iter()
+                .filter_map(|i| Some((i.address.clone(), i.port?)))
+                .collect();
+            prop_assert_eq!(read, expected);
+            Ok(())
+        }
+
+        fn check_haproxy(kept: &[Instance], value: &str) -> Result<(), TestCaseError> {
+            let servers: Vec<&Instance> = kept.iter().filter(|i| i.port.is_some()).collect();
+            prop_assert_eq!(value.lines().count(), servers.len(), "{:?}", value);
+            for (line, i) in value.lines().zip(&servers) {
+                let words: Vec<&str> = line.split(' ').collect();
+                prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
+                let [server, name, address, weight, w, check] = words[..] else {
+                    return Err(TestCaseError::fail(format!("not a server line: {line:?}")));
+                };
+                prop_assert_eq!((server, weight, check), ("server", "weight", "check"));
+                prop_assert!(name.parse::<InstanceId>().is_ok(), "{:?}", line);
+                prop_assert!(clean(address) && !address.contains('#'), "{:?}", line);
+                // HAProxy refuses a configuration with a weight over 256.
+                prop_assert!(w.parse::<u32>().is_ok_and(|w| w <= 256), "{:?}", line);
+                prop_assert_eq!(w.parse::<u32>().ok(), Some(i.weight));
+            }
+            // herald watch --haproxy reads the same servers back (server names are instance
+            // ids, so two services' instances with one id would clash: not checked here).
+            let ids: std::collections::BTreeSet<&str> =
+                servers.iter().map(|i| i.id.as_str()).collect();
+            if ids.len() == servers.len() {
+                let conf = format!("backend b\n{value}");
+                let read = crate::watch::haproxy::configured(conf.as_bytes(), "b")
+                    .map_err(TestCaseError::fail)?;
+                prop_assert_eq!(read.servers.len(), servers.len());
+                for i in servers {
+                    let s = &read.servers[i.id.as_str()];
+                    let host = i.address.trim_start_matches('[').trim_end_matches(']');
+                    prop_assert_eq!(
+                        (s.host.as_str(), Some(s.port), s.weight),
+                        (host, i.port, i.weight)
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        fn check_pool_passwd(value: &str) -> Result<(), TestCaseError> {
+            for line in value.lines() {
+                let (user, hash) = line.rsplit_once(':').unwrap_or(("", ""));
+                prop_assert!(
+                    !user.is_empty() && !user.contains(':') && !user.chars().any(char::is_control),
+                    "{:?}",
+                    line
+                );
+                prop_assert!(
+                    hash.len() == 35
+                        && hash.starts_with("md5")
+                        && hash[3..].chars().all(|c| c.is_ascii_hexdigit()),
+                    "{:?}",
+                    line
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn every_preset_gives_a_refusal_or_well_formed_lines(
+                preset in presets(),
+                all in instances(),
+            ) {
+                let (kept, value) = as_director(&preset, &all);
+                // Rendering every instance, refused ones included, fails or gives the same.
+                if let Ok(whole) = derive(preset.clone(), &all) {
+                    prop_assert_eq!(Ok(&whole), value.as_ref().map_err(|_| ()));
+                }
+                let Ok(value) = value else { return Ok(()) };
+                match &preset {
+                    Preset::HostPorts => check_hostports(&kept, &value)?,
+                    Preset::Url { format } => check_url(format, &value)?,
+                    Preset::Json => check_json(&kept, &value)?,
+                    Preset::Pgpool => check_pgpool(&kept, &value)?,
+                    Preset::Haproxy => check_haproxy(&kept, &value)?,
+                    Preset::PoolPasswd => check_pool_passwd(&value)?,
+                }
+            }
+        }
     }
 }

@@ -229,7 +229,7 @@ fn weighted(list: Value) -> Result<Value, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::derive::Derivation;
     use super::*;
 
@@ -392,5 +392,182 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.matches(',').count(), 9_999);
+    }
+
+    /// Arbitrary template sources over arbitrary instances: compiling and rendering never
+    /// panic, give an error rather than hang (fuel), and finish in bounded time.
+    pub(crate) mod properties {
+        use std::time::{Duration, Instant};
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::instance::strategies;
+
+        /// Pieces of herald's template language, including the expensive ones.
+        pub(crate) const TOKENS: &[&str] = &[
+            "{{",
+            "}}",
+            "{%",
+            "%}",
+            "{#",
+            "#}",
+            "{%-",
+            "-%}",
+            " ",
+            "\n",
+            "for i in ",
+            "endfor",
+            "if ",
+            "elif ",
+            "else",
+            "endif",
+            "set x = ",
+            "macro f(n)",
+            "endmacro",
+            "f(n + 1)",
+            "call",
+            "endcall",
+            "filter upper",
+            "endfilter",
+            "raw",
+            "endraw",
+            "include 'x'",
+            "extends 'value'",
+            "block b",
+            "endblock",
+            "instances",
+            "services",
+            "count",
+            "value",
+            "values",
+            "key",
+            "i",
+            "i.address",
+            "i.meta",
+            "i.labels.role",
+            "i.port",
+            "loop.index",
+            "range(",
+            "100000",
+            "1000000000",
+            "9223372036854775807",
+            "-1",
+            "0",
+            ")",
+            "(",
+            "[",
+            "]",
+            ",",
+            ".",
+            "|",
+            "~",
+            "*",
+            "**",
+            "+",
+            "/",
+            "//",
+            "%",
+            "==",
+            "and",
+            "not",
+            "in",
+            "is",
+            "none",
+            "defined",
+            "'x'",
+            "'",
+            "\"",
+            "\\",
+            "with_label('role', 'primary')",
+            "with_label",
+            "select_label('role')",
+            "oldest",
+            "weighted",
+            "fail('stop')",
+            "fail",
+            "join(',')",
+            "list",
+            "map(attribute='id')",
+            "tojson",
+            "replace('a', 'b')",
+            "batch(3)",
+            "slice(2)",
+            "sort",
+            "unique",
+            "reverse",
+            "length",
+            "string",
+            "int",
+            "float",
+            "abs",
+            "round",
+            "trim",
+            "indent(4)",
+            "format",
+            "dictsort",
+            "attr('x')",
+            "recursive",
+            "loop(i)",
+            "namespace()",
+            "debug()",
+            "lipsum(10000)",
+            "cycler(1, 2)",
+            "joiner()",
+            "\u{0}",
+            "é",
+            "\u{2028}",
+        ];
+
+        pub(crate) fn source() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => proptest::collection::vec(proptest::sample::select(TOKENS), 0..40)
+                    .prop_map(|t| t.concat()),
+                1 => any::<String>(),
+                1 => proptest::sample::select(&[
+                    "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+                    "{{ 'x' * 1000000000 }}",
+                    "{{ range(1000000000) | list | length }}",
+                    "{% macro f(n) %}{{ f(n) ~ f(n) }}{% endmacro %}{{ f(0) }}",
+                    "{% set x = 'ab' %}{% for i in range(40) %}{% set x = x ~ x %}{% endfor %}{{ x | length }}",
+                    "{{ 9223372036854775807 + 1 }}",
+                    "{{ -9223372036854775808 // -1 }}",
+                    "{{ 1 / 0 }}{{ 1 % 0 }}",
+                    "{{ instances | batch(0) | list }}",
+                    "{{ instances | slice(0) | list }}",
+                    "{{ 'x' | indent(100000000) }}",
+                    "{{ (instances * 100000000) | length }}",
+                    "{{ lipsum(100000000) }}",
+                    "{{ '%s' | format }}",
+                ][..])
+                .prop_map(str::to_owned),
+            ]
+        }
+
+        fn instances() -> impl Strategy<Value = Vec<Instance>> {
+            proptest::collection::vec(strategies::herald_instance(), 0..6)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_template_renders_or_fails_in_bounded_time(
+                source in source(),
+                all in instances(),
+            ) {
+                let started = Instant::now();
+                if let Ok(template) = Template::compile(&source) {
+                    let result = Derivation::Template(template).derive(&all, None);
+                    if let Ok(value) = result {
+                        prop_assert!(value.len() <= crate::director::derive::MAX_VALUE);
+                    }
+                }
+                prop_assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{:?} took {:?}", source, started.elapsed()
+                );
+            }
+        }
     }
 }

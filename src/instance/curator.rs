@@ -127,6 +127,11 @@ impl Instance {
             Some(Value::String(a)) if !a.is_empty() => a.clone(),
             _ => return Err(invalid("no \"address\" string")),
         };
+        if !host_like(&address) {
+            return Err(invalid(
+                "\"address\" is not a host name or IP address (printable ASCII without spaces; brackets only around an IPv6 address)",
+            ));
+        }
         let port = port_of(&doc, "port")?;
         let ssl_port = port_of(&doc, "sslPort")?;
         let registered_ms = doc
@@ -161,15 +166,35 @@ impl Instance {
     }
 }
 
+/// Whether `address` can be a host name or IP address: printable ASCII without spaces, and
+/// brackets only around the whole address (`[::1]`). Anything else (a newline, a space, a
+/// stray bracket or a Unicode format character) would go into every consumer's config as it
+/// is — a template puts the address anywhere — so such a document is no instance.
+fn host_like(address: &str) -> bool {
+    let inner = address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(address);
+    !inner.is_empty()
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '[' && c != ']')
+}
+
 fn port_of(doc: &Map<String, Value>, field: &str) -> Result<Option<u16>, DocumentError> {
     match doc.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .map(Some)
-            .ok_or_else(|| DocumentError::Invalid(format!("\"{field}\" is not a port number"))),
+        Some(v) => port(v).map(Some).ok_or_else(|| {
+            DocumentError::Invalid(format!("\"{field}\" is not a port number (1 to 65535)"))
+        }),
     }
+}
+
+/// A port clients can connect to: 1 to 65535 (0 is no port).
+fn port(v: &Value) -> Option<u16> {
+    v.as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0)
 }
 
 fn read_payload(instance: &mut Instance, payload: &Map<String, Value>) {
@@ -182,7 +207,7 @@ fn read_payload(instance: &mut Instance, payload: &Map<String, Value>) {
         if let Some(Value::Object(endpoints)) = payload.get("endpoints") {
             instance.endpoints = endpoints
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), u16::try_from(v.as_u64()?).ok()?)))
+                .filter_map(|(k, v)| Some((k.clone(), port(v)?)))
                 .collect();
         }
         if let Some(weight) = payload
@@ -338,6 +363,16 @@ mod tests {
             br#"{"address":"h","port":70000}"#,
             br#"{"address":"h","port":"80"}"#,
             br#"{"address":"h","sslPort":-1}"#,
+            br#"{"address":"h","port":0}"#,
+            br#"{"address":" ","port":80}"#,
+            br#"{"address":"10.0.0.1\nserver evil 6.6.6.6:1","port":80}"#,
+            br#"{"address":"10.0.0.1 backup","port":80}"#,
+            br#"{"address":"[::1","port":80}"#,
+            br#"{"address":"[]","port":80}"#,
+            br#"{"address":"a]b","port":80}"#,
+            "{\"address\":\"h\u{feff}\",\"port\":80}".as_bytes(),
+            "{\"address\":\"hé\",\"port\":80}".as_bytes(),
+            b"{\"address\":\"10.0.0.1\\u0000\",\"port\":80}",
         ] {
             assert!(
                 Instance::from_json(service.clone(), id.clone(), bad).is_err(),
@@ -375,5 +410,74 @@ mod tests {
             Instance::from_json("pg".parse().unwrap(), "db1".parse().unwrap(), &doc),
             Err(DocumentError::TooLarge { .. })
         ));
+    }
+
+    /// Bad input, generated: whatever bytes an instance znode holds, reading them never
+    /// panics, and what is accepted is a well-formed instance.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::instance::strategies;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Any document (herald's, Curator's, Spring's, Nerve's, a serverset, any JSON),
+            /// damaged or not: an error, or a well-formed instance with the document's own
+            /// address that reads back the same once herald writes it.
+            #[test]
+            fn any_znode_data_is_refused_or_well_formed(data in strategies::znode_data()) {
+                let data = data.0;
+                let (service, id) = names();
+                let Ok(i) = Instance::from_json(service.clone(), id.clone(), &data) else {
+                    return Ok(());
+                };
+                strategies::well_formed(&i).map_err(TestCaseError::fail)?;
+                prop_assert!(data.len() <= MAX_DOCUMENT_LEN);
+                prop_assert_eq!((&i.service, &i.id), (&service, &id));
+                let doc: Value = serde_json::from_slice(&data).unwrap();
+                prop_assert_eq!(doc["address"].as_str(), Some(i.address.as_str()));
+                if let Ok(written) = i.to_json() {
+                    prop_assert_eq!(&Instance::from_json(service, id, &written).unwrap(), &i);
+                }
+            }
+
+            /// herald does not read Nerve's or serversets' documents (no `address`): refused,
+            /// however damaged.
+            #[test]
+            fn nerve_and_serverset_documents_are_refused(
+                doc in prop_oneof![strategies::nerve_document(), strategies::serverset_document()],
+                damage in strategies::damage(),
+            ) {
+                let (service, id) = names();
+                let data = damage.apply(&serde_json::to_vec(&doc).unwrap());
+                prop_assert!(Instance::from_json(service, id, &data).is_err());
+            }
+
+        }
+
+        proptest! {
+            // Fewer: each case reads every prefix of the document.
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// herald's own documents: well-formed, within the limit, read back as written;
+            /// every strict prefix (a write cut short) is refused.
+            #[test]
+            fn herald_documents_round_trip(i in strategies::herald_instance()) {
+                strategies::well_formed(&i).map_err(TestCaseError::fail)?;
+                let written = i.to_json().unwrap();
+                prop_assert!(written.len() <= MAX_DOCUMENT_LEN);
+                let read = Instance::from_json(i.service.clone(), i.id.clone(), &written).unwrap();
+                prop_assert_eq!(&read, &i);
+                for cut in 0..written.len() {
+                    prop_assert!(
+                        Instance::from_json(i.service.clone(), i.id.clone(), &written[..cut])
+                            .is_err(),
+                        "prefix of {} bytes accepted", cut
+                    );
+                }
+            }
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! `ServiceInstance`) is in [`curator`].
 
 mod curator;
+#[cfg(test)]
+pub(crate) mod strategies;
 
 use std::collections::BTreeMap;
 

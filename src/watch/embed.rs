@@ -126,4 +126,46 @@ mod tests {
         assert!(Embed::compile("{% for %}".to_owned(), "t").is_err());
         assert!(embed.render(&[("K", &[0xff])], "t").is_err());
     }
+
+    /// `--template` sources and watched values, arbitrary: compiling and rendering never
+    /// panic and finish in bounded time; a value that is not UTF-8 is an error.
+    mod properties {
+        use std::time::{Duration, Instant};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                3 => ".{0,40}".prop_map(String::into_bytes),
+                1 => proptest::collection::vec(any::<u8>(), 0..64),
+                1 => Just(b"{{ value }}{% raw %}".to_vec()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_template_and_values_render_or_fail_in_bounded_time(
+                source in crate::director::template::tests::properties::source(),
+                first in value(),
+                second in value(),
+            ) {
+                let started = Instant::now();
+                if let Ok(embed) = Embed::compile(source.clone(), "t") {
+                    let rendered = embed.render(&[("A", &first), ("B", &second)], "t");
+                    if std::str::from_utf8(&first).is_err() || std::str::from_utf8(&second).is_err() {
+                        prop_assert!(rendered.is_err());
+                    }
+                    prop_assert!(embed.render(&[], "t").is_err());
+                }
+                prop_assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{:?} took {:?}", source, started.elapsed()
+                );
+            }
+        }
+    }
 }

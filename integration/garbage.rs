@@ -179,33 +179,6 @@ async fn create(client: &zkc::Client, path: &str, data: &[u8]) {
         .unwrap_or_else(|e| panic!("create {path}: {e}"));
 }
 
-/// Waits (by watch) until the value at `path` is `expected`; returns its stat.
-async fn value_becomes(client: &zkc::Client, path: &str, expected: &str) -> zkc::Stat {
-    let mut last = None;
-    let waited = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match client.get_and_watch_data(path).await {
-                Ok((data, stat, watcher)) => {
-                    if data == expected.as_bytes() {
-                        return stat;
-                    }
-                    last = Some(String::from_utf8_lossy(&data).into_owned());
-                    watcher.changed().await;
-                }
-                Err(zkc::Error::NoNode) => {
-                    let (stat, watcher) = client.check_and_watch_stat(path).await.unwrap();
-                    if stat.is_none() {
-                        watcher.changed().await;
-                    }
-                }
-                Err(err) => panic!("read {path}: {err}"),
-            }
-        }
-    })
-    .await;
-    waited.unwrap_or_else(|_| panic!("{path} did not become {expected:?}; last {last:?}"))
-}
-
 #[tokio::test]
 async fn garbage_documents_are_never_published_and_the_director_goes_on() {
     let root = root("garbage");

@@ -839,3 +839,34 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Waits (by watch) until the value at `path` is `expected`; returns its stat.
+pub async fn value_becomes(
+    client: &zookeeper_client::Client,
+    path: &str,
+    expected: &str,
+) -> zookeeper_client::Stat {
+    let mut last = None;
+    let waited = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match client.get_and_watch_data(path).await {
+                Ok((data, stat, watcher)) => {
+                    if data == expected.as_bytes() {
+                        return stat;
+                    }
+                    last = Some(String::from_utf8_lossy(&data).into_owned());
+                    watcher.changed().await;
+                }
+                Err(zookeeper_client::Error::NoNode) => {
+                    let (stat, watcher) = client.check_and_watch_stat(path).await.unwrap();
+                    if stat.is_none() {
+                        watcher.changed().await;
+                    }
+                }
+                Err(err) => panic!("read {path}: {err}"),
+            }
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("{path} did not become {expected:?}; last {last:?}"))
+}

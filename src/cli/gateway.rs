@@ -39,7 +39,10 @@ GET /services/SERVICE[?metadata=1], GET /live, GET /ready (200 while connected t
 Values are stored exactly as sent (use --data-binary: curl -d strips newlines) and never logged.
 With a token (--token-file or HERALD_GATEWAY_TOKEN) every route but /live and /ready needs
 `Authorization: Bearer TOKEN` (401 without); an address other than loopback needs one.
-Instance metadata is left out unless ?metadata=1, which needs a token.")]
+Instance metadata is left out unless ?metadata=1, which needs a token.
+A value read once is served from memory, kept current by a watch (Cache-Control: no-cache reads
+ZooKeeper). While ZooKeeper cannot be reached (also at start), GETs are answered from memory or
+the last known values (--cache DIR) with an Age header; past --max-stale, 503.")]
 pub struct GatewayArgs {
     /// Address to listen on (HOST:PORT, or unix:PATH for a socket only this user and root may
     /// use); other than loopback or a socket only with a token.

@@ -159,6 +159,8 @@ def run(rounds, duration, connections, machine, python):
                                         "--max-connections", "1024"],
                                        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         procs.append(gateway)
+        # nginx's worker runs as an unprivileged user (as root: nobody): it must reach the file.
+        os.chmod(workdir, 0o755)
         www = os.path.join(workdir, "www")
         os.makedirs(os.path.join(www, "environment"))
         with open(os.path.join(www, "environment", KEY), "wb") as f:

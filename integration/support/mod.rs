@@ -837,6 +837,14 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its daemons said (the test's own output is kept).
+        if std::thread::panicking() {
+            println!(
+                "--- log of herald (pid {}) ---\n{}",
+                self.child.id(),
+                self.stderr()
+            );
+        }
     }
 }
 

@@ -76,16 +76,25 @@ impl HarnessArgs {
         let mut inherited: BTreeMap<OsString, OsString> = std::env::vars_os()
             .filter(|(name, _)| name != harness::NOTES_VAR && name != harness::STALE_VAR)
             .collect();
-        // The entries' notes to each other (ZooKeeper unreachable) and to CMD (stale values).
-        let notes = Notes::create()
+        // The entries' notes to each other (ZooKeeper unreachable) and to CMD (stale values);
+        // none when there is no entry to run.
+        let (export_dir, explicit) = self.export_location();
+        let any_entry = dirs
+            .iter()
+            .map(|d| d.path.as_path())
+            .chain([export_dir.as_path()])
+            .any(|dir| std::fs::read_dir(dir).is_ok_and(|mut it| it.next().is_some()));
+        let notes = any_entry
+            .then(Notes::create)
+            .transpose()
             .map_err(|err| tracing::warn!(error = %err, "no notes directory for the entries; each tries ZooKeeper on its own"))
-            .ok();
+            .ok()
+            .flatten();
         if let Some(notes) = &notes {
             inherited.insert(harness::NOTES_VAR.into(), notes.path().into());
         }
         let mut resolved =
             harness::build(&dirs, inherited, self.keep_existing, limits.clone()).await?;
-        let (export_dir, explicit) = self.export_location();
         let export = harness::declare(&export_dir, explicit, &resolved.env, limits).await?;
         resolved
             .env

@@ -244,6 +244,13 @@ impl Ensemble {
             .map(|i| i + 1)
     }
 
+    /// The number (1..=3) of a server that reports itself follower, if any.
+    pub fn follower(&self) -> Option<usize> {
+        (0..3)
+            .find(|&i| four_letter(self.ports[i].0, "srvr").contains("Mode: follower"))
+            .map(|i| i + 1)
+    }
+
     /// SIGKILLs the leader and returns its number.
     pub fn kill_leader(&self) -> usize {
         let n = wait_for("an ensemble leader", || self.leader());
@@ -557,6 +564,7 @@ pub async fn client() -> zookeeper_client::Client {
 /// partitioned, live connections are shut down and new ones are closed on accept.
 pub struct Proxy {
     pub port: u16,
+    address: std::net::IpAddr,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
     held: Held,
 }
@@ -572,7 +580,13 @@ type Held = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 impl Proxy {
     pub fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        Proxy::start_at(std::net::Ipv4Addr::LOCALHOST.into(), upstream)
+    }
+
+    /// A proxy listening on `address` (another interface, e.g. a veth towards a network
+    /// namespace) that forwards to the test ZooKeeper's loopback port `upstream`.
+    pub fn start_at(address: std::net::IpAddr, upstream: u16) -> Proxy {
+        let listener = TcpListener::bind((address, 0)).expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
         let shared = state.clone();
@@ -601,7 +615,12 @@ impl Proxy {
                 pipe(up, downstream, None);
             }
         });
-        Proxy { port, state, held }
+        Proxy {
+            port,
+            address,
+            state,
+            held,
+        }
     }
 
     /// Holds back every request (connections stay open, nothing is lost) until
@@ -615,7 +634,7 @@ impl Proxy {
     }
 
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.address, self.port)
     }
 
     /// Cuts every connection and refuses new ones until [`Proxy::heal`].
@@ -652,6 +671,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+/// Whether the fault tests run in their long mode (`HERALD_LONG_FAULTS=1`, set by
+/// `scripts/faults soak`): longer outages and soaks than CI can afford.
+pub fn long_faults() -> bool {
+    std::env::var("HERALD_LONG_FAULTS").is_ok_and(|v| v == "1")
 }
 
 /// A running child's stdout, read line by line on a thread, so a test can wait for a line.

@@ -461,6 +461,45 @@ async fn an_agent_partitioned_in_a_network_namespace_registers_again_after_its_e
     assert!(agent.exited().await.success(), "{}", agent.stderr());
 }
 
+/// Issue #12, found by the soak: an agent restarted after a crash waits for its predecessor's
+/// node to go with the old session. A ZooKeeper restart meanwhile gives that session a fresh
+/// timeout (as a new ensemble leader does), so the agent's wait starts over once it is
+/// connected again: it registers when the old session ends instead of refusing the id as a
+/// duplicate (exit 8) while the predecessor's session still had its new timeout to run.
+#[tokio::test]
+async fn a_restarted_agent_outwaits_its_predecessors_session_across_a_zookeeper_restart() {
+    let server = Standalone::start("predecessor").await;
+    let connect = server.connect_string();
+    let root = "/it/predecessor";
+    let s = Scratch::new("predecessor");
+    let short = ["--session-timeout", SHORT_SESSION];
+    let crashed = pg_agent(root, &connect, &s, "p1", 6200, &short);
+    crashed.wait_log("registered path=", 1).await;
+    // The crash: the node stays until ZooKeeper expires the session.
+    drop(crashed);
+    let successor = pg_agent(root, &connect, &s, "p1", 6200, &short);
+    successor.wait_log("waiting for it to go away", 1).await;
+    server.stop(libc::SIGKILL).await;
+    // Down for longer than the successor's whole wait (twice the session timeout).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.restart().await;
+    let (registered, log) = successor
+        .wait_log_for("a registration or a refusal", |log| {
+            if log.contains("registered path=") {
+                Some(true)
+            } else if log.contains("registered by another live session") {
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .await;
+    assert!(
+        registered,
+        "registered once the predecessor's session ended, not refused:\n{log}"
+    );
+}
+
 /// The node's stat, asking again while the watching client itself reconnects after a fault.
 async fn stat_of(client: &zkc::Client, path: &str) -> Option<zkc::Stat> {
     tokio::time::timeout(DEADLINE, async {

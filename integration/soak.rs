@@ -165,9 +165,9 @@ struct Soak {
     history: Vec<String>,
     checks: usize,
     /// Checks that held at first and had to wait again after the quiet period.
-    relapses: usize,
+    relapses: Vec<Fault>,
     /// The time from each fault to the state the checker confirmed after it.
-    convergence: Vec<Duration>,
+    convergence: Vec<(Fault, Duration)>,
 }
 
 fn director(connect: &str) -> Daemon {
@@ -434,12 +434,23 @@ impl Soak {
             .map(|(k, n)| format!("{k:?}={n}"))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut sorted = self.convergence.clone();
+        let mut sorted: Vec<Duration> = self.convergence.iter().map(|(_, d)| *d).collect();
         sorted.sort();
+        let mut slowest: BTreeMap<Fault, Duration> = BTreeMap::new();
+        for (fault, took) in &self.convergence {
+            let max = slowest.entry(*fault).or_default();
+            *max = (*max).max(*took);
+        }
+        let slowest = slowest
+            .iter()
+            .map(|(k, d)| format!("{k:?}={}", d.as_millis()))
+            .collect::<Vec<_>>()
+            .join(" ");
         format!(
-            "soak summary: seed={} secs={secs} faults={total} ({kinds}) checks={} violations={violations} relapses={} p50_convergence_ms={} max_convergence_ms={}",
+            "soak summary: seed={} secs={secs} faults={total} ({kinds}) checks={} violations={violations} relapses={} (after {:?}) p50_convergence_ms={} max_convergence_ms={} (by kind, ms: {slowest})",
             self.seed,
             self.checks,
+            self.relapses.len(),
             self.relapses,
             sorted.get(sorted.len() / 2).map_or(0, Duration::as_millis),
             sorted.last().map_or(0, Duration::as_millis)
@@ -503,7 +514,7 @@ async fn random_faults_never_break_the_published_value() {
         faults: BTreeMap::new(),
         history: Vec::new(),
         checks: 0,
-        relapses: 0,
+        relapses: Vec::new(),
         convergence: Vec::new(),
     };
     let started = Instant::now();
@@ -555,10 +566,10 @@ async fn random_faults_never_break_the_published_value() {
                 let took = if at_once {
                     first
                 } else {
-                    soak.relapses += 1;
+                    soak.relapses.push(fault);
                     took
                 };
-                soak.convergence.push(took);
+                soak.convergence.push((fault, took));
             }
             Err(why) => violation(&soak, why),
         }

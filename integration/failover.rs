@@ -108,8 +108,8 @@ async fn killing_the_leader_repeatedly_never_deletes_a_live_instance_nor_publish
     let s = Scratch::new("failover");
     let mut ports = vec![5432, 5433];
     let mut agents = vec![
-        pg_agent(root, &connect, &s, "db1", 5432, &[]),
-        pg_agent(root, &connect, &s, "db2", 5433, &[]),
+        pg_agent(root, &connect, &s, "db01", 5432, &[]),
+        pg_agent(root, &connect, &s, "db02", 5433, &[]),
     ];
     let mut directors = [
         pg_director(root, &connect, "PG_HOSTS", &[]),
@@ -144,7 +144,7 @@ async fn killing_the_leader_repeatedly_never_deletes_a_live_instance_nor_publish
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut recorders = Vec::new();
     let mut first = Vec::new();
-    for id in ["db1", "db2"] {
+    for id in ["db01", "db02"] {
         let stat = stat_of(&watcher, &node(id)).await.expect("registered");
         first.push((id.to_owned(), stat));
         recorders.push(record_events(&watcher, node(id), seen.clone()));
@@ -160,7 +160,8 @@ async fn killing_the_leader_repeatedly_never_deletes_a_live_instance_nor_publish
             wait_for("a new leader", || driver.leader());
             driver.restart(killed);
         });
-        let id = format!("db{}", 2 + round);
+        // Two digits: the value lists instances in the order of their ids.
+        let id = format!("db{:02}", 2 + round);
         let port = 5433 + round;
         agents.push(pg_agent(root, &connect, &s, &id, port, &[]));
         ports.push(port);
@@ -169,7 +170,10 @@ async fn killing_the_leader_repeatedly_never_deletes_a_live_instance_nor_publish
         assert_eq!(
             now.version,
             base.version + i32::from(round),
-            "round {round}: one publish per membership change, nothing in between"
+            "round {round}: one publish per membership change, nothing in between; the \
+             directors' logs:\n{}\n---\n{}",
+            directors[0].stderr(),
+            directors[1].stderr()
         );
         let stat = stat_of(&watcher, &node(&id))
             .await

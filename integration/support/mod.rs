@@ -567,6 +567,7 @@ pub struct Proxy {
     address: std::net::IpAddr,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
     held: Held,
+    lose_multi: Held,
 }
 
 #[derive(Default)]
@@ -592,6 +593,8 @@ impl Proxy {
         let shared = state.clone();
         let held = Held::default();
         let hold = held.clone();
+        let lose_multi = Held::default();
+        let lose = lose_multi.clone();
         std::thread::spawn(move || {
             for downstream in listener.incoming().flatten() {
                 let mut state = shared.lock().unwrap();
@@ -607,12 +610,16 @@ impl Proxy {
                         state.live.push(clone);
                     }
                 }
-                pipe(
+                // Set when a reply is to be lost: the server's bytes are dropped.
+                let mute = Held::default();
+                requests(
                     downstream.try_clone().unwrap(),
                     up.try_clone().unwrap(),
-                    Some(hold.clone()),
+                    hold.clone(),
+                    lose.clone(),
+                    mute.clone(),
                 );
-                pipe(up, downstream, None);
+                pipe(up, downstream, None, Some(mute));
             }
         });
         Proxy {
@@ -620,6 +627,7 @@ impl Proxy {
             address,
             state,
             held,
+            lose_multi,
         }
     }
 
@@ -627,6 +635,13 @@ impl Proxy {
     /// [`Proxy::release`].
     pub fn hold(&self) {
         self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next multi-op a client sends reaches the server, but its reply does not: the
+    /// connection is cut 300 ms later (the client sees a connection loss and reconnects).
+    pub fn lose_next_multi_reply(&self) {
+        self.lose_multi
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn release(&self) {
@@ -651,7 +666,52 @@ impl Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
+/// Client to server, a whole request at a time (ZooKeeper's frames: a 4-byte length, then
+/// the xid and the op code after the first, the connect request), so that the reply to a
+/// multi-op (op 14) can be lost: `mute` is set before the request is forwarded.
+fn requests(mut from: TcpStream, mut to: TcpStream, held: Held, lose: Held, mute: Held) {
+    use std::sync::atomic::Ordering::SeqCst;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut first = true;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            while pending.len() >= 4 {
+                let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+                if pending.len() < 4 + len {
+                    break;
+                }
+                let frame: Vec<u8> = pending.drain(..4 + len).collect();
+                let multi = !first && len >= 8 && frame[8..12] == 14i32.to_be_bytes();
+                first = false;
+                let cut = multi && lose.swap(false, SeqCst);
+                if cut {
+                    mute.store(true, SeqCst);
+                }
+                while held.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if to.write_all(&frame).is_err() {
+                    break;
+                }
+                if cut {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>, mute: Option<Held>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -659,6 +719,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if mute
+                .as_ref()
+                .is_some_and(|m| m.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                continue;
+            }
             while held
                 .as_ref()
                 .is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))

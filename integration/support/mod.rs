@@ -669,20 +669,43 @@ impl Proxy {
 /// Client to server, a whole request at a time (ZooKeeper's frames: a 4-byte length, then
 /// the xid and the op code after the first, the connect request), so that the reply to a
 /// multi-op (op 14) can be lost: `mute` is set before the request is forwarded.
+/// Larger than any ZooKeeper request (its jute.maxbuffer is 1 MiB by default).
+const MAX_FRAME: usize = 4 << 20;
+
 fn requests(mut from: TcpStream, mut to: TcpStream, held: Held, lose: Held, mute: Held) {
     use std::sync::atomic::Ordering::SeqCst;
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         let mut pending: Vec<u8> = Vec::new();
         let mut first = true;
+        let mut raw = false;
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             pending.extend_from_slice(&buf[..n]);
-            while pending.len() >= 4 {
-                let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+            loop {
+                if !raw && pending.len() < 4 {
+                    break;
+                }
+                let len = if raw {
+                    0
+                } else {
+                    u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize
+                };
+                raw = raw || len > MAX_FRAME;
+                if raw {
+                    // Not ZooKeeper's plain framing (TLS records): bytes as they come.
+                    while held.load(SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if to.write_all(&pending).is_err() {
+                        return;
+                    }
+                    pending.clear();
+                    break;
+                }
                 if pending.len() < 4 + len {
                     break;
                 }
@@ -697,7 +720,8 @@ fn requests(mut from: TcpStream, mut to: TcpStream, held: Held, lose: Held, mute
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 if to.write_all(&frame).is_err() {
-                    break;
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    return;
                 }
                 if cut {
                     std::thread::sleep(Duration::from_millis(300));

@@ -422,6 +422,41 @@ async fn after_a_reconnect_the_director_lists_again() {
     d.wait_log("listing the instances again", 1).await;
 }
 
+/// A publish whose reply is lost to a connection loss was applied all the same: the director
+/// finds its value there after the reconnect and does not write the same bytes again (a second
+/// version, a spurious change for every watcher). The leader-kill fault test saw such a write.
+#[tokio::test]
+async fn a_publish_whose_reply_was_lost_is_not_written_again() {
+    let root = root("dir_lost_reply");
+    let client = client().await;
+    let path = value_path(&root, "LOST");
+    let proxy = Proxy::start(zk().port);
+    let d = Director::spawn(
+        director(&root, "LOST", "svc", &["--preset", "hostports", "-v"])
+            .env("HERALD_ZK", proxy.connect_string()),
+    );
+    register(&client, &root, "svc", "a", 1001).await;
+    let before = value_becomes(&client, &path, "10.0.0.1:1001").await;
+    d.wait_log(PUBLISHED, 1).await;
+    proxy.lose_next_multi_reply();
+    register(&client, &root, "svc", "b", 1002).await;
+    let both = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    assert_eq!(both.version, before.version + 1);
+    d.wait_log("cannot publish", 1).await;
+    // The retry: it writes again, or finds the value published.
+    let (_, log) = d
+        .wait_log_for("the retry after the lost reply", |log| {
+            let after = &log[log.find("cannot publish")?..];
+            (after.contains(PUBLISHED) || after.contains("the value is unchanged")).then_some(())
+        })
+        .await;
+    let now = value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
+    assert_eq!(
+        now.version, both.version,
+        "the value was written once, not again after the lost reply:\n{log}"
+    );
+}
+
 #[test]
 fn bad_configs_exit_2_naming_the_line() {
     let s = Scratch::new("dir_config");

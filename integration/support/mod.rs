@@ -244,6 +244,13 @@ impl Ensemble {
             .map(|i| i + 1)
     }
 
+    /// The number (1..=3) of a server that reports itself follower, if any.
+    pub fn follower(&self) -> Option<usize> {
+        (0..3)
+            .find(|&i| four_letter(self.ports[i].0, "srvr").contains("Mode: follower"))
+            .map(|i| i + 1)
+    }
+
     /// SIGKILLs the leader and returns its number.
     pub fn kill_leader(&self) -> usize {
         let n = wait_for("an ensemble leader", || self.leader());
@@ -563,8 +570,10 @@ pub async fn client() -> zookeeper_client::Client {
 /// partitioned, live connections are shut down and new ones are closed on accept.
 pub struct Proxy {
     pub port: u16,
+    address: std::net::IpAddr,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
     held: Held,
+    lose_multi: Held,
 }
 
 #[derive(Default)]
@@ -578,12 +587,20 @@ type Held = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 impl Proxy {
     pub fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        Proxy::start_at(std::net::Ipv4Addr::LOCALHOST.into(), upstream)
+    }
+
+    /// A proxy listening on `address` (another interface, e.g. a veth towards a network
+    /// namespace) that forwards to the test ZooKeeper's loopback port `upstream`.
+    pub fn start_at(address: std::net::IpAddr, upstream: u16) -> Proxy {
+        let listener = TcpListener::bind((address, 0)).expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
         let shared = state.clone();
         let held = Held::default();
         let hold = held.clone();
+        let lose_multi = Held::default();
+        let lose = lose_multi.clone();
         std::thread::spawn(move || {
             for downstream in listener.incoming().flatten() {
                 let mut state = shared.lock().unwrap();
@@ -599,15 +616,25 @@ impl Proxy {
                         state.live.push(clone);
                     }
                 }
-                pipe(
+                // Set when a reply is to be lost: the server's bytes are dropped.
+                let mute = Held::default();
+                requests(
                     downstream.try_clone().unwrap(),
                     up.try_clone().unwrap(),
-                    Some(hold.clone()),
+                    hold.clone(),
+                    lose.clone(),
+                    mute.clone(),
                 );
-                pipe(up, downstream, None);
+                pipe(up, downstream, None, Some(mute));
             }
         });
-        Proxy { port, state, held }
+        Proxy {
+            port,
+            address,
+            state,
+            held,
+            lose_multi,
+        }
     }
 
     /// Holds back every request (connections stay open, nothing is lost) until
@@ -616,12 +643,19 @@ impl Proxy {
         self.held.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The next multi-op a client sends reaches the server, but its reply does not: the
+    /// connection is cut 300 ms later (the client sees a connection loss and reconnects).
+    pub fn lose_next_multi_reply(&self) {
+        self.lose_multi
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn release(&self) {
         self.held.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.address, self.port)
     }
 
     /// Cuts every connection and refuses new ones until [`Proxy::heal`].
@@ -638,7 +672,76 @@ impl Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
+/// Client to server, a whole request at a time (ZooKeeper's frames: a 4-byte length, then
+/// the xid and the op code after the first, the connect request), so that the reply to a
+/// multi-op (op 14) can be lost: `mute` is set before the request is forwarded.
+/// Larger than any ZooKeeper request (its jute.maxbuffer is 1 MiB by default).
+const MAX_FRAME: usize = 4 << 20;
+
+fn requests(mut from: TcpStream, mut to: TcpStream, held: Held, lose: Held, mute: Held) {
+    use std::sync::atomic::Ordering::SeqCst;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut first = true;
+        let mut raw = false;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            loop {
+                if !raw && pending.len() < 4 {
+                    break;
+                }
+                let len = if raw {
+                    0
+                } else {
+                    u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize
+                };
+                raw = raw || len > MAX_FRAME;
+                if raw {
+                    // Not ZooKeeper's plain framing (TLS records): bytes as they come.
+                    while held.load(SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if to.write_all(&pending).is_err() {
+                        return;
+                    }
+                    pending.clear();
+                    break;
+                }
+                if pending.len() < 4 + len {
+                    break;
+                }
+                let frame: Vec<u8> = pending.drain(..4 + len).collect();
+                let multi = !first && len >= 8 && frame[8..12] == 14i32.to_be_bytes();
+                first = false;
+                let cut = multi && lose.swap(false, SeqCst);
+                if cut {
+                    mute.store(true, SeqCst);
+                }
+                while held.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if to.write_all(&frame).is_err() {
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                if cut {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>, mute: Option<Held>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -646,6 +749,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if mute
+                .as_ref()
+                .is_some_and(|m| m.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                continue;
+            }
             while held
                 .as_ref()
                 .is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
@@ -658,6 +767,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, held: Option<Held>) {
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+/// Whether the fault tests run in their long mode (`HERALD_LONG_FAULTS=1`, set by
+/// `scripts/faults soak`): longer outages and soaks than CI can afford.
+pub fn long_faults() -> bool {
+    std::env::var("HERALD_LONG_FAULTS").is_ok_and(|v| v == "1")
 }
 
 /// A running child's stdout, read line by line on a thread, so a test can wait for a line.

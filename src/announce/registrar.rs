@@ -41,8 +41,9 @@ const RETRY: Duration = Duration::from_millis(100);
 /// follows what was carried out.
 ///
 /// At the first registration a node held by another session is waited for up to
-/// `duplicate_wait` (a crashed predecessor's session expires by then), then refused as a
-/// duplicate; `None` waits as long as it takes, as does every later registration: herald never
+/// `duplicate_wait` of connected time (a crashed predecessor's session expires by then; the
+/// wait starts over after a disconnection, as ZooKeeper renews every session's timeout when a
+/// server restarts or a new leader takes over), then refused as a duplicate; `None` waits as long as it takes, as does every later registration: herald never
 /// takes the node over.
 ///
 /// # Notable errors
@@ -58,6 +59,7 @@ pub async fn maintain(
     cancel: CancellationToken,
 ) -> Result<(), AnnounceError> {
     let mut live = session.live();
+    let mut states = live.client.state_watcher();
     let mut reg = Registrar {
         node: node.clone(),
         ours: None,
@@ -132,6 +134,7 @@ pub async fn maintain(
             }
             renewed = session.renewed(session_generation) => {
                 live = renewed?;
+                states = live.client.state_watcher();
                 reg.session_ended();
                 debug!(generation = live.generation, "new session; registering again");
             }
@@ -145,6 +148,11 @@ pub async fn maintain(
                         debug!(path = %reg.node.path, event = ?event.event_type, "our node changed");
                     }
                 }
+            }
+            // A restarted server, or a new ensemble leader, gives every session a fresh
+            // timeout, the other holder's too: the wait for it starts over once connected.
+            _ = states.changed(), if reg.duplicate_deadline.is_some() => {
+                reg.duplicate_deadline = None;
             }
             _ = sleep_until(next.retry_at) => {}
         }

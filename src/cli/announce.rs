@@ -285,7 +285,8 @@ keeps it registered with weight 0; SIGUSR2 or `herald undrain` registers again. 
 /export again (and rereads --meta-file) and rewrites the node in place when the metadata changed
 (credential rotation); a failing declaration leaves the node as it was. SIGTERM/SIGINT deletes the
 node, then exits 0. A node with this id held by
-another live session is never taken: exit 8 after waiting twice the session timeout for it to go.")]
+another live session is never taken: exit 8 after waiting twice the session timeout for it to go
+(connected: the wait starts over after a lost connection).")]
 pub struct AnnounceArgs {
     #[command(flatten)]
     pub registration: RegistrationArgs,

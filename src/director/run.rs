@@ -319,6 +319,8 @@ async fn serve(
     // After a failed derivation, check or publish: try again later even without a change.
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
+    // The last write failed: whether it was applied is unknown until the value is read.
+    let mut unsure = false;
     // The inputs of the last derivation: a change elsewhere in the cache costs nothing here.
     let mut last_inputs: Option<Vec<Option<Instances>>> = None;
     // Instances whose session was lost stay for --removal-delay; woken when one is due.
@@ -634,6 +636,24 @@ async fn serve(
                 None => excluded.is_empty(),
             },
         };
+        // A failed write may have been applied all the same (its reply lost to a connection
+        // loss): what is published is read again before writing, or the same bytes would be
+        // written twice (a new version, a change for every watcher).
+        if unsure {
+            match read_value(&lead.live.client, &value_path).await {
+                Ok((now, _)) => {
+                    published = now;
+                    unsure = false;
+                }
+                Err(err) => {
+                    failures += 1;
+                    let delay = backoff(failures);
+                    warn!(error = %err, retry_in_s = delay.as_secs(), "cannot read the value after a failed write; retrying");
+                    retry_at = Some(Instant::now() + delay);
+                    continue;
+                }
+            }
+        }
         if published.as_deref() == Some(value.as_slice()) && slots_same && excluded_same {
             debug!(instances = instances.len(), "the value is unchanged");
             guards.published(instances.len(), Instant::now());
@@ -755,6 +775,7 @@ async fn serve(
                 let delay = backoff(failures);
                 error!(error = %err, retry_in_s = delay.as_secs(), "cannot publish; retrying");
                 retry_at = Some(Instant::now() + delay);
+                unsure = true;
             }
         }
     }

@@ -771,8 +771,28 @@ async fn after_a_zookeeper_outage_every_process_keeps_its_session_and_nothing_fl
             .map(|d| d.count("reconnected to ZooKeeper"))
             .collect();
         server.stop(libc::SIGKILL).await;
+        let stopped = tokio::time::Instant::now();
+        // Meanwhile `resolve` answers with the last known value the watch kept (the fixture
+        // gives every herald of this binary one cache directory), saying how old it is.
+        let mut resolve = herald(root);
+        resolve
+            .env("HERALD_ZK", &connect)
+            .env("HERALD_CONNECT_TIMEOUT", "1s")
+            .args(["resolve", "BACKENDS"]);
+        let answered = tokio::task::spawn_blocking(move || run(&mut resolve))
+            .await
+            .unwrap();
+        assert_eq!(answered.status.code(), Some(0), "{}", describe(&answered));
+        assert_eq!(String::from_utf8_lossy(&answered.stdout), three);
+        if stopped.elapsed() < outage {
+            let said = String::from_utf8_lossy(&answered.stderr);
+            assert!(
+                said.contains("last known value") && said.contains("read from ZooKeeper"),
+                "{said}"
+            );
+        }
         // The outage's length is what this test is about.
-        tokio::time::sleep(outage).await;
+        tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
         server.restart().await;
         for (d, before) in everyone.iter().zip(&reconnected) {
             let (resumed, log) = d

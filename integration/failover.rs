@@ -233,20 +233,7 @@ async fn killing_the_leader_repeatedly_never_deletes_a_live_instance_nor_publish
     );
     let last = data_becomes(&watcher, &value, &hostports(&ports), DEADLINE).await;
     assert_eq!(last.version, base.version + i32::from(rounds));
-    let n = eventually("every publish in the directors' logs", || async {
-        let n = publishes();
-        if n as i32 > last.version {
-            Ok(n)
-        } else {
-            Err(format!("{n} publishes"))
-        }
-    })
-    .await;
-    assert_eq!(
-        n as i32,
-        last.version + 1,
-        "every write to the value is one logged publish"
-    );
+    every_version_is_one_publish(last.version, publishes).await;
     let leading: usize = directors.iter().map(|d| d.count("election: leading")).sum();
     assert_eq!(leading, 1, "one term throughout (the sessions were kept)");
     for d in agents
@@ -364,20 +351,7 @@ async fn an_expired_agent_and_an_expired_leader_recover_and_the_deposed_leader_n
     let last = data_becomes(&client, &value, &last_value, DEADLINE).await;
     assert_eq!(last.version, taken.version + 1, "one publish for e4");
     file_becomes(&out, &last_value).await;
-    let n = eventually("every publish in the directors' logs", || async {
-        let n = publishes(&[&first, &second]);
-        if n as i32 > last.version {
-            Ok(n)
-        } else {
-            Err(format!("{n} publishes"))
-        }
-    })
-    .await;
-    assert_eq!(
-        n as i32,
-        last.version + 1,
-        "every version is one logged publish"
-    );
+    every_version_is_one_publish(last.version, || publishes(&[&first, &second])).await;
     assert_eq!(
         first.count(PUBLISHED),
         frozen_publishes,
@@ -850,4 +824,20 @@ async fn after_a_zookeeper_outage_every_process_keeps_its_session_and_nothing_fl
     })
     .await;
     assert_eq!(reloaded.lines().count(), 2, "two reloads: {reloaded:?}");
+}
+
+/// Waits until the directors' logs show a publish for every version of the value (the create
+/// is version 0), and asserts there is exactly one per version: no write went unlogged, and no
+/// publish wrote twice.
+async fn every_version_is_one_publish(version: i32, publishes: impl Fn() -> usize) {
+    let n = eventually("every publish in the directors' logs", || async {
+        let n = publishes();
+        if n as i32 > version {
+            Ok(n)
+        } else {
+            Err(format!("{n} publishes"))
+        }
+    })
+    .await;
+    assert_eq!(n as i32, version + 1, "every version is one logged publish");
 }

@@ -321,6 +321,8 @@ async fn serve(
     let mut retry_at: Option<Instant> = None;
     // The last write failed: whether it was applied is unknown until the value is read.
     let mut unsure = false;
+    // The value of that write.
+    let mut unsure_value: Option<Vec<u8>> = None;
     // The inputs of the last derivation: a change elsewhere in the cache costs nothing here.
     let mut last_inputs: Option<Vec<Option<Instances>>> = None;
     // Instances whose session was lost stay for --removal-delay; woken when one is due.
@@ -642,8 +644,20 @@ async fn serve(
         if unsure {
             match read_value(&lead.live.client, &value_path).await {
                 Ok((now, _)) => {
+                    if now.is_some() && now.as_deref() == unsure_value.as_deref() {
+                        // Applied after all: logged as the publish it was.
+                        info!(
+                            old = %digest(published.as_deref()),
+                            new = %digest(now.as_deref()),
+                            instances = instances.len(),
+                            excluded = excluded.len(),
+                            reply_lost = true,
+                            "published"
+                        );
+                    }
                     published = now;
                     unsure = false;
+                    unsure_value = None;
                 }
                 Err(err) => {
                     failures += 1;
@@ -776,6 +790,7 @@ async fn serve(
                 error!(error = %err, retry_in_s = delay.as_secs(), "cannot publish; retrying");
                 retry_at = Some(Instant::now() + delay);
                 unsure = true;
+                unsure_value = Some(value);
             }
         }
     }

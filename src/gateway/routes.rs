@@ -330,9 +330,16 @@ fn wait_of(query: Option<&str>) -> Result<Option<Duration>, String> {
 /// the copy held or the last known value on disk, with an `Age` header. `fresh`
 /// (`Cache-Control: no-cache`): a `sync` and a read, whatever memory holds.
 async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
+    // What memory held, when a no-cache read bypasses it: the same answer needs no new copy
+    // on disk (the hot path of a client that always asks for no-cache).
+    let mut had = None;
     let ticket = match backend.mirror.lookup(key) {
         Lookup::Held(value, age) if !fresh => {
             return held(backend, key, value, age, Source::Memory);
+        }
+        Lookup::Held(value, None) => {
+            had = Some(value);
+            None
         }
         Lookup::Held(..) => None,
         Lookup::Miss(ticket) => Some(ticket),
@@ -371,7 +378,8 @@ async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
             found.as_ref().map(|v| Bytes::copy_from_slice(v)),
         );
     }
-    if let Some(cache) = &backend.cache {
+    let unchanged = had.is_some_and(|had| had.as_deref() == found.as_deref());
+    if let Some(cache) = backend.cache.as_ref().filter(|_| !unchanged) {
         let (cache, key, found) = (cache.clone(), key.clone(), found.clone());
         tokio::task::spawn_blocking(move || {
             let done = match &found {

@@ -51,6 +51,28 @@ async fn put_node(client: &zkc::Client, path: &str, data: &[u8]) {
     }
 }
 
+/// Removes the instance node as a stopping agent does: with a departure record saying
+/// `stopped` written in the same multi-op (an intended departure, never a cliff).
+async fn deregister(client: &zkc::Client, root: &str, service: &str, id: &str) {
+    let dir = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    client
+        .mkdir(&format!("{root}/departures/{service}"), &dir)
+        .await
+        .unwrap();
+    let mut multi = client.new_multi_writer();
+    multi
+        .add_delete(&format!("{root}/services/{service}/{id}"), None)
+        .unwrap();
+    multi
+        .add_create(
+            &format!("{root}/departures/{service}/{id}"),
+            br#"{"at_ms":1,"reason":"stopped"}"#,
+            &dir,
+        )
+        .unwrap();
+    multi.commit().await.unwrap();
+}
+
 /// Runs `herald ls` until its listing satisfies `ready` (a hold is recorded just after it is
 /// logged); returns that listing.
 async fn listing_when(root: &str, what: &str, ready: fn(&str) -> bool) -> String {
@@ -177,10 +199,8 @@ async fn min_instances_holds_the_last_value_and_allow_empty_opts_out() {
     ));
     register(&client, &root2, "svc", "a", 1001).await;
     value_becomes(&client, &path2, "10.0.0.1:1001").await;
-    client
-        .delete(&format!("{root2}/services/svc/a"), None)
-        .await
-        .unwrap();
+    // Stopped (a node gone with no record is a cliff, held by max_drop).
+    deregister(&client, &root2, "svc", "a").await;
     value_becomes(&client, &path2, "").await;
 }
 
@@ -1004,6 +1024,96 @@ async fn a_cliff_is_held_until_it_lasts_and_never_published_when_it_recovers() {
         "one write: the confirmed drop"
     );
     d.wait_log("the drop is confirmed", 1).await;
+}
+
+/// The cliff guard is on by default, and the departure record's reason tells intent from
+/// failure: agents stopped (a scale-down) or drained out leave the value at once whatever their
+/// share; agents whose checks fail are a drop held (the last value kept) until it recovers.
+#[tokio::test]
+async fn by_default_a_drop_of_failing_agents_is_held_but_a_scale_down_or_a_drain_is_not() {
+    let root = root("dir_cliff_intent");
+    let s = Scratch::new("dir_cliff_intent");
+    let client = client().await;
+    let path = value_path(&root, "HOSTS");
+    let d = Director::spawn(&mut director(
+        &root,
+        "HOSTS",
+        "pg",
+        // No --max-drop: the default. A long confirmation, so a held drop stays held.
+        &[
+            "--preset",
+            "hostports",
+            "--settle",
+            "0s",
+            "--wait",
+            "300ms:2s",
+            "--drop-confirm",
+            "10m",
+        ],
+    ));
+    let flag = |n: usize| s.path(&format!("healthy{n}"));
+    let agents: Vec<Director> = (1..=7)
+        .map(|n| {
+            std::fs::write(flag(n), "").unwrap();
+            Director::spawn(
+                herald(&root)
+                    .args(["announce", "--service", "pg", "--id", &format!("i{n}")])
+                    .args(["--address", &format!("10.0.0.{n}"), "--port", "5432"])
+                    .arg("--check")
+                    .arg(format!("exec:test -e {}", flag(n).display()))
+                    .args(["--check-interval", "100ms", "--control-dir"])
+                    .arg(s.path("control")),
+            )
+        })
+        .collect();
+    let hosts = |ns: &[usize]| {
+        ns.iter()
+            .map(|n| format!("10.0.0.{n}:5432"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let agent = |n: usize| &agents[n - 1];
+    value_becomes(&client, &path, &hosts(&[1, 2, 3, 4, 5, 6, 7])).await;
+
+    // A scale-down: 4 of 7 stopped (a stop signal each) leave at once.
+    for n in 1..=4 {
+        agent(n).signal(libc::SIGTERM);
+    }
+    value_becomes(&client, &path, &hosts(&[5, 6, 7])).await;
+    // A drain of 2 of the 3 left: at once too.
+    for n in [5, 6] {
+        agent(n).signal(libc::SIGUSR1);
+    }
+    value_becomes(&client, &path, &hosts(&[7])).await;
+    for n in [5, 6] {
+        agent(n).signal(libc::SIGUSR2);
+    }
+    let before = value_becomes(&client, &path, &hosts(&[5, 6, 7])).await;
+    assert_eq!(d.count("reason=max_drop"), 0, "{}", d.stderr());
+
+    // Their checks fail (a bad deploy): a drop nobody asked for is held, the value kept.
+    for n in [5, 6] {
+        std::fs::remove_file(flag(n)).unwrap();
+    }
+    for n in [5, 6] {
+        agent(n).wait_log("reason=unhealthy", 1).await;
+    }
+    let log = d.wait_log("reason=max_drop", 1).await;
+    assert!(
+        log.contains("the instances fell from 3 to 1"),
+        "against the 3 left after the scale-down: {log}"
+    );
+    // Healthy again before drop_confirm: nothing was published meanwhile.
+    for n in [5, 6] {
+        std::fs::write(flag(n), "").unwrap();
+    }
+    d.wait_log("no longer held", 1).await;
+    let (data, stat) = client.get_data(&path).await.unwrap();
+    assert_eq!(data, hosts(&[5, 6, 7]).as_bytes());
+    assert_eq!(
+        stat.version, before.version,
+        "the held drop was never written"
+    );
 }
 
 /// `herald confirm KEY`: an operator publishes a held drop at once instead of after

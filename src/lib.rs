@@ -15,6 +15,7 @@
 //! - [`last_known`]: the local copy of values read from ZooKeeper, served (with their age)
 //!   while ZooKeeper cannot be reached.
 //! - [`catalog`]: the registered services and their instance counts.
+//! - [`departure`]: why an instance deregistered (the record beside its deleted node).
 //! - [`input`]: files that flags name, read the one way: regular files only, bounded.
 //! - [`instance`]: the instance document (Curator-compatible JSON) of one registered process.
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
@@ -31,6 +32,7 @@ pub mod acl;
 pub mod announce;
 pub mod catalog;
 pub mod command;
+pub mod departure;
 pub mod director;
 pub mod first;
 pub mod gateway;

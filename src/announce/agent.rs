@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -17,6 +17,7 @@ use super::document::{Drain, Switch};
 use super::node::Node;
 use super::registrar::{Registered, Status, maintain};
 use super::{AnnounceError, all_of, duplicate_wait};
+use crate::departure::Departure;
 use crate::health::{self, Check, Policy, Target};
 use crate::instance::{DocumentError, Instance};
 use crate::layout::Layout;
@@ -59,6 +60,8 @@ pub struct Agent {
     cancel: CancellationToken,
     switch: Arc<Switch>,
     status: watch::Receiver<Status>,
+    /// Why the registration ends, for the departure record (set by whoever ends it).
+    ending: Arc<Mutex<Departure>>,
 }
 
 impl Agent {
@@ -121,7 +124,21 @@ impl Connected {
                 Err(err) => warn!("{err}; `herald drain` will not reach this agent"),
             }
         }
-        let wanted = all_of(vec![healthy, switch.serving()]);
+        let serving = switch.serving();
+        let wanted = all_of(vec![healthy, serving.clone()]);
+        let ending = Arc::new(Mutex::new(Departure::Stopped));
+        let why: super::Why = Arc::new({
+            let ending = ending.clone();
+            move |exiting| {
+                if exiting {
+                    *ending.lock().unwrap_or_else(|e| e.into_inner())
+                } else if !*serving.borrow() {
+                    Departure::Drained
+                } else {
+                    Departure::Unhealthy
+                }
+            }
+        });
         let negotiated = session.live().client.session_timeout();
         let duplicate_wait = plan
             .give_up_on_duplicate
@@ -136,7 +153,7 @@ impl Connected {
                 let result = maintain(
                     &session,
                     &node,
-                    wanted,
+                    super::Wanted { now: wanted, why },
                     document,
                     status_tx,
                     duplicate_wait,
@@ -157,6 +174,7 @@ impl Connected {
             cancel,
             switch,
             status,
+            ending,
         }
     }
 }
@@ -184,9 +202,17 @@ impl Agent {
         self.status.clone()
     }
 
-    /// Deletes the node for good (no re-registration after this), waiting at most `grace`.
-    /// Used before a stop signal is passed on, so no client is sent here once it stops.
-    pub async fn deregister(&mut self, grace: Duration) -> Result<(), AnnounceError> {
+    /// Deletes the node for good (no re-registration after this), waiting at most `grace`;
+    /// `why` goes into the departure record. Used before a stop signal is passed on, so no
+    /// client is sent here once it stops.
+    pub async fn deregister(
+        &mut self,
+        grace: Duration,
+        why: Departure,
+    ) -> Result<(), AnnounceError> {
+        if self.registrar.is_some() {
+            *self.ending.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        }
         self.registrar_cancel.cancel();
         let Some(registrar) = self.registrar.take() else {
             return Ok(());
@@ -217,9 +243,10 @@ impl Agent {
     }
 
     /// Deletes the node (before anything else: clients stop being sent here first), stops the
-    /// checks and closes the session, waiting at most `grace` for the deletion.
-    pub async fn stop(mut self, grace: Duration) -> Result<(), AnnounceError> {
-        let outcome = self.deregister(grace).await;
+    /// checks and closes the session, waiting at most `grace` for the deletion; `why` goes into
+    /// the departure record unless [`Agent::deregister`] came first.
+    pub async fn stop(mut self, grace: Duration, why: Departure) -> Result<(), AnnounceError> {
+        let outcome = self.deregister(grace, why).await;
         self.cancel.cancel();
         self.session.close().await;
         outcome

@@ -31,7 +31,7 @@ pub use control::{
 pub use document::{Document, Drain, Switch};
 pub use host::{default_address, default_id, hostname};
 pub use node::Node;
-pub use registrar::{Registered, Status, maintain};
+pub use registrar::{Registered, Status, Wanted, Why, maintain};
 
 /// Why an instance could not be registered.
 #[derive(Debug, thiserror::Error)]

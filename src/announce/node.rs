@@ -6,7 +6,9 @@
 
 use zookeeper_client::{self as zk, CreateMode, Stat};
 
+use super::control::now_ms;
 use crate::acl::{self, Policy};
+use crate::departure::Departure;
 
 /// Where the instance lives and what it says.
 #[derive(Debug, Clone)]
@@ -105,7 +107,12 @@ impl Node {
     /// Deletes the node if our session owns it — and, when `czxid` is given, only that very
     /// node. Anything else at the path is left alone. Connection errors are returned so the
     /// caller can retry: the node may still be there.
-    pub async fn release(&self, client: &zk::Client, czxid: Option<i64>) -> Result<(), zk::Error> {
+    pub async fn release(
+        &self,
+        client: &zk::Client,
+        czxid: Option<i64>,
+        why: Departure,
+    ) -> Result<(), zk::Error> {
         loop {
             let Some(stat) = client.check_stat(&self.path).await? else {
                 return Ok(());
@@ -115,7 +122,7 @@ impl Node {
             {
                 return Ok(());
             }
-            match self.delete_leaving_a_trace(client, stat.version).await {
+            match self.delete_leaving_a_trace(client, stat.version, why).await {
                 Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
                 Err(zk::Error::BadVersion) => continue,
                 Err(err) => return Err(err),
@@ -131,8 +138,9 @@ impl Node {
         &self,
         client: &zk::Client,
         version: i32,
+        why: Departure,
     ) -> Result<(), zk::Error> {
-        let record = departure_record();
+        let record = why.record(now_ms());
         let mode = CreateMode::Persistent.with_acls(self.policy.instance());
         let mut made_dirs = false;
         for _ in 0..3 {
@@ -170,14 +178,6 @@ impl Node {
         }
         client.delete(&self.path, Some(version)).await
     }
-}
-
-/// What a departure record holds: when (milliseconds since the epoch, the agent's clock).
-fn departure_record() -> Vec<u8> {
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    format!("{{\"at_ms\":{at_ms}}}").into_bytes()
 }
 
 fn owned(stat: &Stat) -> Owned {

@@ -3,6 +3,7 @@
 //! node itself (deleted or rewritten by someone → restore it), converge the node to the wanted
 //! state. Reconnects within a session change nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use zookeeper_client as zk;
 use super::AnnounceError;
 use super::document::Document;
 use super::node::{Claim, Node, Owned};
+use crate::departure::Departure;
 use crate::zk::{Live, SessionHandle, ZkError, state_error};
 
 /// Whether the node exists, for drain feedback and status.
@@ -33,10 +35,21 @@ pub struct Status {
     pub document: u64,
 }
 
+/// Why the node goes, asked at each deregistration: `true` when the registration ends (the
+/// agent stops), `false` when it is no longer wanted (drained out, unhealthy). Written into the
+/// departure record.
+pub type Why = Arc<dyn Fn(bool) -> Departure + Send + Sync>;
+
+/// Whether the node should exist, and why not when it should not.
+pub struct Wanted {
+    pub now: watch::Receiver<bool>,
+    pub why: Why,
+}
+
 /// How long to wait before retrying after a connection loss (the client reconnects meanwhile).
 const RETRY: Duration = Duration::from_millis(100);
 
-/// Keeps `node` registered while `want` is true, holding the latest `document` (rewritten in
+/// Keeps `node` registered while `wanted` says so, holding the latest `document` (rewritten in
 /// place when it changes), until `cancel`; then deletes it (if ours) and returns. `status`
 /// follows what was carried out.
 ///
@@ -52,12 +65,13 @@ const RETRY: Duration = Duration::from_millis(100);
 pub async fn maintain(
     session: &SessionHandle,
     node: &Node,
-    mut want: watch::Receiver<bool>,
+    wanted: Wanted,
     mut document: watch::Receiver<Document>,
     status: watch::Sender<Status>,
     duplicate_wait: Option<Duration>,
     cancel: CancellationToken,
 ) -> Result<(), AnnounceError> {
+    let Wanted { now: mut want, why } = wanted;
     let mut live = session.live();
     let mut states = live.client.state_watcher();
     let mut reg = Registrar {
@@ -67,6 +81,7 @@ pub async fn maintain(
         ever_registered: false,
         duplicate_deadline: None,
         duplicate_wait,
+        why,
     };
     loop {
         let wanted = *want.borrow_and_update();
@@ -176,6 +191,7 @@ struct Registrar {
     ever_registered: bool,
     duplicate_deadline: Option<Instant>,
     duplicate_wait: Option<Duration>,
+    why: Why,
 }
 
 impl Registrar {
@@ -185,11 +201,12 @@ impl Registrar {
         let path = &self.node.path;
         if !wanted {
             if self.ours.is_some() || self.maybe {
+                let why = (self.why)(false);
                 self.node
-                    .release(client, self.ours.map(|o| o.czxid))
+                    .release(client, self.ours.map(|o| o.czxid), why)
                     .await?;
                 if self.ours.take().is_some() {
-                    info!(path = %path, "deregistered");
+                    info!(path = %path, reason = %why, "deregistered");
                 }
                 self.maybe = false;
             }
@@ -279,15 +296,16 @@ impl Registrar {
         if self.ours.is_none() && !self.maybe {
             return;
         }
+        let why = (self.why)(true);
         loop {
             match self
                 .node
-                .release(&live.client, self.ours.map(|o| o.czxid))
+                .release(&live.client, self.ours.map(|o| o.czxid), why)
                 .await
             {
                 Ok(()) => {
                     if self.ours.take().is_some() {
-                        info!(path = %self.node.path, "deregistered");
+                        info!(path = %self.node.path, reason = %why, "deregistered");
                     }
                     self.maybe = false;
                     return;

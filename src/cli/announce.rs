@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use herald::announce::{self, Agent, Drain, Node, Plan, Switch};
+use herald::departure::Departure;
 use herald::harness::{self, Limits};
 use herald::health::{Check, Policy};
 use herald::instance::{Instance, UriSpec};
@@ -348,6 +349,6 @@ pub async fn run(zk: &ZkArgs, args: AnnounceArgs) -> anyhow::Result<()> {
             err = agent.failed() => return Err(err.into()),
         }
     }
-    agent.stop(DEREGISTER_GRACE).await?;
+    agent.stop(DEREGISTER_GRACE, Departure::Stopped).await?;
     Ok(())
 }

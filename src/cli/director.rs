@@ -71,7 +71,8 @@ pub struct DirectorArgs {
     /// A program that gets the new value on stdin and must exit 0 for it to be published.
     #[arg(long, value_name = "COMMAND")]
     pub check: Option<String>,
-    /// Hold a value that loses more than this share of the instances (default 100%: off)…
+    /// Hold a value that loses more than this share of the instances, not counting those stopped
+    /// or drained on purpose (default 50%; 100% turns the guard off)…
     #[arg(long, value_name = "PERCENT")]
     pub max_drop: Option<String>,
     /// …until the drop has lasted this long (default 30s)…

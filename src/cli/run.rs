@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use herald::announce::{Agent, Registered};
+use herald::departure::Departure;
 use herald::harness::{self, Limits};
 use herald::reaper::Reaper;
 use std::sync::Arc;
@@ -133,7 +134,7 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let deregister = async {
         if let Some(agent) = &mut agent {
             let was_registered = agent.status().borrow().registered == Registered::Yes;
-            if let Err(err) = agent.deregister(DEREGISTER_GRACE).await {
+            if let Err(err) = agent.deregister(DEREGISTER_GRACE, Departure::Stopped).await {
                 tracing::warn!("{err}");
             }
             // Consumers learn of the deregistration through ZooKeeper, a director and a
@@ -151,9 +152,10 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .wait(signals, args.kill_timeout, deregister, after_forward)
         .await;
     tracing::debug!(?ended, "the command ended");
-    // Whatever happened to the registration, herald exits with CMD's code.
+    // Whatever happened to the registration, herald exits with CMD's code. Not deregistered
+    // before: CMD ended by itself.
     if let Some(agent) = agent
-        && let Err(err) = agent.stop(DEREGISTER_GRACE).await
+        && let Err(err) = agent.stop(DEREGISTER_GRACE, Departure::Exited).await
     {
         tracing::warn!("{err}");
     }

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{self as zk, AddWatchMode, EventType, SessionState};
 
 use crate::catalog;
+use crate::departure::Departure;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, Layout, ServiceName};
 use crate::zk::{Live, SessionHandle, ZkError};
@@ -37,8 +38,9 @@ pub struct Snapshot {
     /// changed them (for settling and latency reports). Absent: never changed.
     pub changed: BTreeMap<ServiceName, Instant>,
     /// The instances that went by deregistering (their departure record was there when their
-    /// node went), and when that was seen; forgotten when they come back, or after an hour.
-    pub deregistered: BTreeMap<ServiceName, BTreeMap<InstanceId, Instant>>,
+    /// node went), when that was seen and the reason the record gives; forgotten when they come
+    /// back, or after an hour.
+    pub deregistered: BTreeMap<ServiceName, BTreeMap<InstanceId, (Instant, Departure)>>,
 }
 
 /// How long a deregistration is remembered (longer than any sensible removal delay).
@@ -276,8 +278,11 @@ impl Follower {
             debug!(path, "skipping a child whose name is not an instance id");
             return Ok(());
         };
-        let deregistered = kind == EventType::NodeDeleted
-            && self.departed_by_deregistering(client, &service, &id).await;
+        let deregistered = if kind == EventType::NodeDeleted {
+            self.departure(client, &service, &id).await
+        } else {
+            None
+        };
         let instance = if kind == EventType::NodeDeleted {
             None
         } else {
@@ -315,20 +320,23 @@ impl Follower {
         Ok(())
     }
 
-    /// Whether the instance's node went with a departure record beside it (a deregistration),
-    /// rather than with its session. Unknown (an error) counts as not.
-    async fn departed_by_deregistering(
+    /// The departure record beside the instance's vanished node (a deregistration, and why),
+    /// or `None`: it went with its session. Unknown (an error) counts as `None`; a record this
+    /// identity may not read is a deregistration of unknown reason.
+    async fn departure(
         &self,
         client: &zk::Client,
         service: &ServiceName,
         id: &InstanceId,
-    ) -> bool {
+    ) -> Option<Departure> {
         let path = self.layout.departure(service, id);
-        match client.check_stat(&path).await {
-            Ok(found) => found.is_some(),
+        match client.get_data(&path).await {
+            Ok((record, _)) => Some(Departure::parse(&record)),
+            Err(zk::Error::NoNode) => None,
+            Err(zk::Error::NoAuth) => Some(Departure::Unknown),
             Err(err) => {
                 debug!(path, error = %err, "cannot read the departure record");
-                false
+                None
             }
         }
     }
@@ -341,15 +349,15 @@ impl Follower {
         service: &ServiceName,
         old: Option<&Instances>,
         fresh: &BTreeMap<InstanceId, Instance>,
-    ) -> Vec<(InstanceId, bool, bool)> {
+    ) -> Vec<(InstanceId, bool, Option<Departure>)> {
         let mut out = Vec::new();
         for id in old.iter().flat_map(|m| m.keys()) {
             if !fresh.contains_key(id) {
-                let left = self.departed_by_deregistering(client, service, id).await;
+                let left = self.departure(client, service, id).await;
                 out.push((id.clone(), false, left));
             }
         }
-        out.extend(fresh.keys().map(|id| (id.clone(), true, false)));
+        out.extend(fresh.keys().map(|id| (id.clone(), true, None)));
         out
     }
 
@@ -471,22 +479,26 @@ impl Follower {
 }
 
 /// Records in `snapshot` which of `service`'s instances went by deregistering: each
-/// `(id, present now, deregistered)`. A present instance is forgotten; old entries expire.
+/// `(id, present now, its departure record)`. A present instance is forgotten; old entries
+/// expire.
 fn note_departures(
     snapshot: &mut Snapshot,
     service: &ServiceName,
-    moved: impl IntoIterator<Item = (InstanceId, bool, bool)>,
+    moved: impl IntoIterator<Item = (InstanceId, bool, Option<Departure>)>,
     at: Instant,
 ) {
     let seen = snapshot.deregistered.entry(service.clone()).or_default();
-    for (id, present, deregistered) in moved {
-        if present || !deregistered {
-            seen.remove(&id);
-        } else {
-            seen.insert(id, at);
+    for (id, present, departure) in moved {
+        match departure.filter(|_| !present) {
+            Some(why) => {
+                seen.insert(id, (at, why));
+            }
+            None => {
+                seen.remove(&id);
+            }
         }
     }
-    seen.retain(|_, when| at.saturating_duration_since(*when) < REMEMBER_DEREGISTERED);
+    seen.retain(|_, (when, _)| at.saturating_duration_since(*when) < REMEMBER_DEREGISTERED);
     if seen.is_empty() {
         snapshot.deregistered.remove(service);
     }

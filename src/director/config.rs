@@ -14,7 +14,7 @@
 //! min_instances = 1              # default 1; with fewer, the last value is kept
 //! allow_empty = false            # true: publish even with no instances (min_instances ignored)
 //! check = "command"              # optional: validates a new value (on stdin) before publish
-//! max_drop = "50%"               # hold a value with more than this share of instances gone… (default off)
+//! max_drop = "50%"               # hold a value that lost more than this share of its instances… (default 50%; "100%": off)
 //! drop_confirm = "30s"           # …until the drop has lasted this long…
 //! drop_window = "5m"             # …against the most instances seen within this window
 //! removal_delay = "0s"           # keep an instance whose session was lost (not deregistered) this long
@@ -578,10 +578,10 @@ impl OutputSpec {
     }
 }
 
-/// `max_drop` when none is given: off. The guard counts instances, so it would also hold a
-/// scale-down or a drain of many (deregistrations), and keep sending work to servers being
-/// taken down; a lost session's blip is what `removal_delay` is for.
-pub const DEFAULT_MAX_DROP: f64 = 1.0;
+/// `max_drop` when none is given: half. Instances that left on purpose (stopped, drained) are
+/// not counted, so a scale-down or a drain is never held; what is held is what nobody asked
+/// for (lost sessions, a data wipe, failing checks, processes ending by themselves).
+pub const DEFAULT_MAX_DROP: f64 = 0.5;
 /// `drop_confirm` when none is given: a session timeout and a re-registration fit in it.
 pub const DEFAULT_DROP_CONFIRM: Duration = Duration::from_secs(30);
 /// `drop_window` when none is given.

@@ -7,17 +7,26 @@
 //! - **max drop** (a cliff): the candidate has fewer than `1 − max_drop` of the instances the
 //!   output had at its largest within `drop_window` (values published, and — while another
 //!   director leads — views seen). Held until the drop has lasted `drop_confirm`; then it is
-//!   published and becomes the new reference. A ZooKeeper data wipe or a mass session loss
-//!   recovers (agents register again) within seconds, so it is never published; a real scale-down
-//!   or a bad deploy is published `drop_confirm` late.
+//!   published and becomes the new reference. An instance that left **on purpose** (its
+//!   departure record says stopped or drained: a scale-down, a redeploy, a drain) is taken out
+//!   of every remembered count, so intent is never a cliff. What counts is what nobody asked
+//!   for: nodes gone with their sessions (a mass session loss, a partition), gone without a
+//!   record (a ZooKeeper data wipe), deregistered by failing checks or by a process that ended
+//!   by itself (a bad deploy). A session loss or a wipe recovers (agents register again) within
+//!   seconds, so it is never published; a real failure is published `drop_confirm` late.
 //!
 //! Pure: the caller passes the time, so every rule is a table test.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::layout::{InstanceId, ServiceName};
+
+/// An instance of the output.
+pub type Member = (ServiceName, InstanceId);
 
 /// An output's guard settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,6 +105,8 @@ pub struct Guards {
     cliff_since: Option<Instant>,
     /// An operator confirmed the current drop (`herald confirm`).
     confirmed: bool,
+    /// The live instances last seen, to tell who left since.
+    members: BTreeSet<Member>,
 }
 
 impl Guards {
@@ -105,6 +116,7 @@ impl Guards {
             seen: VecDeque::new(),
             cliff_since: None,
             confirmed: false,
+            members: BTreeSet::new(),
         }
     }
 
@@ -162,6 +174,28 @@ impl Guards {
     pub fn confirm(&mut self) -> bool {
         self.confirmed = self.cliff_since.is_some();
         self.confirmed
+    }
+
+    /// The output's live instances now. Those that left since the last call and whose departure
+    /// `intended` says was on purpose are taken out of every remembered count: a scale-down or a
+    /// drain is not a drop. How many that was.
+    pub fn members(
+        &mut self,
+        present: BTreeSet<Member>,
+        intended: impl Fn(&Member) -> bool,
+    ) -> usize {
+        let gone = self
+            .members
+            .difference(&present)
+            .filter(|m| intended(m))
+            .count();
+        if gone > 0 {
+            for (_, count) in &mut self.seen {
+                *count = count.saturating_sub(gone);
+            }
+        }
+        self.members = present;
+        gone
     }
 
     /// Another director leads and the view has `count` of the output's instances: remembered,
@@ -319,6 +353,55 @@ mod tests {
         assert_eq!(g.admit(2, false, secs(t0, 2)), Ok(Pass::Confirmed));
         g.published(2, secs(t0, 2));
         assert!(!g.confirm(), "the confirmed drop is the new reference");
+    }
+
+    fn ids(range: std::ops::Range<u32>) -> BTreeSet<Member> {
+        range
+            .map(|n| ("db".parse().unwrap(), format!("i{n}").parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_scale_down_or_a_drain_on_purpose_is_no_cliff() {
+        let t0 = Instant::now();
+        let mut g = Guards::new(LIMITS);
+        assert_eq!(g.members(ids(0..10), |_| true), 0);
+        g.published(10, t0);
+        // 8 stopped on purpose (a scale-down): not held.
+        assert_eq!(g.members(ids(0..2), |_| true), 8);
+        assert_eq!(g.admit(2, false, secs(t0, 1)), Ok(Pass::Clear));
+        g.published(2, secs(t0, 1));
+        // The 2 that are left are the reference now: losing both (sessions) is held as ever.
+        assert_eq!(g.members(BTreeSet::new(), |_| false), 0);
+        assert!(g.admit(0, false, secs(t0, 2)).is_err());
+    }
+
+    #[test]
+    fn lost_sessions_and_failed_checks_count_intended_ones_do_not() {
+        let t0 = Instant::now();
+        let mut g = Guards::new(LIMITS);
+        g.members(ids(0..10), |_| true);
+        g.published(10, t0);
+        // A bad deploy: 3 stopped on purpose (old version), 4 more failed their checks.
+        let stopped = ids(0..3);
+        assert_eq!(g.members(ids(7..10), |m| stopped.contains(m)), 3);
+        // Against 7 (10 − the 3 stopped): 4 of 7 lost is more than half.
+        let held = g.admit(3, false, secs(t0, 1));
+        assert!(
+            matches!(held, Err(Hold::Cliff { from: 7, to: 3, .. })),
+            "{held:?}"
+        );
+    }
+
+    #[test]
+    fn a_standby_takes_intent_out_too() {
+        let t0 = Instant::now();
+        let mut g = Guards::new(LIMITS);
+        g.members(ids(0..8), |_| true);
+        g.observed(8, t0);
+        g.members(ids(0..2), |_| true);
+        g.observed(2, secs(t0, 1));
+        assert_eq!(g.admit(2, false, secs(t0, 2)), Ok(Pass::Clear));
     }
 
     #[test]

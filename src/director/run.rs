@@ -20,12 +20,13 @@ use super::config::Output;
 use super::culprits::{self, Excluded, Found};
 use super::derive::{Derivation, DeriveError, derive_exec};
 use super::election::{self, Leadership};
-use super::guards::{Guards, Hold, Pass};
+use super::guards::{Guards, Hold, Member, Pass};
 use super::limbo::Limbo;
 use super::publish::{Beside, Fenced, publish};
 use super::settle::Settle;
 use super::slots::{self, Refused, SlotMapError, SlotOf, Slots};
 use crate::command::run_command;
+use crate::departure::Departure;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, ServiceName};
 use crate::values::Values;
@@ -156,13 +157,16 @@ async fn lead(
                         }
                         let snapshot = view.borrow_and_update();
                         if snapshot.ready {
-                            let count = output
+                            let present: BTreeSet<Member> = output
                                 .services
                                 .iter()
                                 .filter_map(|s| snapshot.services.get(s))
                                 .flat_map(|m| m.values())
                                 .filter(|i| output.selects(i))
-                                .count();
+                                .map(|i| (i.service.clone(), i.id.clone()))
+                                .collect();
+                            let count = present.len();
+                            guards.members(present, |m| left_on_purpose(&snapshot.deregistered, m));
                             guards.observed(count, Instant::now());
                         }
                     }
@@ -404,13 +408,10 @@ async fn serve(
                 .map(|s| snapshot.services.get(s).cloned())
                 .collect();
             let last_change = snapshot.last_change(&output.services);
-            let deregistered: BTreeMap<ServiceName, BTreeSet<InstanceId>> = output
+            let deregistered: Departures = output
                 .services
                 .iter()
-                .filter_map(|s| {
-                    let ids = snapshot.deregistered.get(s)?;
-                    Some((s.clone(), ids.keys().cloned().collect()))
-                })
+                .filter_map(|s| Some((s.clone(), snapshot.deregistered.get(s)?.clone())))
                 .collect();
             (snapshot.ready, last_change, inputs, deregistered)
         };
@@ -457,12 +458,25 @@ async fn serve(
             .cloned()
             .collect();
         last_inputs = Some(inputs);
+        let gone = guards.members(
+            selected
+                .iter()
+                .map(|i| (i.service.clone(), i.id.clone()))
+                .collect(),
+            |m| left_on_purpose(&deregistered, m),
+        );
+        if gone > 0 {
+            debug!(
+                instances = gone,
+                "left on purpose (stopped or drained): not counted as a drop"
+            );
+        }
         let (mut instances, moves, next) = limbo.apply(
             selected,
             |service, id| {
                 deregistered
                     .get(service)
-                    .is_some_and(|ids| ids.contains(id))
+                    .is_some_and(|ids| ids.contains_key(id))
             },
             now,
         );
@@ -812,6 +826,17 @@ fn confirms(record: &[u8], stored: Option<&[u8]>) -> bool {
 
 /// The hold record when nothing is held.
 const NO_HOLD: &[u8] = b"{}";
+
+/// The departures the cache remembers, per service: when, and the reason in the record.
+type Departures = BTreeMap<ServiceName, BTreeMap<InstanceId, (Instant, Departure)>>;
+
+/// Whether `member` deregistered with a reason an operator meant (stopped, drained).
+fn left_on_purpose(departures: &Departures, (service, id): &Member) -> bool {
+    departures
+        .get(service)
+        .and_then(|ids| ids.get(id))
+        .is_some_and(|(_, why)| why.intended())
+}
 
 /// What `<root>/holds/KEY` says of a hold: its reason (`min_instances`, `empty`, `max_drop`,
 /// `too_large`, `check_failed`), its words, since when, and how many instances the candidate

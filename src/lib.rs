@@ -21,6 +21,7 @@
 //! - [`harness`]: `herald run`: /environment and /export entries, then exec or supervise CMD.
 //! - [`health`]: tcp, http and exec health checks with rise/fall, combined into one healthy flag.
 //! - [`gateway`]: the single-machine HTTP daemon: containers POST and GET values.
+//! - [`http_server`]: the one bounded HTTP/1.1 server (accept loop, limits, listeners).
 //! - [`local_socket`]: Unix sockets only this user and root may use (control, gateway).
 //! - [`watch`]: the consumer side: a value rendered into a file atomically, checked, reloaded.
 //! - [`command`]: running a user's shell command (check, reload) with a timeout.
@@ -38,6 +39,7 @@ pub mod first;
 pub mod gateway;
 pub mod harness;
 pub mod health;
+pub mod http_server;
 pub mod input;
 pub mod instance;
 pub mod last_known;

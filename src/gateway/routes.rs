@@ -94,7 +94,7 @@ const SOURCE: hyper::header::HeaderName = hyper::header::HeaderName::from_static
 /// The longest `?wait=`.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-type Reply = Response<Full<Bytes>>;
+use crate::http_server::Reply;
 
 fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     let mut body = body.into();

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use herald::layout::{EnvKey, Layout};
+use herald::telemetry::Telemetry;
 use herald::values::Values;
 use herald::zk::{Session, ZkConfig};
 use support::*;
@@ -25,6 +26,7 @@ async fn session_is_rebuilt_after_expiry_and_announces_the_new_generation() {
     let proxy = Proxy::start(zk().port);
     let session = Session::open(
         config(proxy.connect_string(), Duration::from_secs(1)),
+        &Telemetry::new("test"),
         CancellationToken::new(),
     )
     .await
@@ -89,6 +91,7 @@ async fn session_is_rebuilt_after_expiry_and_announces_the_new_generation() {
 async fn closing_a_session_ends_it_on_the_server_at_once() {
     let session = Session::open(
         config(zk().connect_string(), Duration::from_secs(30)),
+        &Telemetry::new("test"),
         CancellationToken::new(),
     )
     .await
@@ -146,6 +149,7 @@ async fn a_short_partition_keeps_the_same_session() {
     let proxy = Proxy::start(zk().port);
     let session = Session::open(
         config(proxy.connect_string(), Duration::from_secs(4)),
+        &Telemetry::new("test"),
         CancellationToken::new(),
     )
     .await

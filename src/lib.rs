@@ -27,6 +27,7 @@
 //! - [`command`]: running a user's shell command (check, reload) with a timeout.
 //! - [`first`]: the first of several futures to finish.
 //! - [`reaper`]: exit statuses of herald's children, and of every orphan when herald is PID 1.
+//! - [`telemetry`]: Prometheus metrics and the status page of a long-running herald.
 //! - [`report`]: an error and its causes as one line, each cause said once.
 
 pub mod acl;
@@ -47,6 +48,7 @@ pub mod layout;
 pub mod local_socket;
 pub mod reaper;
 pub mod report;
+pub mod telemetry;
 pub mod values;
 pub mod watch;
 pub mod zk;

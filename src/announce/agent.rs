@@ -22,6 +22,7 @@ use crate::health::{self, Check, Policy, Target};
 use crate::instance::{DocumentError, Instance};
 use crate::layout::Layout;
 use crate::reaper::Reaper;
+use crate::telemetry::Telemetry;
 use crate::zk::{Session, ZkConfig};
 
 /// Everything a registration needs, validated.
@@ -40,6 +41,8 @@ pub struct Plan {
     /// At the first registration, give up (exit 8) when another session keeps holding the id;
     /// otherwise wait for it as long as it takes.
     pub give_up_on_duplicate: bool,
+    /// Where the session, the checks and the registration report.
+    pub telemetry: Telemetry,
 }
 
 /// A session established for a plan, not yet registering.
@@ -72,7 +75,7 @@ impl Agent {
     /// [`AnnounceError::Zk`] when ZooKeeper cannot be reached.
     pub async fn connect(plan: Plan) -> Result<Connected, AnnounceError> {
         let cancel = CancellationToken::new();
-        let session = Session::open(plan.zk.clone(), cancel.clone()).await?;
+        let session = Session::open(plan.zk.clone(), &plan.telemetry, cancel.clone()).await?;
         if let Some(auth) = &plan.zk.auth {
             let client = session.handle().live().client;
             crate::acl::warn_if_open(&client, &plan.layout, plan.node.policy, auth.user()).await;
@@ -94,6 +97,7 @@ impl Connected {
             cancel,
         } = self;
         let span = info_span!("announce", service = %plan.instance.service, id = %plan.instance.id);
+        let (service, id) = (plan.instance.service.as_str(), plan.instance.id.as_str());
 
         let healthy = health::monitor(
             plan.checks,
@@ -104,6 +108,7 @@ impl Connected {
             plan.policy,
             Arc::new(plan.env),
             reaper,
+            plan.telemetry.checks_of(service, id),
             cancel.clone(),
         );
         let switch = Switch::new(plan.instance.clone(), plan.node.data.clone());
@@ -127,18 +132,29 @@ impl Connected {
         let serving = switch.serving();
         let wanted = all_of(vec![healthy, serving.clone()]);
         let ending = Arc::new(Mutex::new(Departure::Stopped));
+        // The reason of the deregistration under way, for the telemetry once it is done.
+        let leaving = Arc::new(Mutex::new(None));
         let why: super::Why = Arc::new({
-            let ending = ending.clone();
+            let (ending, leaving) = (ending.clone(), leaving.clone());
             move |exiting| {
-                if exiting {
+                let why = if exiting {
                     *ending.lock().unwrap_or_else(|e| e.into_inner())
                 } else if !*serving.borrow() {
                     Departure::Drained
                 } else {
                     Departure::Unhealthy
-                }
+                };
+                *leaving.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                why
             }
         });
+        tokio::spawn(report(
+            plan.telemetry.clone(),
+            (service.to_owned(), id.to_owned()),
+            status.clone(),
+            switch.clone(),
+            leaving,
+        ));
         let negotiated = session.live().client.session_timeout();
         let duplicate_wait = plan
             .give_up_on_duplicate
@@ -250,5 +266,42 @@ impl Agent {
         self.cancel.cancel();
         self.session.close().await;
         outcome
+    }
+}
+
+/// Follows the registration for the telemetry: registered or not (and why it went: the
+/// departure's reason, or a lost session), and the drain state, until the registrar ends.
+async fn report(
+    telemetry: Telemetry,
+    (service, id): (String, String),
+    mut status: watch::Receiver<Status>,
+    switch: Arc<Switch>,
+    leaving: Arc<Mutex<Option<Departure>>>,
+) {
+    let mut was = Registered::No;
+    telemetry.registered(&service, &id, false);
+    loop {
+        let now = status.borrow_and_update().registered;
+        if now != was {
+            match now {
+                Registered::Yes => telemetry.registered(&service, &id, true),
+                Registered::No => {
+                    let why = leaving.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let reason = why.map_or("session_lost", Departure::as_str);
+                    telemetry.deregistered(&service, &id, reason);
+                }
+            }
+            was = now;
+        }
+        let (drain, note) = (switch.drain(), switch.note());
+        let drained = match drain {
+            Drain::Serving => None,
+            Drain::Soft => Some("soft"),
+            Drain::Out => Some("out"),
+        };
+        telemetry.drained(&service, &id, drained, note.reason.as_deref());
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }

@@ -17,8 +17,11 @@ use herald::health::{Check, Policy};
 use herald::instance::{Instance, UriSpec};
 use herald::layout::{EnvKey, InstanceId, ServiceName};
 use herald::reaper::Reaper;
+use herald::telemetry::Telemetry;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
+use super::metrics::MetricsArgs;
 use super::{Outcome, ZkArgs, pairs, parse_duration, without_credentials};
 
 /// How long deregistration may take at shutdown before herald exits anyway (the session's close
@@ -28,6 +31,8 @@ pub const DEREGISTER_GRACE: Duration = Duration::from_secs(5);
 /// What to register and when it is healthy.
 #[derive(Debug, Clone, Args)]
 pub struct RegistrationArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Service name to register under (<root>/services/SERVICE).
     #[arg(long, env = "HERALD_SERVICE", value_name = "SERVICE")]
     pub service: Option<String>,
@@ -92,6 +97,7 @@ impl RegistrationArgs {
         zk: &ZkArgs,
         declared: BTreeMap<EnvKey, String>,
         env: BTreeMap<OsString, OsString>,
+        telemetry: &Telemetry,
     ) -> anyhow::Result<Plan> {
         let usage = |msg: String| anyhow::Error::from(Outcome::Usage(msg));
         let service: ServiceName = self
@@ -188,6 +194,7 @@ impl RegistrationArgs {
             // Checks need no ZooKeeper credentials.
             env: without_credentials(env),
             give_up_on_duplicate: true,
+            telemetry: telemetry.clone(),
         })
     }
 }
@@ -325,9 +332,17 @@ pub async fn run(zk: &ZkArgs, args: AnnounceArgs) -> anyhow::Result<()> {
         }
         None => BTreeMap::new(),
     };
+    let telemetry = Telemetry::new("announce");
     let plan = redeclare
         .registration
-        .plan(zk, declared, redeclare.env.clone())?;
+        .plan(zk, declared, redeclare.env.clone(), &telemetry)?;
+    let serving = CancellationToken::new();
+    let _stop_serving = serving.clone().drop_guard();
+    redeclare
+        .registration
+        .metrics
+        .start(&telemetry, &serving)
+        .await?;
     let mut agent = tokio::select! {
         connected = Agent::connect(plan) => connected?.start(reaper),
         _ = term.recv() => return Ok(()),

@@ -1,6 +1,8 @@
 //! `herald director`: derive values from the live instances and publish them, as one of any
 //! number of directors (one leader per output).
 
+use super::metrics::MetricsArgs;
+use herald::telemetry::Telemetry;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ Every output is led by one director at a time (ephemeral-sequential election und
 is published only when its bytes change. Fewer instances than --min-instances (default 1) keep the
 last value unless --allow-empty. Logs name the key and a digest of the value, never the value.")]
 pub struct DirectorArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Configuration file (TOML) with one [[output]] table per published key.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "service"])]
     pub config: Option<PathBuf>,
@@ -175,7 +179,10 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
         std::process::id()
     );
     let cancel = CancellationToken::new();
-    let session = Session::open(target.config.clone(), cancel.clone()).await?;
+    let _stop = cancel.clone().drop_guard();
+    let telemetry = Telemetry::new("director");
+    args.metrics.start(&telemetry, &cancel).await?;
+    let session = Session::open(target.config.clone(), &telemetry, cancel.clone()).await?;
     if let Some(auth) = &target.config.auth {
         let client = session.handle().live().client;
         herald::acl::warn_if_open(
@@ -205,6 +212,7 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
             env: env.clone(),
             identity: identity.clone(),
             reconcile: args.reconcile,
+            telemetry: telemetry.clone(),
         };
         let running = run_director(session.handle(), director, run_cancel.clone());
         tokio::pin!(running);

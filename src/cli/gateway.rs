@@ -1,6 +1,7 @@
 //! `herald gateway`: the single-machine case — a local HTTP daemon through which containers
 //! POST and GET values, backed by ZooKeeper.
 
+use herald::telemetry::Telemetry;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -158,7 +159,9 @@ pub async fn run(zk_args: &ZkArgs, args: GatewayArgs) -> anyhow::Result<()> {
     })?;
     let cache = args.cache.open(target.values.layout(), true)?;
     let cancel = CancellationToken::new();
+    let telemetry = Telemetry::new("gateway");
     let backend = Backend {
+        telemetry: telemetry.clone(),
         values: target.values.clone(),
         session: Arc::new(OnceLock::new()),
         mirror: Arc::new(Mirror::default()),
@@ -170,6 +173,7 @@ pub async fn run(zk_args: &ZkArgs, args: GatewayArgs) -> anyhow::Result<()> {
     // values (with their age), and the rest is 503.
     let connecting = tokio::spawn(connect(
         target.config.clone(),
+        telemetry,
         backend.clone(),
         cache,
         cancel.clone(),
@@ -192,6 +196,7 @@ pub async fn run(zk_args: &ZkArgs, args: GatewayArgs) -> anyhow::Result<()> {
 /// reached), then keeps its values in memory current.
 async fn connect(
     config: ZkConfig,
+    telemetry: Telemetry,
     backend: Backend,
     cache: Option<LastKnown>,
     cancel: CancellationToken,
@@ -200,7 +205,7 @@ async fn connect(
     let session = loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return None,
-            attempt = Session::open(config.clone(), cancel.clone()) => attempt,
+            attempt = Session::open(config.clone(), &telemetry, cancel.clone()) => attempt,
         };
         match attempt {
             Ok(session) => break session,

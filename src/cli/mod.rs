@@ -15,6 +15,7 @@ mod harness;
 mod last_known;
 pub mod logging;
 mod ls;
+mod metrics;
 mod put;
 mod resolve;
 mod run;

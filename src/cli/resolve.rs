@@ -120,7 +120,12 @@ async fn read(
         zk::close(client).await;
         return Ok(got??);
     }
-    let session = Session::open(target.config.clone(), CancellationToken::new()).await?;
+    let session = Session::open(
+        target.config.clone(),
+        &herald::telemetry::Telemetry::new("resolve"),
+        CancellationToken::new(),
+    )
+    .await?;
     let waited = match args.timeout {
         Some(limit) => tokio::time::timeout(limit, values.wait(&session.handle(), key))
             .await

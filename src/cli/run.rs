@@ -10,7 +10,9 @@ use herald::announce::{Agent, Registered};
 use herald::departure::Departure;
 use herald::harness::{self, Limits};
 use herald::reaper::Reaper;
+use herald::telemetry::Telemetry;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use super::announce::{DEREGISTER_GRACE, Redeclare, RegistrationArgs};
 use super::harness::HarnessArgs;
@@ -91,19 +93,39 @@ pub async fn run(zk: &ZkArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         return Err(super::Outcome::Usage("give the command to run after --".to_owned()).into());
     };
     let Some(signals) = &mut signals else {
+        if args.registration.metrics.metrics_listen.is_some() {
+            return Err(super::Outcome::Usage(
+                "--metrics-listen needs --service or --supervise: otherwise herald becomes CMD (exec) and serves nothing".to_owned(),
+            )
+            .into());
+        }
         tracing::debug!(vars = prepared.resolved.vars.len(), "starting the command");
         return Err(harness::exec(cmd, rest, &prepared.resolved.for_command()).into());
     };
     // Validated and connected before CMD starts: bad flags or an unreachable ZooKeeper leave
     // CMD unstarted.
+    let telemetry = Telemetry::new("run");
+    let serving = CancellationToken::new();
+    let _stop_serving = serving.clone().drop_guard();
     let connected = if registering {
-        let mut plan =
-            args.registration
-                .plan(zk, prepared.export.clone(), prepared.resolved.env.clone())?;
+        let mut plan = args.registration.plan(
+            zk,
+            prepared.export.clone(),
+            prepared.resolved.env.clone(),
+            &telemetry,
+        )?;
+        args.registration
+            .metrics
+            .start(&telemetry, &serving)
+            .await?;
         // CMD runs meanwhile: wait for a duplicate to go rather than give up.
         plan.give_up_on_duplicate = false;
         Some(Agent::connect(plan).await?)
     } else {
+        args.registration
+            .metrics
+            .start(&telemetry, &serving)
+            .await?;
         None
     };
     let reaper = Arc::new(Reaper::start()?);

@@ -1,6 +1,8 @@
 //! `herald watch KEY`: follow a published value; print each new value, or render it into a file
 //! atomically, check it, and reload the program that reads it.
 
+use super::metrics::MetricsArgs;
+use herald::telemetry::Telemetry;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +66,8 @@ option of a server changed, an option HAProxy refuses at runtime such as cookie 
 the socket failed). This also runs at start and every --sync-every, so a HAProxy started from an
 older file, or changed by hand, is corrected.")]
 pub struct WatchArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// The key to follow; with --template, more keys may follow ({{ values.KEY }}).
     #[arg(required = true, value_name = "KEY")]
     pub keys: Vec<String>,
@@ -202,44 +206,51 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     resync.reset();
     let syncing = (args.pgpool.is_some() || args.haproxy.is_some()) && !args.once;
     let cache = args.cache.open(target.values.layout(), true)?;
-    let session = match Session::open(target.config.clone(), CancellationToken::new()).await {
-        Ok(session) => session,
-        Err(err) if err.is_unreachable() => {
-            // The last known values, if every key has one: written now, followed once
-            // ZooKeeper answers.
-            let why = err.to_string();
-            let mut kept = Vec::with_capacity(keys.len());
-            for key in &keys {
-                match last_known::fallback(cache.as_ref(), args.cache.max_stale, key, &why)? {
-                    Some(cached) => kept.push(Some(cached.value)),
-                    None => return Err(err.into()),
-                }
-            }
-            let content = render(&embed, &keys, &kept)?;
-            deliver(file.as_mut(), &content, args.null).await?;
-            if args.once {
-                return Ok(());
-            }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = term.recv() => return Ok(()),
-                    _ = int.recv() => return Ok(()),
-                }
-                match Session::open(target.config.clone(), CancellationToken::new()).await {
-                    Ok(session) => {
-                        tracing::info!("reached ZooKeeper; following the values again");
-                        break session;
+    let telemetry = Telemetry::new("watch");
+    let serving = CancellationToken::new();
+    let _stop_serving = serving.clone().drop_guard();
+    args.metrics.start(&telemetry, &serving).await?;
+    let session =
+        match Session::open(target.config.clone(), &telemetry, CancellationToken::new()).await {
+            Ok(session) => session,
+            Err(err) if err.is_unreachable() => {
+                // The last known values, if every key has one: written now, followed once
+                // ZooKeeper answers.
+                let why = err.to_string();
+                let mut kept = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    match last_known::fallback(cache.as_ref(), args.cache.max_stale, key, &why)? {
+                        Some(cached) => kept.push(Some(cached.value)),
+                        None => return Err(err.into()),
                     }
-                    Err(err) if err.is_unreachable() => {
-                        tracing::debug!(error = %err, "ZooKeeper still cannot be reached");
+                }
+                let content = render(&embed, &keys, &kept)?;
+                deliver(file.as_mut(), &content, args.null).await?;
+                if args.once {
+                    return Ok(());
+                }
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = term.recv() => return Ok(()),
+                        _ = int.recv() => return Ok(()),
                     }
-                    Err(err) => return Err(err.into()),
+                    match Session::open(target.config.clone(), &telemetry, CancellationToken::new())
+                        .await
+                    {
+                        Ok(session) => {
+                            tracing::info!("reached ZooKeeper; following the values again");
+                            break session;
+                        }
+                        Err(err) if err.is_unreachable() => {
+                            tracing::debug!(error = %err, "ZooKeeper still cannot be reached");
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
                 }
             }
-        }
-        Err(err) => return Err(err.into()),
-    };
+            Err(err) => return Err(err.into()),
+        };
     let handle = session.handle();
     let values = &target.values;
     // Per key: the value each watch compares against (None: wait for it to exist), and the

@@ -29,6 +29,7 @@ use crate::command::run_command;
 use crate::departure::Departure;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, ServiceName};
+use crate::telemetry::Telemetry;
 use crate::values::Values;
 use crate::zk::{SessionHandle, ZkError};
 
@@ -42,6 +43,7 @@ pub struct Director {
     pub identity: String,
     /// Full re-listing interval, the safety net under the watch.
     pub reconcile: Duration,
+    pub telemetry: Telemetry,
 }
 
 /// Why a director stopped before it was asked to.
@@ -78,6 +80,7 @@ pub async fn run(
         values: director.values,
         env: director.env,
         identity: director.identity,
+        telemetry: director.telemetry,
     });
     let mut tasks = tokio::task::JoinSet::new();
     for output in director.outputs {
@@ -116,6 +119,7 @@ struct Shared {
     values: Values,
     env: BTreeMap<OsString, OsString>,
     identity: String,
+    telemetry: Telemetry,
 }
 
 /// Why leading ended.
@@ -183,7 +187,8 @@ async fn lead(
                 }
             }
         };
-        match serve(
+        shared.telemetry.leading(output.key.as_str(), true);
+        let ended = serve(
             &leadership,
             &shared,
             &output,
@@ -191,8 +196,9 @@ async fn lead(
             snapshots.clone(),
             &cancel,
         )
-        .await
-        {
+        .await;
+        shared.telemetry.leading(output.key.as_str(), false);
+        match ended {
             Ended::Cancelled => {
                 leadership.resign().await;
                 return Ok(());
@@ -599,6 +605,7 @@ async fn serve(
                 continue;
             }
         };
+        shared.telemetry.derived(key.as_str(), instances.len());
         // Never empty by accident (every remaining instance has weight 0), never a cliff.
         match guards.admit(instances.len(), value.is_empty(), Instant::now()) {
             Err(why) => {
@@ -658,8 +665,17 @@ async fn serve(
         if unsure {
             match read_value(&lead.live.client, &value_path).await {
                 Ok((now, _)) => {
-                    if now.is_some() && now.as_deref() == unsure_value.as_deref() {
-                        // Applied after all: logged as the publish it was.
+                    if let Some(applied) = now
+                        .as_deref()
+                        .filter(|n| Some(*n) == unsure_value.as_deref())
+                    {
+                        // Applied after all: logged (and counted) as the publish it was.
+                        shared.telemetry.published(
+                            key.as_str(),
+                            &digest(Some(applied)),
+                            applied.len(),
+                            last_change,
+                        );
                         info!(
                             old = %digest(published.as_deref()),
                             new = %digest(now.as_deref()),
@@ -684,6 +700,9 @@ async fn serve(
         }
         if published.as_deref() == Some(value.as_slice()) && slots_same && excluded_same {
             debug!(instances = instances.len(), "the value is unchanged");
+            shared
+                .telemetry
+                .unchanged(key.as_str(), &digest(Some(&value)), value.len());
             guards.published(instances.len(), Instant::now());
             held = None;
             if let Some(ended) =
@@ -793,6 +812,12 @@ async fn serve(
                     latency_ms = last_change.map_or(0.0, |at| at.elapsed().as_secs_f64() * 1000.0),
                     "published"
                 );
+                shared.telemetry.published(
+                    key.as_str(),
+                    &digest(Some(&value)),
+                    value.len(),
+                    last_change,
+                );
                 published = Some(value);
                 guards.published(instances.len(), Instant::now());
                 failures = 0;
@@ -802,6 +827,7 @@ async fn serve(
                 failures += 1;
                 let delay = backoff(failures);
                 error!(error = %err, retry_in_s = delay.as_secs(), "cannot publish; retrying");
+                shared.telemetry.publish_failed(key.as_str());
                 retry_at = Some(Instant::now() + delay);
                 unsure = true;
                 unsure_value = Some(value);
@@ -826,6 +852,15 @@ fn confirms(record: &[u8], stored: Option<&[u8]>) -> bool {
 
 /// The hold record when nothing is held.
 const NO_HOLD: &[u8] = b"{}";
+
+/// Every reason a hold record gives (a bounded label of `herald_director_holds_total`).
+const HOLD_REASONS: [&str; 5] = [
+    "min_instances",
+    "empty",
+    "max_drop",
+    "too_large",
+    "check_failed",
+];
 
 /// The departures the cache remembers, per service: when, and the reason in the record.
 type Departures = BTreeMap<ServiceName, BTreeMap<InstanceId, (Instant, Departure)>>;
@@ -867,6 +902,20 @@ async fn record_hold(
             .ok()
             .map(|v| (v["reason"].clone(), v["message"].clone()))
     };
+    match said(&record) {
+        Some((reason, message)) if record != NO_HOLD => {
+            if stored.as_deref().and_then(said) != Some((reason.clone(), message.clone())) {
+                let reason = HOLD_REASONS
+                    .into_iter()
+                    .find(|r| reason == *r)
+                    .unwrap_or("other");
+                shared
+                    .telemetry
+                    .hold(key.as_str(), reason, message.as_str().unwrap_or_default());
+            }
+        }
+        _ => shared.telemetry.hold_ended(key.as_str()),
+    }
     if (stored.is_none() && record == NO_HOLD)
         || stored
             .as_deref()

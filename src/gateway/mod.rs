@@ -25,9 +25,9 @@ use tracing::info;
 
 use crate::http_server::{self, Bounds};
 
+pub use crate::http_server::{Address, DRAIN, Listener, Peer};
 pub use auth::Token;
 pub use limits::{Limits, UploadBudget, parse_size};
-pub use crate::http_server::{Address, DRAIN, Listener, Peer};
 pub use mirror::Mirror;
 pub use routes::Backend;
 
@@ -48,6 +48,7 @@ pub async fn serve(listener: Listener, backend: Backend, guard: Guard, cancel: C
     );
     let limits = guard.limits;
     let shared = Arc::new(routes::Shared {
+        listen: listener.describe(),
         backend,
         token: guard.token,
         uploads: UploadBudget::new(limits.upload_budget),
@@ -64,11 +65,19 @@ pub async fn serve(listener: Listener, backend: Backend, guard: Guard, cancel: C
         move |request, peer| {
             let shared = shared.clone();
             async move {
-                if let Peer::Stranger(_) = peer {
+                let started = std::time::Instant::now();
+                let method = request.method().clone();
+                let reply = if let Peer::Stranger(_) = peer {
                     routes::stranger()
                 } else {
                     routes::handle(&shared, request).await
-                }
+                };
+                shared.backend.telemetry.gateway_request(
+                    method.as_str(),
+                    reply.status().as_u16(),
+                    started.elapsed(),
+                );
+                reply
             }
         },
         cancel,

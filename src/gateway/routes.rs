@@ -37,6 +37,7 @@ use crate::catalog;
 use crate::director::derive::instance_json;
 use crate::last_known::LastKnown;
 use crate::layout::{EnvKey, ServiceName};
+use crate::telemetry::Telemetry;
 use crate::values::{MAX_VALUE_LEN, ValueError, Values};
 use crate::zk::{Live, SessionHandle, ZkError};
 
@@ -60,6 +61,9 @@ pub struct Backend {
     pub max_stale: Duration,
     /// The longest a read may wait for ZooKeeper before the last known value answers.
     pub read_timeout: Duration,
+    /// Metrics and the status page (`/metrics`, `/status`, `/status.json`, behind the token
+    /// like the values).
+    pub telemetry: Telemetry,
 }
 
 impl Backend {
@@ -83,6 +87,8 @@ impl Backend {
 /// What every request shares: the backend and the guards.
 pub(super) struct Shared {
     pub backend: Backend,
+    /// Where the gateway listens, for the status page.
+    pub listen: String,
     pub token: Option<Token>,
     pub uploads: UploadBudget,
     pub body_timeout: Duration,
@@ -197,6 +203,14 @@ pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply
         && !token.accepts(request.headers().get(AUTHORIZATION))
     {
         return unauthorized();
+    }
+    if let Some(reply) = crate::telemetry::routes(&backend.telemetry, &request) {
+        backend.telemetry.gateway_state(
+            &shared.listen,
+            backend.mirror.is_live(),
+            backend.mirror.held(),
+        );
+        return reply;
     }
     match segments.as_slice() {
         ["live"] => text(StatusCode::OK, "ok"),
@@ -412,12 +426,16 @@ enum Source {
 }
 
 impl Source {
-    fn header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
+    fn as_str(self) -> &'static str {
+        match self {
             Source::Memory => "memory",
             Source::Zookeeper => "zookeeper",
             Source::Cache => "cache",
-        })
+        }
+    }
+
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
     }
 }
 
@@ -429,6 +447,7 @@ fn held(
     age: Option<Duration>,
     source: Source,
 ) -> Reply {
+    backend.telemetry.gateway_answer(source.as_str());
     if let Some(age) = age
         && age > backend.max_stale
     {

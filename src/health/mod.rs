@@ -36,6 +36,7 @@ use error::Failure;
 use hysteresis::Hysteresis;
 
 use crate::reaper::Reaper;
+use crate::telemetry::CheckReporter;
 
 /// How often and how patiently the checks run, and how many results in a row change a check's
 /// state.
@@ -84,6 +85,7 @@ pub fn monitor(
     policy: Policy,
     env: Arc<BTreeMap<OsString, OsString>>,
     reaper: Arc<Reaper>,
+    reporter: CheckReporter,
     cancel: CancellationToken,
 ) -> watch::Receiver<bool> {
     let (healthy, rx) = watch::channel(checks.is_empty());
@@ -98,6 +100,7 @@ pub fn monitor(
             policy,
             env: env.clone(),
             reaper: reaper.clone(),
+            reporter: reporter.clone(),
         };
         tokio::spawn(
             runner
@@ -139,6 +142,7 @@ struct Runner {
     policy: Policy,
     env: Arc<BTreeMap<OsString, OsString>>,
     reaper: Arc<Reaper>,
+    reporter: CheckReporter,
 }
 
 impl Runner {
@@ -154,11 +158,22 @@ impl Runner {
         let mut state = Hysteresis::new(rise, fall);
         let mut first = true;
         let mut next = Instant::now();
+        let name = self.check.to_string();
         loop {
+            let started = Instant::now();
             let Some(result) = stop.run_until_cancelled(self.run_once()).await else {
                 return;
             };
+            let said = match &result {
+                Ok(()) => String::from("passed"),
+                Err(reason) => reason.to_string(),
+            };
+            self.reporter
+                .ran(&name, result.is_ok(), started.elapsed(), &said);
             let change = state.observe(result.is_ok());
+            if let Some(up) = change {
+                self.reporter.changed(&name, up);
+            }
             match (&result, change) {
                 (Ok(()), Some(_)) => info!("check passed {rise} time(s) in a row: up"),
                 (Err(reason), Some(_)) => {
@@ -306,6 +321,7 @@ mod tests {
             policy,
             Arc::new(test_env()),
             reaper,
+            CheckReporter::none(),
             cancel.clone(),
         );
         Monitored { healthy, cancel }

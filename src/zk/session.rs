@@ -20,6 +20,7 @@ use zookeeper_client as zk;
 use super::config::ZkConfig;
 use super::error::ZkError;
 use super::tls::explain;
+use crate::telemetry::Telemetry;
 
 /// Connects to ZooKeeper, retrying refused or silent servers until `connect_timeout` has passed.
 /// Each attempt tries every host once (the client's `fail_eagerly`), so the way the last one
@@ -142,10 +143,17 @@ pub struct Session {
 }
 
 impl Session {
-    /// Establishes the first session (within `connect_timeout`) and starts keeping it.
+    /// Establishes the first session (within `connect_timeout`) and starts keeping it; its
+    /// state changes (disconnected, reconnected, expired, a new session) go to `telemetry`.
     /// Cancelling `cancel` stops the rebuilding; [`Session::close`] also closes the session.
-    pub async fn open(cfg: ZkConfig, cancel: CancellationToken) -> Result<Session, ZkError> {
+    pub async fn open(
+        cfg: ZkConfig,
+        telemetry: &Telemetry,
+        cancel: CancellationToken,
+    ) -> Result<Session, ZkError> {
+        telemetry.session_servers(cfg.connect.hosts());
         let client = connect(&cfg).await?;
+        telemetry.session_established(client.session_id().0);
         let span = info_span!("session", zk = %cfg.connect.hosts());
         let (tx, live) = watch::channel(Live {
             client,
@@ -153,7 +161,9 @@ impl Session {
         });
         let failure = Arc::new(Mutex::new(None));
         let cancel = cancel.child_token();
-        let keeper = tokio::spawn(keep(cfg, tx, failure.clone(), cancel.clone()).instrument(span));
+        let keeper = tokio::spawn(
+            keep(cfg, tx, failure.clone(), telemetry.clone(), cancel.clone()).instrument(span),
+        );
         Ok(Session {
             live,
             failure,
@@ -238,6 +248,7 @@ async fn keep(
     cfg: ZkConfig,
     tx: watch::Sender<Live>,
     failure: Arc<Mutex<Option<ZkError>>>,
+    telemetry: Telemetry,
     cancel: CancellationToken,
 ) {
     let fail = |err: ZkError| {
@@ -262,8 +273,14 @@ async fn keep(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 state = states.changed() => match state {
-                    zk::SessionState::Disconnected => warn!(session = %session_id, "lost the connection to ZooKeeper; reconnecting"),
-                    zk::SessionState::SyncConnected => info!(session = %session_id, "reconnected to ZooKeeper"),
+                    zk::SessionState::Disconnected => {
+                        telemetry.session_disconnected();
+                        warn!(session = %session_id, "lost the connection to ZooKeeper; reconnecting")
+                    }
+                    zk::SessionState::SyncConnected => {
+                        telemetry.session_reconnected();
+                        info!(session = %session_id, "reconnected to ZooKeeper")
+                    }
                     _ => {}
                 },
             }
@@ -282,6 +299,7 @@ async fn keep(
             }
             _ => return,
         }
+        telemetry.session_expired();
         warn!(session = %session_id, generation, "ZooKeeper session expired; establishing a new one");
         let backoff = ExponentialBuilder::default()
             .with_jitter()
@@ -297,6 +315,7 @@ async fn keep(
             _ = cancel.cancelled() => return,
             rebuilt = rebuild => match rebuilt {
                 Ok(client) => {
+                    telemetry.session_established(client.session_id().0);
                     info!(session = %client.session_id(), generation = generation + 1, "new ZooKeeper session");
                     tx.send_replace(Live { client, generation: generation + 1 });
                 }

@@ -1,0 +1,252 @@
+//! `--metrics-listen`: each long-running command serves Prometheus metrics and a status page.
+//! The exposition is read with the Python `prometheus_client` OpenMetrics parser (a real
+//! scraper's), and the counters and gauges must move as the command's work does.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use support::{Daemon, *};
+
+/// `GET path` on `port`: status and body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The port in the `serving metrics and status listen=ADDRESS` line.
+fn metrics_port(daemon: &Daemon) -> u16 {
+    wait_for("the metrics listener", || {
+        let log = daemon.stderr();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving metrics and status"))?;
+        let address = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))?;
+        address
+            .trim_matches('"')
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.port())
+    })
+}
+
+/// One sample: its name and labels (sorted), as the parser gives them.
+type Samples = BTreeMap<String, f64>;
+
+/// Scrapes `/metrics` and parses it with `prometheus_client`'s OpenMetrics parser; each sample
+/// is keyed `name{label="value",…}` (labels sorted).
+fn scrape(port: u16) -> Samples {
+    let (status, text) = get(port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join('%s="%s"' % (k, v) for k, v in sorted(s.labels.items()))
+        out["%s{%s}" % (s.name, labels)] = s.value
+print(json.dumps(out))
+"#;
+    let mut python = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Scrapes until `sample` has `value`; returns the scrape.
+fn scrape_until(port: u16, sample: &str, value: f64) -> Samples {
+    wait_until(&format!("{sample} = {value}"), || {
+        let samples = scrape(port);
+        match samples.get(sample) {
+            Some(v) if *v == value => Ok(samples),
+            other => Err(format!("{sample} is {other:?}")),
+        }
+    })
+}
+
+fn status(port: u16) -> serde_json::Value {
+    let (code, body) = get(port, "/status.json");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn a_director_counts_its_publishes_and_holds() {
+    let root = root("tm_director");
+    let client = client().await;
+    let d = Daemon::spawn(
+        herald(&root)
+            .args(["director", "--key", "HOSTS", "--service", "pg"])
+            .args(["--preset", "hostports", "--settle", "0s"])
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let port = metrics_port(&d);
+    let samples = scrape_until(port, r#"herald_director_leading{key="HOSTS"}"#, 1.0);
+    assert_eq!(samples.get("herald_zk_connected{}"), Some(&1.0));
+    assert!(
+        samples
+            .keys()
+            .any(|k| k.starts_with("herald_build_info{") && k.contains(r#"command="director""#)),
+        "{samples:?}"
+    );
+    let dir =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    client
+        .mkdir(&format!("{root}/services/pg"), &dir)
+        .await
+        .unwrap();
+    let node =
+        zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+    for (id, n) in [("a", 1), ("b", 2)] {
+        let doc = format!(
+            r#"{{"name":"pg","id":"{id}","address":"10.0.0.{n}","port":5432,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#
+        );
+        client
+            .create(&format!("{root}/services/pg/{id}"), doc.as_bytes(), &node)
+            .await
+            .unwrap();
+    }
+    value_becomes(
+        &client,
+        &format!("{root}/environment/HOSTS"),
+        "10.0.0.1:5432,10.0.0.2:5432",
+    )
+    .await;
+    let samples = scrape_until(port, r#"herald_director_instances{key="HOSTS"}"#, 2.0);
+    assert!(
+        samples[r#"herald_director_publishes_total{key="HOSTS",result="published"}"#] >= 1.0,
+        "{samples:?}"
+    );
+    assert_eq!(
+        samples[r#"herald_director_value_bytes{key="HOSTS"}"#],
+        "10.0.0.1:5432,10.0.0.2:5432".len() as f64
+    );
+    assert!(samples[r#"herald_director_convergence_seconds_count{key="HOSTS"}"#] >= 1.0);
+    assert!(samples[r#"herald_director_last_publish_timestamp_seconds{key="HOSTS"}"#] > 1.7e9);
+
+    // Both gone (their sessions, as far as the director knows): held by min_instances, one hold
+    // more than before (the director also held while nothing was registered yet).
+    let holds = r#"herald_director_holds_total{key="HOSTS",reason="min_instances"}"#;
+    let before = samples.get(holds).copied().unwrap_or(0.0);
+    for id in ["a", "b"] {
+        client
+            .delete(&format!("{root}/services/pg/{id}"), None)
+            .await
+            .unwrap();
+    }
+    let samples = scrape_until(port, r#"herald_director_held{key="HOSTS"}"#, 1.0);
+    assert_eq!(samples.get(holds), Some(&(before + 1.0)), "{samples:?}");
+    let page = status(port);
+    let output = &page["outputs"]["HOSTS"];
+    assert_eq!(output["leading"], true, "{page}");
+    assert_eq!(output["hold"]["reason"], "min_instances", "{page}");
+    assert_eq!(page["session"]["state"], "connected", "{page}");
+    // Digests and sizes only: the value itself is never on the page.
+    let (_, body) = get(port, "/status.json");
+    assert!(!body.contains("10.0.0.1"), "{body}");
+    let (code, html) = get(port, "/status");
+    assert_eq!(code, 200);
+    assert!(html.contains("<title>herald status</title>"), "{html}");
+}
+
+#[tokio::test]
+async fn an_agent_counts_registrations_checks_and_drains() {
+    let root = root("tm_announce");
+    let s = Scratch::new("tm_announce");
+    let flag = s.path("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let agent = Daemon::spawn(
+        herald(&root)
+            .args(["announce", "--service", "pg", "--id", "db1"])
+            .args(["--address", "127.0.0.1", "--port", "5432"])
+            .arg("--check")
+            .arg(format!("exec:test -e {}", flag.display()))
+            .args(["--check-interval", "100ms", "--rise", "1", "--fall", "1"])
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let port = metrics_port(&agent);
+    let samples = scrape_until(port, r#"herald_registered{service="pg"}"#, 1.0);
+    assert_eq!(samples[r#"herald_registrations_total{service="pg"}"#], 1.0);
+    assert!(
+        samples[r#"herald_check_duration_seconds_count{check="exec:test",service="pg"}"#] >= 1.0,
+        "{samples:?}"
+    );
+    assert_eq!(
+        samples[r#"herald_check_transitions_total{check="exec:test",direction="up",service="pg"}"#],
+        1.0
+    );
+
+    // The check fails: deregistered as unhealthy.
+    std::fs::remove_file(&flag).unwrap();
+    let samples = scrape_until(port, r#"herald_registered{service="pg"}"#, 0.0);
+    assert_eq!(
+        samples.get(r#"herald_deregistrations_total{reason="unhealthy",service="pg"}"#),
+        Some(&1.0),
+        "{samples:?}"
+    );
+    assert_eq!(
+        samples[r#"herald_check_transitions_total{check="exec:test",direction="down",service="pg"}"#],
+        1.0
+    );
+    let page = status(port);
+    let reg = &page["registrations"]["pg/db1"];
+    assert_eq!(reg["registered"], false, "{page}");
+    assert_eq!(reg["last_departure"], "unhealthy", "{page}");
+    assert_eq!(reg["checks"]["exec:test"]["passing"], false, "{page}");
+
+    // Healthy again, then drained out by SIGUSR1.
+    std::fs::write(&flag, "").unwrap();
+    scrape_until(port, r#"herald_registered{service="pg"}"#, 1.0);
+    agent.signal(libc::SIGUSR1);
+    let samples = scrape_until(port, r#"herald_drained{service="pg"}"#, 1.0);
+    let samples = if samples.get(r#"herald_deregistrations_total{reason="drained",service="pg"}"#)
+        == Some(&1.0)
+    {
+        samples
+    } else {
+        scrape_until(
+            port,
+            r#"herald_deregistrations_total{reason="drained",service="pg"}"#,
+            1.0,
+        )
+    };
+    assert_eq!(samples[r#"herald_registrations_total{service="pg"}"#], 2.0);
+}

@@ -172,7 +172,7 @@ impl Preset {
             Preset::Url { format } if i.weight > 0 => url_refuses(format, i),
             Preset::Pgpool if i.port.is_some() => pgpool_refuses(i),
             Preset::Haproxy if i.port.is_some() => {
-                check_address("haproxy", i, &['#']).and_then(|()| haproxy_weight(i))
+                check_address("haproxy", i, &['#', '@']).and_then(|()| haproxy_weight(i))
             }
             Preset::PoolPasswd => pool_passwd_refuses(i),
             _ => Ok(()),
@@ -649,6 +649,8 @@ mod tests {
     fn refuses_names_the_instances_a_preset_cannot_render() {
         let quoted = instance("q", "10.0.0.1'", Some(1), 1, 1);
         let hashed = instance("h", "10.0.0.1#x", Some(1), 1, 1);
+        // HAProxy reads `unix@PATH`, `ipv4@…` as an address family: never from a registration.
+        let family = instance("f", "unix@/run/x.sock", Some(1), 1, 1);
         let no_port = instance("n", "10.0.0.1'", None, 1, 1);
         let mut bad_dir = instance("d", "10.0.0.2", Some(1), 1, 1);
         bad_dir.meta.insert("data_directory".into(), "/it's".into());
@@ -666,6 +668,8 @@ mod tests {
             (&Preset::Pgpool, &hashed, true),
             (&Preset::Pgpool, &no_port, false),
             (&Preset::Haproxy, &hashed, true),
+            (&Preset::Haproxy, &family, true),
+            (&Preset::HostPorts, &family, false),
             (&Preset::Haproxy, &quoted, false),
             (&Preset::HostPorts, &quoted, false),
             (&url, &bad_dir, true),

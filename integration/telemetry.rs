@@ -250,3 +250,67 @@ async fn an_agent_counts_registrations_checks_and_drains() {
     };
     assert_eq!(samples[r#"herald_registrations_total{service="pg"}"#], 2.0);
 }
+
+#[test]
+fn a_watch_counts_its_applies_and_a_failed_reload() {
+    let root = root("tm_watch");
+    let s = Scratch::new("tm_watch");
+    let out = s.path("app.conf");
+    let flag = s.path("reload-ok");
+    std::fs::write(&flag, "").unwrap();
+    let put = |value: &str| {
+        let done = run(herald(&root).args(["put", "CONF", value]));
+        assert!(done.status.success(), "{}", describe(&done));
+    };
+    put("v1");
+    let watch = Daemon::spawn(
+        herald(&root)
+            .args(["watch", "CONF", "--no-cache", "--reload"])
+            .arg(format!("test -e {}", flag.display()))
+            .arg("--out")
+            .arg(&out)
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let port = metrics_port(&watch);
+    let file = out.display().to_string();
+    let applied = format!(r#"herald_watch_applies_total{{file="{file}",result="applied"}}"#);
+    let samples = scrape_until(port, &applied, 1.0);
+    assert!(
+        samples[&format!(r#"herald_watch_last_success_timestamp_seconds{{file="{file}"}}"#)]
+            > 1.7e9
+    );
+    let age = samples[&format!(r#"herald_watch_value_age_seconds{{file="{file}"}}"#)];
+    assert!((0.0..60.0).contains(&age), "{age}");
+
+    // The program refuses to reload: the failure is counted, the status says so.
+    std::fs::remove_file(&flag).unwrap();
+    put("v2");
+    let samples = wait_until("a failed reload counted", || {
+        let samples = scrape(port);
+        let failed: f64 = samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("herald_watch_applies_total{")
+                    && (k.contains(r#"result="reload_failed""#)
+                        || k.contains(r#"result="rolled_back""#))
+            })
+            .map(|(_, v)| v)
+            .sum();
+        if failed >= 1.0 {
+            Ok(samples)
+        } else {
+            Err(format!("{samples:?}"))
+        }
+    });
+    assert_eq!(samples[&applied], 1.0, "{samples:?}");
+    let page = status(port);
+    let view = &page["watches"][file.as_str()];
+    assert!(
+        matches!(
+            view["last_result"].as_str(),
+            Some("reload_failed" | "rolled_back")
+        ),
+        "{page}"
+    );
+    assert_eq!(view["keys"][0], "CONF", "{page}");
+}

@@ -207,6 +207,10 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let syncing = (args.pgpool.is_some() || args.haproxy.is_some()) && !args.once;
     let cache = args.cache.open(target.values.layout(), true)?;
     let telemetry = Telemetry::new("watch");
+    let watched = file
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |f| f.path().display().to_string());
+    telemetry.watching(&watched, keys.iter().map(ToString::to_string).collect());
     let serving = CancellationToken::new();
     let _stop_serving = serving.clone().drop_guard();
     args.metrics.start(&telemetry, &serving).await?;
@@ -225,7 +229,7 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
                     }
                 }
                 let content = render(&embed, &keys, &kept)?;
-                deliver(file.as_mut(), &content, args.null).await?;
+                deliver(file.as_mut(), &content, args.null, &telemetry).await?;
                 if args.once {
                     return Ok(());
                 }
@@ -297,6 +301,7 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         let value = match next {
             Ok(Some(value)) => {
                 last_known::record(cache.as_ref(), &keys[index], Some(&value));
+                telemetry.watch_read(&watched, None);
                 value
             }
             Ok(None) => {
@@ -315,7 +320,7 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
         }
         let delivery = async {
             let content = render(&embed, &keys, &last)?;
-            deliver(file.as_mut(), &content, args.null).await
+            deliver(file.as_mut(), &content, args.null, &telemetry).await
         };
         let delivered = tokio::select! {
             delivered = delivery => delivered,
@@ -460,7 +465,12 @@ fn render(
 }
 
 /// Prints the value, or makes the file hold it.
-async fn deliver(file: Option<&mut FileTarget>, value: &[u8], null: bool) -> anyhow::Result<()> {
+async fn deliver(
+    file: Option<&mut FileTarget>,
+    value: &[u8],
+    null: bool,
+    telemetry: &Telemetry,
+) -> anyhow::Result<()> {
     let Some(file) = file else {
         let mut stdout = std::io::stdout().lock();
         stdout
@@ -470,16 +480,23 @@ async fn deliver(file: Option<&mut FileTarget>, value: &[u8], null: bool) -> any
             .context("cannot write to stdout")?;
         return Ok(());
     };
-    match file.apply(value).await {
+    let name = file.path().display().to_string();
+    let content = (herald::director::run::digest(Some(value)), value.len());
+    let applied = file.apply(value).await;
+    let result = match &applied {
         Ok(Applied::Written) => {
-            tracing::debug!(file = %file.path().display(), "the new value is applied");
-            Ok(())
+            tracing::debug!(file = %name, "the new value is applied");
+            "applied"
         }
         Ok(Applied::Reloaded) => {
-            tracing::info!(file = %file.path().display(), "reloaded (the earlier reload had failed)");
-            Ok(())
+            tracing::info!(file = %name, "reloaded (the earlier reload had failed)");
+            "applied"
         }
-        Ok(Applied::Unchanged) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
+        Ok(Applied::Unchanged) => "unchanged",
+        Err(err) => err.result(),
+    };
+    let error = applied.as_ref().err().map(|e| e.to_string());
+    let content = applied.is_ok().then_some((content.0.as_str(), content.1));
+    telemetry.watch_result(&name, result, content, error.as_deref());
+    applied.map(|_| ()).map_err(Into::into)
 }

@@ -123,6 +123,21 @@ pub enum WatchError {
     Template { origin: String, reason: String },
 }
 
+impl WatchError {
+    /// The result it is counted as (`herald_watch_applies_total`).
+    pub fn result(&self) -> &'static str {
+        match self {
+            WatchError::Check { .. } => "check_failed",
+            WatchError::Reload { .. } | WatchError::RollbackFailed { .. } => "reload_failed",
+            WatchError::RolledBack { .. } => "rolled_back",
+            WatchError::Pgpool { .. } | WatchError::Haproxy { .. } => "sync_failed",
+            WatchError::Write { .. } | WatchError::Out(_) | WatchError::Template { .. } => {
+                "write_failed"
+            }
+        }
+    }
+}
+
 impl FileTarget {
     /// The file's real path.
     pub fn path(&self) -> &Path {

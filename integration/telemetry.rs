@@ -148,14 +148,17 @@ async fn a_director_counts_its_publishes_and_holds() {
         "10.0.0.1:5432,10.0.0.2:5432",
     )
     .await;
-    let samples = scrape_until(port, r#"herald_director_instances{key="HOSTS"}"#, 2.0);
+    // The director counts the publish once ZooKeeper's reply reaches it, which may be after the
+    // watcher above saw the value: wait for the count, not for the value.
+    let samples = scrape_until(
+        port,
+        r#"herald_director_value_bytes{key="HOSTS"}"#,
+        "10.0.0.1:5432,10.0.0.2:5432".len() as f64,
+    );
+    assert_eq!(samples[r#"herald_director_instances{key="HOSTS"}"#], 2.0);
     assert!(
         samples[r#"herald_director_publishes_total{key="HOSTS",result="published"}"#] >= 1.0,
         "{samples:?}"
-    );
-    assert_eq!(
-        samples[r#"herald_director_value_bytes{key="HOSTS"}"#],
-        "10.0.0.1:5432,10.0.0.2:5432".len() as f64
     );
     assert!(samples[r#"herald_director_convergence_seconds_count{key="HOSTS"}"#] >= 1.0);
     assert!(samples[r#"herald_director_last_publish_timestamp_seconds{key="HOSTS"}"#] > 1.7e9);

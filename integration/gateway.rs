@@ -119,25 +119,12 @@ fn gateway_on(listen: &str, root: &str, args: &[&str], env: &[(&str, &str)]) -> 
         if let Ok(Some(status)) = daemon.child.try_wait() {
             panic!("the gateway exited ({status}): {}", daemon.stderr());
         }
-        serving_port(&daemon.stderr())
+        listening_port(&daemon.stderr(), "serving HTTP")
     });
     wait_for("the gateway to be ready", || {
         (http(port, "GET", "/ready", b"").0 == 200).then_some(())
     });
     (daemon, port)
-}
-
-/// The port in the gateway's `serving HTTP listen=ADDRESS` line.
-fn serving_port(log: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains("serving HTTP"))?;
-    let address = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))?;
-    address
-        .trim_matches('"')
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|a| a.port())
 }
 
 #[test]
@@ -883,7 +870,7 @@ fn gateway_behind(
         if let Ok(Some(status)) = daemon.child.try_wait() {
             panic!("the gateway exited ({status}): {}", daemon.stderr());
         }
-        serving_port(&daemon.stderr())
+        listening_port(&daemon.stderr(), "serving HTTP")
     });
     (daemon, port)
 }

@@ -831,6 +831,20 @@ pub fn send_signal(pid: u32, signal: i32) {
 
 /// A long-running herald process (agent, director, watcher) whose stderr is collected in the
 /// background, so a test can wait for a log line; killed when dropped, however the test ends.
+/// The port of the first log line holding `marker` and `listen=ADDRESS` (a server started on
+/// port 0 says where the kernel put it).
+pub fn listening_port(log: &str, marker: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let address = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))?;
+    address
+        .trim_matches('"')
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.port())
+}
+
 pub struct Daemon {
     pub child: Child,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,

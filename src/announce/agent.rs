@@ -116,6 +116,7 @@ impl Connected {
             registered: Registered::No,
             wanted: false,
             document: 0,
+            left: None,
         });
         if let Some(dir) = &plan.control_dir {
             match Control::bind(dir, &plan.instance.service, &plan.instance.id) {
@@ -132,20 +133,16 @@ impl Connected {
         let serving = switch.serving();
         let wanted = all_of(vec![healthy, serving.clone()]);
         let ending = Arc::new(Mutex::new(Departure::Stopped));
-        // The reason of the deregistration under way, for the telemetry once it is done.
-        let leaving = Arc::new(Mutex::new(None));
         let why: super::Why = Arc::new({
-            let (ending, leaving) = (ending.clone(), leaving.clone());
+            let ending = ending.clone();
             move |exiting| {
-                let why = if exiting {
+                if exiting {
                     *ending.lock().unwrap_or_else(|e| e.into_inner())
                 } else if !*serving.borrow() {
                     Departure::Drained
                 } else {
                     Departure::Unhealthy
-                };
-                *leaving.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                why
+                }
             }
         });
         tokio::spawn(report(
@@ -153,7 +150,6 @@ impl Connected {
             (service.to_owned(), id.to_owned()),
             status.clone(),
             switch.clone(),
-            leaving,
         ));
         let negotiated = session.live().client.session_timeout();
         let duplicate_wait = plan
@@ -276,22 +272,20 @@ async fn report(
     (service, id): (String, String),
     mut status: watch::Receiver<Status>,
     switch: Arc<Switch>,
-    leaving: Arc<Mutex<Option<Departure>>>,
 ) {
     let mut was = Registered::No;
     telemetry.registered(&service, &id, false);
     loop {
-        let now = status.borrow_and_update().registered;
-        if now != was {
-            match now {
+        let now = *status.borrow_and_update();
+        if now.registered != was {
+            match now.registered {
                 Registered::Yes => telemetry.registered(&service, &id, true),
                 Registered::No => {
-                    let why = leaving.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    let reason = why.map_or("session_lost", Departure::as_str);
+                    let reason = now.left.map_or("session_lost", Departure::as_str);
                     telemetry.deregistered(&service, &id, reason);
                 }
             }
-            was = now;
+            was = now.registered;
         }
         let (drain, note) = (switch.drain(), switch.note());
         let drained = match drain {

@@ -33,6 +33,9 @@ pub struct Status {
     pub wanted: bool,
     /// The generation of the document the node holds (0: none confirmed).
     pub document: u64,
+    /// Why our node last went, when we deleted it (`None`: not deleted by us — never
+    /// registered, or gone with a session).
+    pub left: Option<Departure>,
 }
 
 /// Why the node goes, asked at each deregistration: `true` when the registration ends (the
@@ -82,6 +85,7 @@ pub async fn maintain(
         duplicate_deadline: None,
         duplicate_wait,
         why,
+        left: None,
     };
     loop {
         let wanted = *want.borrow_and_update();
@@ -125,6 +129,7 @@ pub async fn maintain(
             },
             wanted,
             document: if reg.ours.is_some() { generation } else { 0 },
+            left: reg.left,
         };
         status.send_if_modified(|s| std::mem::replace(s, now) != now);
 
@@ -192,6 +197,8 @@ struct Registrar {
     duplicate_deadline: Option<Instant>,
     duplicate_wait: Option<Duration>,
     why: Why,
+    /// Why we last deleted our node (cleared when a session loses it or it is registered).
+    left: Option<Departure>,
 }
 
 impl Registrar {
@@ -207,6 +214,7 @@ impl Registrar {
                     .await?;
                 if self.ours.take().is_some() {
                     info!(path = %path, reason = %why, "deregistered");
+                    self.left = Some(why);
                 }
                 self.maybe = false;
             }
@@ -223,6 +231,7 @@ impl Registrar {
                     {
                         match self.ours {
                             None => {
+                                self.left = None;
                                 info!(path = %path, session = %client.session_id(), "registered")
                             }
                             Some(before) if before.version != claimed.version => {
@@ -286,6 +295,9 @@ impl Registrar {
 
     /// The session's ephemeral nodes went with it.
     fn session_ended(&mut self) {
+        if self.ours.is_some() {
+            self.left = None;
+        }
         self.ours = None;
         self.maybe = false;
     }

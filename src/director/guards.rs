@@ -17,16 +17,11 @@
 //!
 //! Pure: the caller passes the time, so every rule is a table test.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use crate::layout::{InstanceId, ServiceName};
-
-/// An instance of the output.
-pub type Member = (ServiceName, InstanceId);
 
 /// An output's guard settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,8 +100,6 @@ pub struct Guards {
     cliff_since: Option<Instant>,
     /// An operator confirmed the current drop (`herald confirm`).
     confirmed: bool,
-    /// The live instances last seen, to tell who left since.
-    members: BTreeSet<Member>,
 }
 
 impl Guards {
@@ -116,7 +109,6 @@ impl Guards {
             seen: VecDeque::new(),
             cliff_since: None,
             confirmed: false,
-            members: BTreeSet::new(),
         }
     }
 
@@ -176,26 +168,13 @@ impl Guards {
         self.confirmed
     }
 
-    /// The output's live instances now. Those that left since the last call and whose departure
-    /// `intended` says was on purpose are taken out of every remembered count: a scale-down or a
-    /// drain is not a drop. How many that was.
-    pub fn members(
-        &mut self,
-        present: BTreeSet<Member>,
-        intended: impl Fn(&Member) -> bool,
-    ) -> usize {
-        let gone = self
-            .members
-            .difference(&present)
-            .filter(|m| intended(m))
-            .count();
-        if gone > 0 {
-            for (_, count) in &mut self.seen {
-                *count = count.saturating_sub(gone);
-            }
+    /// `gone` of the instances counted so far left on purpose (stopped or drained, as their
+    /// departure records say): they are taken out of every remembered count, so a scale-down or
+    /// a drain is not a drop.
+    pub fn left_on_purpose(&mut self, gone: usize) {
+        for (_, count) in &mut self.seen {
+            *count = count.saturating_sub(gone);
         }
-        self.members = present;
-        gone
     }
 
     /// Another director leads and the view has `count` of the output's instances: remembered,
@@ -355,24 +334,16 @@ mod tests {
         assert!(!g.confirm(), "the confirmed drop is the new reference");
     }
 
-    fn ids(range: std::ops::Range<u32>) -> BTreeSet<Member> {
-        range
-            .map(|n| ("db".parse().unwrap(), format!("i{n}").parse().unwrap()))
-            .collect()
-    }
-
     #[test]
     fn a_scale_down_or_a_drain_on_purpose_is_no_cliff() {
         let t0 = Instant::now();
         let mut g = Guards::new(LIMITS);
-        assert_eq!(g.members(ids(0..10), |_| true), 0);
         g.published(10, t0);
         // 8 stopped on purpose (a scale-down): not held.
-        assert_eq!(g.members(ids(0..2), |_| true), 8);
+        g.left_on_purpose(8);
         assert_eq!(g.admit(2, false, secs(t0, 1)), Ok(Pass::Clear));
         g.published(2, secs(t0, 1));
         // The 2 that are left are the reference now: losing both (sessions) is held as ever.
-        assert_eq!(g.members(BTreeSet::new(), |_| false), 0);
         assert!(g.admit(0, false, secs(t0, 2)).is_err());
     }
 
@@ -380,11 +351,9 @@ mod tests {
     fn lost_sessions_and_failed_checks_count_intended_ones_do_not() {
         let t0 = Instant::now();
         let mut g = Guards::new(LIMITS);
-        g.members(ids(0..10), |_| true);
         g.published(10, t0);
         // A bad deploy: 3 stopped on purpose (old version), 4 more failed their checks.
-        let stopped = ids(0..3);
-        assert_eq!(g.members(ids(7..10), |m| stopped.contains(m)), 3);
+        g.left_on_purpose(3);
         // Against 7 (10 − the 3 stopped): 4 of 7 lost is more than half.
         let held = g.admit(3, false, secs(t0, 1));
         assert!(
@@ -397,9 +366,8 @@ mod tests {
     fn a_standby_takes_intent_out_too() {
         let t0 = Instant::now();
         let mut g = Guards::new(LIMITS);
-        g.members(ids(0..8), |_| true);
         g.observed(8, t0);
-        g.members(ids(0..2), |_| true);
+        g.left_on_purpose(6);
         g.observed(2, secs(t0, 1));
         assert_eq!(g.admit(2, false, secs(t0, 2)), Ok(Pass::Clear));
     }

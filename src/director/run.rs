@@ -20,7 +20,7 @@ use super::config::Output;
 use super::culprits::{self, Excluded, Found};
 use super::derive::{Derivation, DeriveError, derive_exec};
 use super::election::{self, Leadership};
-use super::guards::{Guards, Hold, Member, Pass};
+use super::guards::{Guards, Hold, Pass};
 use super::limbo::Limbo;
 use super::publish::{Beside, Fenced, publish};
 use super::settle::Settle;
@@ -144,6 +144,7 @@ async fn lead(
     // Kept across terms: a director that led, or stood by watching, remembers how many
     // instances the output had.
     let mut guards = Guards::new(output.guard_limits());
+    let mut look = LastLook::default();
     loop {
         let won = {
             let campaign =
@@ -161,16 +162,11 @@ async fn lead(
                         }
                         let snapshot = view.borrow_and_update();
                         if snapshot.ready {
-                            let present: BTreeSet<Member> = output
-                                .services
-                                .iter()
-                                .filter_map(|s| snapshot.services.get(s))
-                                .flat_map(|m| m.values())
+                            let count = snapshot
+                                .instances_of(&output.services)
                                 .filter(|i| output.selects(i))
-                                .map(|i| (i.service.clone(), i.id.clone()))
-                                .collect();
-                            let count = present.len();
-                            guards.members(present, |m| left_on_purpose(&snapshot.deregistered, m));
+                                .count();
+                            guards.left_on_purpose(look.left_on_purpose(&output, &snapshot));
                             guards.observed(count, Instant::now());
                         }
                     }
@@ -192,7 +188,7 @@ async fn lead(
             &leadership,
             &shared,
             &output,
-            &mut guards,
+            (&mut guards, &mut look),
             snapshots.clone(),
             &cancel,
         )
@@ -226,7 +222,7 @@ async fn serve(
     lead: &Leadership,
     shared: &Shared,
     output: &Output,
-    guards: &mut Guards,
+    (guards, look): (&mut Guards, &mut LastLook),
     mut snapshots: watch::Receiver<Snapshot>,
     cancel: &CancellationToken,
 ) -> Ended {
@@ -414,11 +410,19 @@ async fn serve(
                 .map(|s| snapshot.services.get(s).cloned())
                 .collect();
             let last_change = snapshot.last_change(&output.services);
-            let deregistered: Departures = output
-                .services
-                .iter()
-                .filter_map(|s| Some((s.clone(), snapshot.deregistered.get(s)?.clone())))
-                .collect();
+            if snapshot.ready {
+                guards.left_on_purpose(look.left_on_purpose(output, &snapshot));
+            }
+            // Only the removal delay asks who deregistered (a copy per derivation otherwise).
+            let deregistered: Departures = if output.removal_delay.is_zero() {
+                Departures::new()
+            } else {
+                output
+                    .services
+                    .iter()
+                    .filter_map(|s| Some((s.clone(), snapshot.deregistered.get(s)?.clone())))
+                    .collect()
+            };
             (snapshot.ready, last_change, inputs, deregistered)
         };
         let now = Instant::now();
@@ -464,19 +468,6 @@ async fn serve(
             .cloned()
             .collect();
         last_inputs = Some(inputs);
-        let gone = guards.members(
-            selected
-                .iter()
-                .map(|i| (i.service.clone(), i.id.clone()))
-                .collect(),
-            |m| left_on_purpose(&deregistered, m),
-        );
-        if gone > 0 {
-            debug!(
-                instances = gone,
-                "left on purpose (stopped or drained): not counted as a drop"
-            );
-        }
         let (mut instances, moves, next) = limbo.apply(
             selected,
             |service, id| {
@@ -865,12 +856,55 @@ const HOLD_REASONS: [&str; 5] = [
 /// The departures the cache remembers, per service: when, and the reason in the record.
 type Departures = BTreeMap<ServiceName, BTreeMap<InstanceId, (Instant, Departure)>>;
 
-/// Whether `member` deregistered with a reason an operator meant (stopped, drained).
-fn left_on_purpose(departures: &Departures, (service, id): &Member) -> bool {
-    departures
-        .get(service)
-        .and_then(|ids| ids.get(id))
-        .is_some_and(|(_, why)| why.intended())
+/// What the cliff guard needs to tell a drop from intent: the output's instances at the last
+/// look, and the newest departure already looked at. Kept across terms, so a takeover counts
+/// what left while it stood by.
+#[derive(Default)]
+struct LastLook {
+    inputs: Vec<Option<Instances>>,
+    seen_until: Option<Instant>,
+}
+
+impl LastLook {
+    /// How many of the output's instances at the last look have since left on purpose
+    /// (stopped or drained, by their departure records); `snapshot` is the last look from now.
+    /// Costs one pass over the departures remembered, never one over the instances.
+    fn left_on_purpose(&mut self, output: &Output, snapshot: &Snapshot) -> usize {
+        let mut gone = 0;
+        let mut newest = self.seen_until;
+        for (n, service) in output.services.iter().enumerate() {
+            let Some(left) = snapshot.deregistered.get(service) else {
+                continue;
+            };
+            let before = self.inputs.get(n).and_then(Option::as_ref);
+            for (id, (at, why)) in left {
+                if self.seen_until.is_some_and(|seen| *at <= seen) {
+                    continue;
+                }
+                newest = newest.max(Some(*at));
+                if why.intended()
+                    && before
+                        .and_then(|m| m.get(id))
+                        .is_some_and(|i| output.selects(i))
+                {
+                    gone += 1;
+                }
+            }
+        }
+        if gone > 0 {
+            debug!(
+                instances = gone,
+                "left on purpose (stopped or drained): not counted as a drop"
+            );
+        }
+        self.seen_until = newest;
+        self.inputs = output
+            .services
+            .iter()
+            .map(|s| snapshot.services.get(s).cloned())
+            .collect();
+        gone
+    }
 }
 
 /// What `<root>/holds/KEY` says of a hold: its reason (`min_instances`, `empty`, `max_drop`,

@@ -790,3 +790,53 @@ async fn a_drain_with_a_reason_and_an_expiry_ends_by_itself() {
     agent.signal(libc::SIGTERM);
     agent.exited().await;
 }
+
+/// The departure record says why the node went: `exited` when the command `herald run
+/// --service` runs ended by itself, `stopped` when herald was asked to stop.
+#[tokio::test]
+async fn the_departure_record_says_why_the_instance_went() {
+    let root = root("departure_reason");
+    let s = Scratch::new("departure_reason");
+    let watcher = client().await;
+    let path = node(&root, "api", "web1");
+    let record = format!("{root}/departures/api/web1");
+    let flag = s.path("running");
+    std::fs::write(&flag, "").unwrap();
+    let body = format!(
+        "while test -e {}; do sleep 0.05; done; exit 3",
+        flag.display()
+    );
+    let mut first = Agent::spawn(&mut run_service(&root, &s, None, &body));
+    appears(&watcher, &path).await;
+    // The command ends by itself.
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(first.exited().await.code(), Some(3));
+    let (data, _) = watcher.get_data(&record).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&data).contains(r#""reason":"exited""#),
+        "{}",
+        String::from_utf8_lossy(&data)
+    );
+    // Asked to stop: a registration removes the old record, the stop writes `stopped`.
+    std::fs::write(&flag, "").unwrap();
+    let second = Agent::spawn(&mut run_service(&root, &s, None, &body));
+    appears(&watcher, &path).await;
+    second.signal(libc::SIGTERM);
+    eventually("a departure record saying stopped", || {
+        let (watcher, record) = (&watcher, &record);
+        async move {
+            match watcher.get_data(record).await {
+                Ok((data, _)) => {
+                    let data = String::from_utf8_lossy(&data).into_owned();
+                    if data.contains(r#""reason":"stopped""#) {
+                        Ok(())
+                    } else {
+                        Err(data)
+                    }
+                }
+                Err(err) => Err(err.to_string()),
+            }
+        }
+    })
+    .await;
+}

@@ -160,6 +160,7 @@ async fn a_director_counts_its_publishes_and_holds() {
         samples[r#"herald_director_publishes_total{key="HOSTS",result="published"}"#] >= 1.0,
         "{samples:?}"
     );
+    assert!(samples[r#"herald_zk_request_duration_seconds_count{op="multi"}"#] >= 1.0);
     assert!(samples[r#"herald_director_convergence_seconds_count{key="HOSTS"}"#] >= 1.0);
     assert!(samples[r#"herald_director_last_publish_timestamp_seconds{key="HOSTS"}"#] > 1.7e9);
 
@@ -316,4 +317,107 @@ fn a_watch_counts_its_applies_and_a_failed_reload() {
         "{page}"
     );
     assert_eq!(view["keys"][0], "CONF", "{page}");
+}
+
+#[test]
+fn run_service_serves_its_registration() {
+    let root = root("tm_run");
+    let s = Scratch::new("tm_run");
+    let env_dir = s.path("env");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let mut run_ = Daemon::spawn(
+        herald(&root)
+            .args(["run", "--service", "api", "--id", "web1", "--port", "8080"])
+            .args(["--address", "127.0.0.1", "--env-dir"])
+            .arg(&env_dir)
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--metrics-listen", "127.0.0.1:0", "--stop-delay", "0s"])
+            .args(["--", "sleep", "600"]),
+    );
+    let port = metrics_port(&run_);
+    let samples = scrape_until(port, r#"herald_registered{service="api"}"#, 1.0);
+    assert!(
+        samples
+            .keys()
+            .any(|k| k.starts_with("herald_build_info{") && k.contains(r#"command="run""#)),
+        "{samples:?}"
+    );
+    let page = status(port);
+    assert_eq!(
+        page["registrations"]["api/web1"]["registered"], true,
+        "{page}"
+    );
+    run_.signal(libc::SIGTERM);
+    block_on(run_.exited());
+}
+
+#[test]
+fn run_without_service_or_supervise_refuses_the_flag() {
+    let s = Scratch::new("tm_run_exec");
+    let env_dir = s.path("env");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let out = run(herald("/unused")
+        .args(["run", "--env-dir"])
+        .arg(&env_dir)
+        .args(["--metrics-listen", "9464", "--", "true"]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--metrics-listen needs --service or --supervise"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_gateway_counts_requests_and_where_answers_came_from() {
+    let root = root("tm_gateway");
+    let gw = Daemon::spawn(
+        herald(&root)
+            .arg("gateway")
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let port = wait_for("the gateway to listen", || {
+        listening_port(&gw.stderr(), "serving HTTP")
+    });
+    wait_for("the gateway to be ready", || {
+        (get(port, "/ready").0 == 200).then_some(())
+    });
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "POST /environment/GREETING HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+    for _ in 0..3 {
+        assert_eq!(
+            get(port, "/environment/GREETING"),
+            (200, "hello".to_owned())
+        );
+    }
+    let samples = scrape(port);
+    assert_eq!(
+        samples.get(r#"herald_gateway_requests_total{code="204",method="POST"}"#),
+        Some(&1.0),
+        "{samples:?}"
+    );
+    assert!(samples[r#"herald_gateway_requests_total{code="200",method="GET"}"#] >= 3.0);
+    let answered: f64 = ["memory", "zookeeper"]
+        .iter()
+        .filter_map(|s| {
+            samples.get(&format!(
+                r#"herald_gateway_value_answers_total{{source="{s}"}}"#
+            ))
+        })
+        .sum();
+    assert_eq!(answered, 3.0, "{samples:?}");
+    assert!(samples[r#"herald_zk_request_duration_seconds_count{op="set_data"}"#] >= 1.0);
+    let page = status(port);
+    assert_eq!(page["gateway"]["ready"], true, "{page}");
+    assert_eq!(page["session"]["state"], "connected", "{page}");
 }

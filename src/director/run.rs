@@ -244,7 +244,8 @@ async fn serve(
         }
     };
     // What is published now: only different bytes are written.
-    let mut published = match shared.values.get(&lead.live.client, key).await {
+    let current = shared.values.get(&lead.live.client, key);
+    let mut published = match shared.telemetry.zk_request("get_data", current).await {
         Ok(value) => value,
         Err(err) => {
             warn!(error = %err, "cannot read the current value; trying again in 1s");
@@ -352,7 +353,7 @@ async fn serve(
                     if matches!(event.event_type, zookeeper_client::EventType::Session) {
                         continue;
                     }
-                    match read_value(&lead.live.client, &value_path).await {
+                    match shared.telemetry.zk_request("get_data", read_value(&lead.live.client, &value_path)).await {
                         Ok((now, _)) if now == published => continue,
                         Ok((now, stat)) => {
                             warn!(
@@ -654,7 +655,11 @@ async fn serve(
         // loss): what is published is read again before writing, or the same bytes would be
         // written twice (a new version, a change for every watcher).
         if unsure {
-            match read_value(&lead.live.client, &value_path).await {
+            match shared
+                .telemetry
+                .zk_request("get_data", read_value(&lead.live.client, &value_path))
+                .await
+            {
                 Ok((now, _)) => {
                     if let Some(applied) = now
                         .as_deref()
@@ -771,16 +776,15 @@ async fn serve(
         if clears_hold {
             beside.push(Beside::Hold(NO_HOLD, true));
         }
-        match publish(
+        let written = publish(
             lead,
             &shared.values,
             key,
             Some(&value),
             published.is_some(),
             &beside,
-        )
-        .await
-        {
+        );
+        match shared.telemetry.zk_request("multi", written).await {
             Ok(Fenced::Published) => {
                 if let Some(assigned) = assigned {
                     for reused in &assigned.reused {
@@ -958,7 +962,8 @@ async fn record_hold(
         return None;
     }
     let beside = [Beside::Hold(&record, stored.is_some())];
-    match publish(lead, &shared.values, key, None, false, &beside).await {
+    let written = publish(lead, &shared.values, key, None, false, &beside);
+    match shared.telemetry.zk_request("multi", written).await {
         Ok(Fenced::Published) => {
             *stored = Some(record);
             None

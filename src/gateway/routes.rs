@@ -368,12 +368,19 @@ async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
     let read = async {
         if fresh {
             let path = backend.values.layout().environment();
-            match live.client.sync(&path).await {
+            match backend
+                .telemetry
+                .zk_request("sync", live.client.sync(&path))
+                .await
+            {
                 Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
                 Err(err) => return Err(ZkError::op("sync", &path, err)),
             }
         }
-        backend.values.get(&live.client, key).await
+        backend
+            .telemetry
+            .zk_request("get_data", backend.values.get(&live.client, key))
+            .await
     };
     let read = tokio::time::timeout(backend.read_timeout, read).await;
     if let (Some(ticket), Ok(Err(_)) | Err(_)) = (ticket, &read) {
@@ -598,7 +605,11 @@ async fn put_value(shared: &Shared, key: &EnvKey, request: Request<Incoming>) ->
         return not_connected();
     };
     let written = backend
-        .bounded(backend.values.put(&live.client, key, &body))
+        .bounded(
+            backend
+                .telemetry
+                .zk_request("set_data", backend.values.put(&live.client, key, &body)),
+        )
         .await;
     // Whatever happened, the copy may be stale now: the writer's next GET reads ZooKeeper.
     backend.mirror.invalidate(key);
@@ -621,7 +632,11 @@ async fn delete_value(backend: &Backend, key: &EnvKey) -> Reply {
         return not_connected();
     };
     let deleted = backend
-        .bounded(backend.values.delete(&live.client, key))
+        .bounded(
+            backend
+                .telemetry
+                .zk_request("delete", backend.values.delete(&live.client, key)),
+        )
         .await;
     backend.mirror.invalidate(key);
     let Some(deleted) = deleted else {

@@ -123,7 +123,8 @@ impl Telemetry {
         board.session.expirations += 1;
     }
 
-    /// Times `request`, a ZooKeeper operation named `op` (`get_data`, `multi`, …).
+    /// Times `request`, a ZooKeeper operation named `op` (`get_data`, `multi`, …): the
+    /// director's reads and fenced writes, the gateway's reads, syncs and writes.
     pub async fn zk_request<T>(&self, op: &'static str, request: impl Future<Output = T>) -> T {
         let started = std::time::Instant::now();
         let result = request.await;
@@ -330,7 +331,8 @@ impl Telemetry {
         view.publishes += 1;
     }
 
-    /// The value this director found already holds what it derived.
+    /// The value this director found already holds what it derived (a hold then ends with the
+    /// record the caller clears).
     pub fn unchanged(&self, key: &str, digest: &str, bytes: usize) {
         self.metrics
             .publishes

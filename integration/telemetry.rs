@@ -421,3 +421,226 @@ fn the_gateway_counts_requests_and_where_answers_came_from() {
     assert_eq!(page["gateway"]["ready"], true, "{page}");
     assert_eq!(page["session"]["state"], "connected", "{page}");
 }
+
+/// Debian's Chromium, headless, with what keeps it off the network; `args` are its own.
+fn chromium(profile: &std::path::Path, args: &[&str], url: &str) -> std::process::Output {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium (Debian's package; scripts/test installs it)");
+    assert!(out.status.success(), "chromium failed: {}", describe(&out));
+    out
+}
+
+/// What the page printed to the browser's console (Chromium logs each message as `CONSOLE`).
+fn console_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The page at `url` as the browser made it once its script ran; fails on script errors or
+/// anything in the console.
+async fn rendered(s: &Scratch, url: &str) -> String {
+    let page = tokio::task::spawn_blocking({
+        let (profile, url) = (s.path("profile"), url.to_owned());
+        move || {
+            chromium(
+                &profile,
+                &["--virtual-time-budget=3000", "--dump-dom"],
+                &url,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&page.stdout).into_owned();
+    assert!(
+        dom.contains("data-rendered="),
+        "the script never rendered: {dom}"
+    );
+    assert!(!dom.contains("data-errors="), "script errors: {dom}");
+    assert_eq!(
+        console_lines(&page.stderr),
+        Vec::<String>::new(),
+        "the console"
+    );
+    dom
+}
+
+/// The status page in a real browser: its script renders `/status.json` (the text a person
+/// reads), nothing goes wrong in the console, and a screenshot is taken.
+#[tokio::test]
+async fn the_status_page_renders_in_a_browser() {
+    let root = root("tm_browser");
+    let s = Scratch::new("tm_browser");
+    let client = client().await;
+    let d = Daemon::spawn(
+        herald(&root)
+            .args(["director", "--key", "HOSTS", "--service", "pg"])
+            .args(["--preset", "hostports", "--settle", "0s"])
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let port = metrics_port(&d);
+    let dir =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    client
+        .mkdir(&format!("{root}/services/pg"), &dir)
+        .await
+        .unwrap();
+    let node =
+        zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+    let doc = r#"{"name":"pg","id":"a","address":"10.9.8.7","port":5432,"payload":{"weight":1},"serviceType":"DYNAMIC"}"#;
+    client
+        .create(&format!("{root}/services/pg/a"), doc.as_bytes(), &node)
+        .await
+        .unwrap();
+    value_becomes(
+        &client,
+        &format!("{root}/environment/HOSTS"),
+        "10.9.8.7:5432",
+    )
+    .await;
+    scrape_until(
+        port,
+        r#"herald_director_publishes_total{key="HOSTS",result="published"}"#,
+        1.0,
+    );
+    let digest = status(port)["outputs"]["HOSTS"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let url = format!("http://127.0.0.1:{port}/status");
+    let page = tokio::task::spawn_blocking({
+        let (profile, url) = (s.path("profile"), url.clone());
+        move || {
+            chromium(
+                &profile,
+                &["--virtual-time-budget=3000", "--dump-dom"],
+                &url,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        dom.contains("data-rendered="),
+        "the script never rendered: {dom}"
+    );
+    assert!(!dom.contains("data-errors="), "script errors: {dom}");
+    for text in [
+        "herald",
+        "director",
+        "HOSTS",
+        "leading",
+        "connected",
+        &digest,
+    ] {
+        assert!(dom.contains(text), "{text:?} not on the page: {dom}");
+    }
+    assert!(!dom.contains("10.9.8.7"), "the value is on the page: {dom}");
+    assert_eq!(
+        console_lines(&page.stderr),
+        Vec::<String>::new(),
+        "the console"
+    );
+
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let taken = tokio::task::spawn_blocking({
+        let (profile, shot) = (s.path("profile"), shot.clone());
+        move || {
+            chromium(
+                &profile,
+                &[
+                    "--virtual-time-budget=3000",
+                    "--window-size=1280,800",
+                    "--hide-scrollbars",
+                    &format!("--screenshot={}", shot.display()),
+                ],
+                &url,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        console_lines(&taken.stderr),
+        Vec::<String>::new(),
+        "the console"
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+}
+
+/// An agent's page: its registration, the check that fails and why, the drain reason.
+#[tokio::test]
+async fn an_agent_s_page_shows_its_checks_and_drain_in_a_browser() {
+    let root = root("tm_browser_agent");
+    let s = Scratch::new("tm_browser_agent");
+    let flag = s.path("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let agent = Daemon::spawn(
+        herald(&root)
+            .args(["announce", "--service", "pg", "--id", "db1"])
+            .args(["--address", "127.0.0.1", "--port", "5432"])
+            .arg("--check")
+            .arg(format!("exec:test -e {}", flag.display()))
+            .args(["--check-interval", "100ms", "--rise", "1", "--fall", "1"])
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let port = metrics_port(&agent);
+    scrape_until(port, r#"herald_registered{service="pg"}"#, 1.0);
+    let drained = run(herald("/unused")
+        .args([
+            "drain",
+            "--soft",
+            "--reason",
+            "kernel upgrade",
+            "--control-dir",
+        ])
+        .arg(s.path("control")));
+    assert!(drained.status.success(), "{}", describe(&drained));
+    scrape_until(port, r#"herald_drained{service="pg"}"#, 1.0);
+    let dom = rendered(&s, &format!("http://127.0.0.1:{port}/status")).await;
+    for text in [
+        "pg/db1",
+        "registered",
+        "drained soft",
+        "kernel upgrade",
+        "passing",
+        "exec:test",
+    ] {
+        assert!(dom.contains(text), "{text:?} not on the page: {dom}");
+    }
+    std::fs::remove_file(&flag).unwrap();
+    scrape_until(port, r#"herald_registered{service="pg"}"#, 0.0);
+    let dom = rendered(&s, &format!("http://127.0.0.1:{port}/status")).await;
+    for text in ["not registered", "failing", "— exit 1"] {
+        assert!(dom.contains(text), "{text:?} not on the page: {dom}");
+    }
+}

@@ -28,10 +28,7 @@ impl MetricsArgs {
         let Some(address) = &self.metrics_listen else {
             return Ok(());
         };
-        let shown = match address {
-            Address::Tcp(addr) => addr.to_string(),
-            Address::Unix(path) => format!("unix:{}", path.display()),
-        };
+        let shown = address.to_string();
         let listener = Listener::bind(address).await.map_err(|err| match err {
             SocketError::Io { .. } => anyhow::Error::new(err).context(format!(
                 "cannot listen on {shown}; pick another --metrics-listen"

@@ -214,47 +214,53 @@ pub async fn run(zk_args: &ZkArgs, args: WatchArgs) -> anyhow::Result<()> {
     let serving = CancellationToken::new();
     let _stop_serving = serving.clone().drop_guard();
     args.metrics.start(&telemetry, &serving).await?;
-    let session =
-        match Session::open(target.config.clone(), &telemetry, CancellationToken::new()).await {
-            Ok(session) => session,
-            Err(err) if err.is_unreachable() => {
-                // The last known values, if every key has one: written now, followed once
-                // ZooKeeper answers.
-                let why = err.to_string();
-                let mut kept = Vec::with_capacity(keys.len());
-                for key in &keys {
-                    match last_known::fallback(cache.as_ref(), args.cache.max_stale, key, &why)? {
-                        Some(cached) => kept.push(Some(cached.value)),
-                        None => return Err(err.into()),
+    let session = match Session::open(target.config.clone(), &telemetry, CancellationToken::new())
+        .await
+    {
+        Ok(session) => session,
+        Err(err) if err.is_unreachable() => {
+            // The last known values, if every key has one: written now, followed once
+            // ZooKeeper answers.
+            let why = err.to_string();
+            let mut kept = Vec::with_capacity(keys.len());
+            for key in &keys {
+                match last_known::fallback(cache.as_ref(), args.cache.max_stale, key, &why)? {
+                    Some(cached) => {
+                        let read_at = cached.read_at.duration_since(std::time::UNIX_EPOCH);
+                        telemetry
+                            .watch_read(&watched, Some(read_at.map_or(0.0, |d| d.as_secs_f64())));
+                        kept.push(Some(cached.value))
                     }
-                }
-                let content = render(&embed, &keys, &kept)?;
-                deliver(file.as_mut(), &content, args.null, &telemetry).await?;
-                if args.once {
-                    return Ok(());
-                }
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = term.recv() => return Ok(()),
-                        _ = int.recv() => return Ok(()),
-                    }
-                    match Session::open(target.config.clone(), &telemetry, CancellationToken::new())
-                        .await
-                    {
-                        Ok(session) => {
-                            tracing::info!("reached ZooKeeper; following the values again");
-                            break session;
-                        }
-                        Err(err) if err.is_unreachable() => {
-                            tracing::debug!(error = %err, "ZooKeeper still cannot be reached");
-                        }
-                        Err(err) => return Err(err.into()),
-                    }
+                    None => return Err(err.into()),
                 }
             }
-            Err(err) => return Err(err.into()),
-        };
+            let content = render(&embed, &keys, &kept)?;
+            deliver(file.as_mut(), &content, args.null, &telemetry).await?;
+            if args.once {
+                return Ok(());
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = term.recv() => return Ok(()),
+                    _ = int.recv() => return Ok(()),
+                }
+                match Session::open(target.config.clone(), &telemetry, CancellationToken::new())
+                    .await
+                {
+                    Ok(session) => {
+                        tracing::info!("reached ZooKeeper; following the values again");
+                        break session;
+                    }
+                    Err(err) if err.is_unreachable() => {
+                        tracing::debug!(error = %err, "ZooKeeper still cannot be reached");
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Err(err) => return Err(err.into()),
+    };
     let handle = session.handle();
     let values = &target.values;
     // Per key: the value each watch compares against (None: wait for it to exist), and the

@@ -39,6 +39,16 @@ impl std::str::FromStr for Address {
     }
 }
 
+impl std::fmt::Display for Address {
+    /// As `--listen` takes it: `HOST:PORT` or `unix:PATH`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 impl Address {
     /// Whether only this machine can reach it: loopback, or a Unix socket.
     pub fn is_local(&self) -> bool {

@@ -400,17 +400,18 @@ async fn get_value(backend: &Backend, key: &EnvKey, fresh: bool) -> Reply {
         );
     }
     let unchanged = had.is_some_and(|had| had.as_deref() == found.as_deref());
+    // Kept before the answer goes out: a gateway killed right after answering still has on
+    // disk what it answered (only a new or changed value is written, so this costs a miss).
     if let Some(cache) = backend.cache.as_ref().filter(|_| !unchanged) {
         let (cache, key, found) = (cache.clone(), key.clone(), found.clone());
-        tokio::task::spawn_blocking(move || {
-            let done = match &found {
-                Some(value) => cache.store(&key, value),
-                None => cache.forget(&key),
-            };
-            if let Err(err) = done {
-                tracing::debug!("cannot keep the last known value: {err}");
-            }
-        });
+        let kept = tokio::task::spawn_blocking(move || match &found {
+            Some(value) => cache.store(&key, value),
+            None => cache.forget(&key),
+        })
+        .await;
+        if let Ok(Err(err)) = kept {
+            tracing::debug!("cannot keep the last known value: {err}");
+        }
     }
     held(
         backend,

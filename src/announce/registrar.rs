@@ -25,8 +25,9 @@ pub enum Registered {
     Yes,
 }
 
-/// What the registrar last converged to: the node's state, and the wanted state it acted on
-/// (so a caller that changed "wanted" knows when its change has been carried out).
+/// What the registrar last converged to: the node's state, and the wanted state it is acting on
+/// (said before its round starts, so a caller that changed "wanted" knows when its change has
+/// been carried out, never mistaking an earlier round's state for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
     pub registered: Registered,
@@ -96,6 +97,10 @@ pub async fn maintain(
             }
             doc.generation
         };
+        // Said before acting on it: a status left from an earlier round (drained, not
+        // registered) must not pass for this change carried out while the round still runs
+        // (`herald drain` right after an undrain would return with the node still there).
+        status.send_if_modified(|s| std::mem::replace(&mut s.wanted, wanted) != wanted);
         let mut next = Next::default();
         match reg.round(&live, wanted, &mut next).await {
             Ok(()) => {}

@@ -601,8 +601,11 @@ async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_s
         "hostports",
         "--reconcile",
         "10m",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     let director = Daemon::spawn(&mut command);
+    let metrics = metrics_port(&director);
     put_instance(&client, root, "static", 9100).await;
     let mut agent = api_agent(root, &connect, &s, "a9000", 9000);
     let path = format!("{root}/environment/API_HOSTS");
@@ -630,16 +633,38 @@ async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_s
     .await;
     let before = relists(&director);
     let driver = ensemble.clone();
-    tokio::task::spawn_blocking(move || {
+    let on = tokio::task::spawn_blocking(move || {
         let n = wait_for("the director's server", || driver.server_of(session));
+        // Its status page names the server ZooKeeper says holds the session.
+        let said = status(metrics)["session"]["server"].clone();
+        assert_eq!(said, format!("tcp://127.0.0.1:{}", driver.client_port(n)));
         driver.kill(n);
         driver.restart(n);
+        n
     })
     .await
     .unwrap();
     director
         .wait_log("listing the instances again", before + 1)
         .await;
+    // ... and then the one it moved to.
+    let driver = ensemble.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the status page to name the new server", || {
+            let page = status(metrics);
+            let now = driver.server_of(session).ok_or("no server holds the session")?;
+            let want = format!("tcp://127.0.0.1:{}", driver.client_port(now));
+            // At least two reconnects: the leader kill and this restart.
+            let reconnects = page["session"]["reconnects"].as_u64().unwrap_or(0);
+            if page["session"]["server"] == want.as_str() && reconnects >= 2 {
+                Ok(())
+            } else {
+                Err(format!("on server {now}, was {on}: {}", page["session"]))
+            }
+        })
+    })
+    .await
+    .unwrap();
     let _agent = changes_reach_the_value(&client, root, &connect, &s, agent, 2).await;
     assert_eq!(
         director.count("election: leading"),

@@ -11,44 +11,6 @@ use std::process::{Command, Stdio};
 
 use support::{Daemon, *};
 
-/// `GET path` on `port`: status and body.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
-/// The port in the `serving metrics and status listen=ADDRESS` line.
-fn metrics_port(daemon: &Daemon) -> u16 {
-    wait_for("the metrics listener", || {
-        let log = daemon.stderr();
-        let line = log
-            .lines()
-            .find(|l| l.contains("serving metrics and status"))?;
-        let address = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))?;
-        address
-            .trim_matches('"')
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .map(|a| a.port())
-    })
-}
-
 /// One sample: its name and labels (sorted), as the parser gives them.
 type Samples = BTreeMap<String, f64>;
 
@@ -100,11 +62,6 @@ fn scrape_until(port: u16, sample: &str, value: f64) -> Samples {
     })
 }
 
-fn status(port: u16) -> serde_json::Value {
-    let (code, body) = get(port, "/status.json");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
 
 #[tokio::test]
 async fn a_director_counts_its_publishes_and_holds() {

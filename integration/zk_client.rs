@@ -328,3 +328,23 @@ async fn requests_in_flight_when_the_server_dies_fail_with_connection_loss() {
         );
     }
 }
+
+/// `Client::server` names the server the session is on: with a dead address first in the
+/// connect string, the live one; the same after the server restarts and the session reconnects.
+#[tokio::test]
+async fn the_client_names_the_server_its_session_is_on() {
+    let server = Standalone::start("server_name").await;
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let client = connect(&format!("{dead},{}", server.connect_string())).await;
+    let live = format!("tcp://{}", server.connect_string());
+    assert_eq!(client.server().as_deref(), Some(live.as_str()));
+    let chrooted = client.clone().chroot("/").unwrap_or_else(|c| c);
+    assert_eq!(chrooted.server().as_deref(), Some(live.as_str()));
+
+    let mut states = States::record(&client);
+    server.stop(libc::SIGTERM).await;
+    states.expect(SessionState::Disconnected, DEADLINE).await;
+    server.restart().await;
+    states.expect(SessionState::SyncConnected, DEADLINE).await;
+    assert_eq!(client.server().as_deref(), Some(live.as_str()));
+}

@@ -259,6 +259,11 @@ impl Ensemble {
     }
 
     /// SIGKILLs server `n` and waits until it no longer serves.
+    /// The client port of server `n` (1..=3).
+    pub fn client_port(&self, n: usize) -> u16 {
+        self.ports[n - 1].0
+    }
+
     pub fn kill(&self, n: usize) {
         let pid = self.pids.lock().unwrap()[n - 1];
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -829,8 +834,6 @@ pub fn send_signal(pid: u32, signal: i32) {
     assert_eq!(rc, 0, "kill({pid}, {signal})");
 }
 
-/// A long-running herald process (agent, director, watcher) whose stderr is collected in the
-/// background, so a test can wait for a log line; killed when dropped, however the test ends.
 /// The port of the first log line holding `marker` and `listen=ADDRESS` (a server started on
 /// port 0 says where the kernel put it).
 pub fn listening_port(log: &str, marker: &str) -> Option<u16> {
@@ -845,6 +848,42 @@ pub fn listening_port(log: &str, marker: &str) -> Option<u16> {
         .map(|a| a.port())
 }
 
+/// `GET path` on `port`: status and body.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The port in the `serving metrics and status listen=ADDRESS` line.
+pub fn metrics_port(daemon: &Daemon) -> u16 {
+    wait_for("the metrics listener", || {
+        listening_port(&daemon.stderr(), "serving metrics and status")
+    })
+}
+
+/// The process's `/status.json` on `port`.
+pub fn status(port: u16) -> serde_json::Value {
+    let (code, body) = get(port, "/status.json");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A long-running herald process (agent, director, watcher) whose stderr is collected in the
+/// background, so a test can wait for a log line; killed when dropped, however the test ends.
 pub struct Daemon {
     pub child: Child,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,

@@ -39,6 +39,8 @@ pub struct SessionView {
     pub state: &'static str,
     /// The connect string's hosts.
     pub servers: String,
+    /// The server the session is (or was last) connected to, `tcp://host:port`.
+    pub server: Option<String>,
     /// In hex, as ZooKeeper's logs write it.
     pub session_id: Option<String>,
     pub since: f64,

@@ -90,10 +90,11 @@ impl Telemetry {
     }
 
     /// A session is established (the first, or a new one after an expiry).
-    pub fn session_established(&self, session_id: i64) {
+    pub fn session_established(&self, session_id: i64, server: Option<&str>) {
         self.metrics.zk_connected.set(1);
         let mut board = self.board();
         board.session.state = "connected";
+        board.session.server = server.map(str::to_owned);
         board.session.session_id = Some(format!("{session_id:#x}"));
         board.session.since = now();
     }
@@ -105,11 +106,13 @@ impl Telemetry {
         board.session.since = now();
     }
 
-    pub fn session_reconnected(&self) {
+    /// Reconnected to `server`, the same session.
+    pub fn session_reconnected(&self, server: Option<&str>) {
         self.metrics.zk_connected.set(1);
         self.metrics.zk_reconnects.inc();
         let mut board = self.board();
         board.session.state = "connected";
+        board.session.server = server.map(str::to_owned);
         board.session.since = now();
         board.session.reconnects += 1;
     }

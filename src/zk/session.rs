@@ -153,7 +153,7 @@ impl Session {
     ) -> Result<Session, ZkError> {
         telemetry.session_servers(cfg.connect.hosts());
         let client = connect(&cfg).await?;
-        telemetry.session_established(client.session_id().0);
+        telemetry.session_established(client.session_id().0, client.server().as_deref());
         let span = info_span!("session", zk = %cfg.connect.hosts());
         let (tx, live) = watch::channel(Live {
             client,
@@ -257,9 +257,10 @@ async fn keep(
         }
     };
     loop {
-        let (mut states, session_id, generation) = {
+        let (client, mut states, session_id, generation) = {
             let live = tx.borrow();
             (
+                live.client.clone(),
                 live.client.state_watcher(),
                 live.client.session_id(),
                 live.generation,
@@ -275,11 +276,12 @@ async fn keep(
                 state = states.changed() => match state {
                     zk::SessionState::Disconnected => {
                         telemetry.session_disconnected();
-                        warn!(session = %session_id, "lost the connection to ZooKeeper; reconnecting")
+                        warn!(session = %session_id, server = client.server().unwrap_or_default(), "lost the connection to ZooKeeper; reconnecting")
                     }
                     zk::SessionState::SyncConnected => {
-                        telemetry.session_reconnected();
-                        info!(session = %session_id, "reconnected to ZooKeeper")
+                        let server = client.server();
+                        telemetry.session_reconnected(server.as_deref());
+                        info!(session = %session_id, server = server.unwrap_or_default(), "reconnected to ZooKeeper")
                     }
                     _ => {}
                 },
@@ -315,8 +317,8 @@ async fn keep(
             _ = cancel.cancelled() => return,
             rebuilt = rebuild => match rebuilt {
                 Ok(client) => {
-                    telemetry.session_established(client.session_id().0);
-                    info!(session = %client.session_id(), generation = generation + 1, "new ZooKeeper session");
+                    telemetry.session_established(client.session_id().0, client.server().as_deref());
+                    info!(session = %client.session_id(), server = client.server().unwrap_or_default(), generation = generation + 1, "new ZooKeeper session");
                     tx.send_replace(Live { client, generation: generation + 1 });
                 }
                 Err(err) => return fail(err),

@@ -225,6 +225,8 @@ pub struct Client {
     session_timeout: Duration,
     requester: Arc<mpsc::UnboundedSender<Request>>,
     state_watcher: StateWatcher,
+    // herald patch: see `Client::server`.
+    server: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Client {
@@ -247,8 +249,9 @@ impl Client {
         timeout: Duration,
         requester: Arc<mpsc::UnboundedSender<Request>>,
         state_watcher: StateWatcher,
+        server: Arc<std::sync::Mutex<Option<String>>>,
     ) -> Client {
-        Client { chroot, version, session, session_timeout: timeout, requester, state_watcher }
+        Client { chroot, version, session, session_timeout: timeout, requester, state_watcher, server }
     }
 
     fn validate_path<'a>(&'a self, path: &'a str) -> Result<ChrootPath<'a>> {
@@ -287,6 +290,14 @@ impl Client {
     /// Latest session state.
     pub fn state(&self) -> SessionState {
         self.state_watcher.peek_state()
+    }
+
+    /// herald patch: the server of the session's latest connection, as `tcp://host:port` (or
+    /// `tcp+tls://host:port`), the way the connect string names it. While [Self::state] is
+    /// [SessionState::SyncConnected] (or read-only connected) it is the server the session is
+    /// on; after a disconnection it names the last one until the next connection is made.
+    pub fn server(&self) -> Option<String> {
+        self.server.lock().ok().and_then(|server| server.clone())
     }
 
     /// Creates a [StateWatcher] to track future session state updates.
@@ -1774,13 +1785,14 @@ impl Connector {
         let session_info = session.session.clone();
         let session_timeout = session.session_timeout;
         let mut state_watcher = StateWatcher::new(session.subscribe_state());
+        let server = session.server_cell();
         // Consume all state changes so far.
         state_watcher.state();
         asyncs::spawn(async move {
             session.serve(endpoints, conn, buf, depot, receiver).await;
         });
         let client =
-            Client::new(chroot.to_owned(), self.server_version, session_info, session_timeout, sender, state_watcher);
+            Client::new(chroot.to_owned(), self.server_version, session_info, session_timeout, sender, state_watcher, server);
         Ok(client)
     }
 

@@ -7,7 +7,7 @@ mod watch;
 mod xid;
 
 use std::pin::pin;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
@@ -149,6 +149,8 @@ impl Builder {
 
             authes: self.authes,
             state_sender,
+            // herald patch: the server of the latest connection (see `Client::server`).
+            server: Arc::new(std::sync::Mutex::new(None)),
             watch_manager,
         };
         let timeout = if self.session_timeout.is_zero() { DEFAULT_SESSION_TIMEOUT } else { self.session_timeout };
@@ -184,6 +186,9 @@ pub struct Session {
 
     pub authes: Vec<MarshalledRequest>,
     state_sender: sync::watch::Sender<SessionState>,
+    /// herald patch: the server (`tcp://host:port`, `tcp+tls://…`) of the latest connection, shared with every
+    /// `Client` of this session.
+    server: Arc<std::sync::Mutex<Option<String>>>,
 
     watch_manager: WatchManager,
 }
@@ -208,6 +213,11 @@ impl Session {
 
     pub fn subscribe_state(&self) -> sync::watch::Receiver<SessionState> {
         self.state_sender.subscribe()
+    }
+
+    /// herald patch: the cell `Client::server` reads.
+    pub fn server_cell(&self) -> Arc<std::sync::Mutex<Option<String>>> {
+        self.server.clone()
     }
 
     #[instrument(name = "serve", skip_all, fields(session = display(self.session.id)))]
@@ -658,6 +668,11 @@ impl Session {
             },
             Ok(conn) => {
                 debug!("succeeds in connecting to {}", endpoint);
+                // herald patch: set before the handshake, so by the time the session state
+                // says connected it names this connection's server.
+                if let Ok(mut server) = self.server.lock() {
+                    *server = Some(endpoint.to_string());
+                }
                 conn
             },
         };

@@ -652,7 +652,9 @@ async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_s
     tokio::task::spawn_blocking(move || {
         wait_until("the status page to name the new server", || {
             let page = status(metrics);
-            let now = driver.server_of(session).ok_or("no server holds the session")?;
+            let now = driver
+                .server_of(session)
+                .ok_or("no server holds the session")?;
             let want = format!("tcp://127.0.0.1:{}", driver.client_port(now));
             // At least two reconnects: the leader kill and this restart.
             let reconnects = page["session"]["reconnects"].as_u64().unwrap_or(0);

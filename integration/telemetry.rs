@@ -62,7 +62,6 @@ fn scrape_until(port: u16, sample: &str, value: f64) -> Samples {
     })
 }
 
-
 #[tokio::test]
 async fn a_director_counts_its_publishes_and_holds() {
     let root = root("tm_director");
@@ -117,7 +116,10 @@ async fn a_director_counts_its_publishes_and_holds() {
         samples[r#"herald_director_publishes_total{key="HOSTS",result="published"}"#] >= 1.0,
         "{samples:?}"
     );
-    assert!(samples[r#"herald_zk_request_duration_seconds_count{op="multi"}"#] >= 1.0);
+    for op in ["multi", "list_service", "get_data"] {
+        let count = format!(r#"herald_zk_request_duration_seconds_count{{op="{op}"}}"#);
+        assert!(samples.get(&count) >= Some(&1.0), "{count}: {samples:?}");
+    }
     assert!(samples[r#"herald_director_convergence_seconds_count{key="HOSTS"}"#] >= 1.0);
     assert!(samples[r#"herald_director_last_publish_timestamp_seconds{key="HOSTS"}"#] > 1.7e9);
 
@@ -210,6 +212,11 @@ async fn an_agent_counts_registrations_checks_and_drains() {
         )
     };
     assert_eq!(samples[r#"herald_registrations_total{service="pg"}"#], 2.0);
+    // Two registrations and two deregistrations, each timed.
+    for op in ["register", "deregister"] {
+        let count = format!(r#"herald_zk_request_duration_seconds_count{{op="{op}"}}"#);
+        assert!(samples.get(&count) >= Some(&2.0), "{count}: {samples:?}");
+    }
 }
 
 #[test]
@@ -479,10 +486,15 @@ async fn the_status_page_renders_in_a_browser() {
         r#"herald_director_publishes_total{key="HOSTS",result="published"}"#,
         1.0,
     );
-    let digest = status(port)["outputs"]["HOSTS"]["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let output = status(port)["outputs"]["HOSTS"].clone();
+    let digest = output["digest"].as_str().unwrap().to_owned();
+    // The mzxid ZooKeeper holds for the value, as its tools write it.
+    let (_, stat) = client
+        .get_data(&format!("{root}/environment/HOSTS"))
+        .await
+        .unwrap();
+    let mzxid = format!("{:#x}", stat.mzxid);
+    assert_eq!(output["mzxid"], mzxid.as_str(), "{output}");
 
     let url = format!("http://127.0.0.1:{port}/status");
     let page = tokio::task::spawn_blocking({
@@ -510,6 +522,8 @@ async fn the_status_page_renders_in_a_browser() {
         "leading",
         "connected",
         &digest,
+        &mzxid,
+        &format!("tcp://{}", zk().connect_string()),
     ] {
         assert!(dom.contains(text), "{text:?} not on the page: {dom}");
     }

@@ -16,6 +16,7 @@ use super::AnnounceError;
 use super::document::Document;
 use super::node::{Claim, Node, Owned};
 use crate::departure::Departure;
+use crate::telemetry::Telemetry;
 use crate::zk::{Live, SessionHandle, ZkError, state_error};
 
 /// Whether the node exists, for drain feedback and status.
@@ -87,6 +88,7 @@ pub async fn maintain(
         duplicate_wait,
         why,
         left: None,
+        telemetry: session.telemetry().clone(),
     };
     loop {
         let wanted = *want.borrow_and_update();
@@ -204,6 +206,7 @@ struct Registrar {
     why: Why,
     /// Why we last deleted our node (cleared when a session loses it or it is registered).
     left: Option<Departure>,
+    telemetry: Telemetry,
 }
 
 impl Registrar {
@@ -214,9 +217,8 @@ impl Registrar {
         if !wanted {
             if self.ours.is_some() || self.maybe {
                 let why = (self.why)(false);
-                self.node
-                    .release(client, self.ours.map(|o| o.czxid), why)
-                    .await?;
+                let release = self.node.release(client, self.ours.map(|o| o.czxid), why);
+                self.telemetry.zk_request("deregister", release).await?;
                 if self.ours.take().is_some() {
                     info!(path = %path, reason = %why, "deregistered");
                     self.left = Some(why);
@@ -226,7 +228,11 @@ impl Registrar {
             return Ok(());
         }
         self.maybe = true;
-        match self.node.claim(client).await? {
+        match self
+            .telemetry
+            .zk_request("register", self.node.claim(client))
+            .await?
+        {
             Claim::Ours(claimed) => {
                 let (stat, watcher) = client.check_and_watch_stat(path).await?;
                 match stat {
@@ -315,11 +321,10 @@ impl Registrar {
         }
         let why = (self.why)(true);
         loop {
-            match self
+            let release = self
                 .node
-                .release(&live.client, self.ours.map(|o| o.czxid), why)
-                .await
-            {
+                .release(&live.client, self.ours.map(|o| o.czxid), why);
+            match self.telemetry.zk_request("deregister", release).await {
                 Ok(()) => {
                     if self.ours.take().is_some() {
                         info!(path = %self.node.path, reason = %why, "deregistered");

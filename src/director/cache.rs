@@ -286,7 +286,8 @@ impl Follower {
         let instance = if kind == EventType::NodeDeleted {
             None
         } else {
-            match client.get_data(path).await {
+            let read = client.get_data(path);
+            match self.session.telemetry().zk_request("get_data", read).await {
                 Ok((data, stat)) => catalog::admit(path, &service, id.clone(), &data, &stat),
                 Err(zk::Error::NoNode) => None,
                 Err(zk::Error::NoAuth) => {
@@ -330,7 +331,8 @@ impl Follower {
         id: &InstanceId,
     ) -> Option<Departure> {
         let path = self.layout.departure(service, id);
-        match client.get_data(&path).await {
+        let read = client.get_data(&path);
+        match self.session.telemetry().zk_request("get_data", read).await {
             Ok((record, _)) => Some(Departure::parse(&record)),
             Err(zk::Error::NoNode) => None,
             Err(zk::Error::NoAuth) => Some(Departure::Unknown),
@@ -395,8 +397,10 @@ impl Follower {
         let mut listings = tokio::task::JoinSet::new();
         for service in &self.services {
             let (client, layout, service) = (client.clone(), self.layout.clone(), service.clone());
+            let telemetry = self.session.telemetry().clone();
             listings.spawn(async move {
-                let found = catalog::instances(&client, &layout, &service).await;
+                let listing = catalog::instances(&client, &layout, &service);
+                let found = telemetry.zk_request("list_service", listing).await;
                 (service, found)
             });
         }
@@ -459,7 +463,12 @@ impl Follower {
         service: &ServiceName,
         at: Instant,
     ) -> Result<(), ZkError> {
-        let found = catalog::instances(client, &self.layout, service).await?;
+        let listing = catalog::instances(client, &self.layout, service);
+        let found = self
+            .session
+            .telemetry()
+            .zk_request("list_service", listing)
+            .await?;
         let fresh: BTreeMap<_, _> = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let old = self.tx.borrow().services.get(service).cloned();
         let moved = self.departures(client, service, old.as_ref(), &fresh).await;

@@ -15,7 +15,9 @@ use crate::zk::ZkError;
 /// What a fenced write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced {
-    Published,
+    /// Written; `zxid` is the value's mzxid after the write (`None` when only the output's
+    /// other znodes were written, or the value's stat could not be read after its create).
+    Published { zxid: Option<i64> },
     /// This director no longer leads: nothing was written.
     Deposed,
 }
@@ -73,7 +75,7 @@ pub async fn publish(
         });
     }
     if writes.is_empty() {
-        return Ok(Fenced::Published);
+        return Ok(Fenced::Published { zxid: None });
     }
     let client = &lead.live.client;
     for _ in 0..8 {
@@ -92,7 +94,28 @@ pub async fn publish(
             .map_err(|e| op(&w.path, e))?;
         }
         let (index, source) = match multi.commit().await {
-            Ok(_) => return Ok(Fenced::Published),
+            Ok(results) => {
+                // The value, when written, is the first write after the fence. A create in a
+                // multi-op comes back without its stat (ZOOKEEPER-4026): the value's first
+                // publish reads it.
+                let zxid = match results.get(1) {
+                    Some(zk::MultiWriteResult::SetData { stat }) if value.is_some() => {
+                        Some(stat.mzxid)
+                    }
+                    Some(zk::MultiWriteResult::Create { stat, .. }) if value.is_some() => {
+                        if stat.is_invalid() {
+                            match client.check_stat(&writes[0].path).await {
+                                Ok(stat) => stat.map(|s| s.mzxid),
+                                Err(_) => None,
+                            }
+                        } else {
+                            Some(stat.mzxid)
+                        }
+                    }
+                    _ => None,
+                };
+                return Ok(Fenced::Published { zxid });
+            }
             Err(MultiWriteError::OperationFailed { index, source }) => (index, source),
             Err(err) => {
                 let err: zk::Error = err.into();

@@ -244,14 +244,16 @@ async fn serve(
         }
     };
     // What is published now: only different bytes are written.
-    let current = shared.values.get(&lead.live.client, key);
-    let mut published = match shared.telemetry.zk_request("get_data", current).await {
-        Ok(value) => value,
-        Err(err) => {
-            warn!(error = %err, "cannot read the current value; trying again in 1s");
-            return Ended::Failed;
-        }
-    };
+    let current = read_value(&lead.live.client, &value_path);
+    // What is published, and its mzxid when known (the status page shows it).
+    let (mut published, mut published_zxid) =
+        match shared.telemetry.zk_request("get_data", current).await {
+            Ok((value, stat)) => (value, stat.map(|s| s.mzxid)),
+            Err(err) => {
+                warn!(error = %err, "cannot read the current value; trying again in 1s");
+                return Ended::Failed;
+            }
+        };
     // The stable member numbers, when the output keeps them: read once, then ours to write.
     let mut slot_map: Option<StoredSlots> = None;
     if output.slots {
@@ -354,8 +356,12 @@ async fn serve(
                         continue;
                     }
                     match shared.telemetry.zk_request("get_data", read_value(&lead.live.client, &value_path)).await {
-                        Ok((now, _)) if now == published => continue,
+                        Ok((now, stat)) if now == published => {
+                            published_zxid = stat.map(|s| s.mzxid);
+                            continue;
+                        }
                         Ok((now, stat)) => {
+                            published_zxid = stat.as_ref().map(|s| s.mzxid);
                             warn!(
                                 mzxid = format_args!("{:#x}", stat.as_ref().map_or(0, |s| s.mzxid)),
                                 version = stat.as_ref().map_or(-1, |s| s.version),
@@ -660,7 +666,8 @@ async fn serve(
                 .zk_request("get_data", read_value(&lead.live.client, &value_path))
                 .await
             {
-                Ok((now, _)) => {
+                Ok((now, stat)) => {
+                    published_zxid = stat.map(|s| s.mzxid);
                     if let Some(applied) = now
                         .as_deref()
                         .filter(|n| Some(*n) == unsure_value.as_deref())
@@ -668,8 +675,7 @@ async fn serve(
                         // Applied after all: logged (and counted) as the publish it was.
                         shared.telemetry.published(
                             key.as_str(),
-                            &digest(Some(applied)),
-                            applied.len(),
+                            (&digest(Some(applied)), applied.len(), published_zxid),
                             last_change,
                         );
                         info!(
@@ -696,9 +702,10 @@ async fn serve(
         }
         if published.as_deref() == Some(value.as_slice()) && slots_same && excluded_same {
             debug!(instances = instances.len(), "the value is unchanged");
-            shared
-                .telemetry
-                .unchanged(key.as_str(), &digest(Some(&value)), value.len());
+            shared.telemetry.unchanged(
+                key.as_str(),
+                (&digest(Some(&value)), value.len(), published_zxid),
+            );
             guards.published(instances.len(), Instant::now());
             held = None;
             if let Some(ended) =
@@ -785,7 +792,8 @@ async fn serve(
             &beside,
         );
         match shared.telemetry.zk_request("multi", written).await {
-            Ok(Fenced::Published) => {
+            Ok(Fenced::Published { zxid }) => {
+                published_zxid = zxid;
                 if let Some(assigned) = assigned {
                     for reused in &assigned.reused {
                         warn!(slot = reused.slot, instance = %reused.instance, was = %reused.was, "every slot is used: a retired slot went to a new address, which a running pgpool applies only when it restarts");
@@ -809,8 +817,7 @@ async fn serve(
                 );
                 shared.telemetry.published(
                     key.as_str(),
-                    &digest(Some(&value)),
-                    value.len(),
+                    (&digest(Some(&value)), value.len(), zxid),
                     last_change,
                 );
                 published = Some(value);
@@ -964,7 +971,7 @@ async fn record_hold(
     let beside = [Beside::Hold(&record, stored.is_some())];
     let written = publish(lead, &shared.values, key, None, false, &beside);
     match shared.telemetry.zk_request("multi", written).await {
-        Ok(Fenced::Published) => {
+        Ok(Fenced::Published { .. }) => {
             *stored = Some(record);
             None
         }

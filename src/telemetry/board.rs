@@ -80,6 +80,8 @@ pub struct OutputView {
     /// Of the value this director last published or found (a digest, as the logs show it).
     pub digest: Option<String>,
     pub bytes: Option<u64>,
+    /// The value's mzxid (hex, as ZooKeeper's tools write it), when known.
+    pub mzxid: Option<String>,
     pub published_at: Option<f64>,
     pub hold: Option<HoldView>,
     pub last_hold: Option<HoldView>,

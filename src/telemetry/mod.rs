@@ -295,13 +295,12 @@ impl Telemetry {
         Self::output(&mut self.board(), key).instances = instances as u64;
     }
 
-    /// The value (digest, size) was written; `since` is when the change that led to it
-    /// arrived.
+    /// The value (digest, size, mzxid when known) was written; `since` is when the change
+    /// that led to it arrived.
     pub fn published(
         &self,
         key: &str,
-        digest: &str,
-        bytes: usize,
+        (digest, bytes, zxid): (&str, usize, Option<i64>),
         since: Option<tokio::time::Instant>,
     ) {
         let labels = Key {
@@ -330,13 +329,14 @@ impl Telemetry {
         let view = Self::output(&mut board, key);
         view.digest = Some(digest.to_owned());
         view.bytes = Some(bytes as u64);
+        view.mzxid = zxid.map(|z| format!("{z:#x}"));
         view.published_at = Some(now());
         view.publishes += 1;
     }
 
     /// The value this director found already holds what it derived (a hold then ends with the
     /// record the caller clears).
-    pub fn unchanged(&self, key: &str, digest: &str, bytes: usize) {
+    pub fn unchanged(&self, key: &str, (digest, bytes, zxid): (&str, usize, Option<i64>)) {
         self.metrics
             .publishes
             .get_or_create(&KeyResult {
@@ -355,6 +355,7 @@ impl Telemetry {
         let view = Self::output(&mut board, key);
         view.digest = Some(digest.to_owned());
         view.bytes = Some(bytes as u64);
+        view.mzxid = zxid.map(|z| format!("{z:#x}"));
     }
 
     pub fn publish_failed(&self, key: &str) {

@@ -140,6 +140,7 @@ pub struct Session {
     failure: Arc<Mutex<Option<ZkError>>>,
     cancel: CancellationToken,
     keeper: tokio::task::JoinHandle<()>,
+    telemetry: Telemetry,
 }
 
 impl Session {
@@ -169,6 +170,7 @@ impl Session {
             failure,
             cancel,
             keeper,
+            telemetry: telemetry.clone(),
         })
     }
 
@@ -196,6 +198,7 @@ impl Session {
         SessionHandle {
             live: self.live.clone(),
             failure: self.failure.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 
@@ -214,9 +217,15 @@ impl Session {
 pub struct SessionHandle {
     live: watch::Receiver<Live>,
     failure: Arc<Mutex<Option<ZkError>>>,
+    telemetry: Telemetry,
 }
 
 impl SessionHandle {
+    /// Where the session's users report (and time their ZooKeeper requests).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// The current client.
     pub fn live(&self) -> Live {
         self.live.borrow().clone()

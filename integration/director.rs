@@ -295,7 +295,15 @@ async fn two_directors_one_writer_and_the_standby_takes_over() {
     let root = root("dir_ha");
     let client = client().await;
     let path = value_path(&root, "HA");
-    let args = ["--preset", "hostports", "--session-timeout", "1s"];
+    // Not spread: the director started first leads, the other stands by behind it.
+    let args = [
+        "--preset",
+        "hostports",
+        "--session-timeout",
+        "1s",
+        "--spread",
+        "off",
+    ];
     let first = Director::spawn(&mut director(&root, "HA", "svc", &args));
     first.wait_log("leading", 1).await;
     let second = Director::spawn(director(&root, "HA", "svc", &args).arg("-v"));
@@ -334,7 +342,14 @@ async fn a_paused_leader_never_overwrites_after_it_resumes() {
     let root = root("dir_fence");
     let client = client().await;
     let path = value_path(&root, "FENCED");
-    let args = ["--preset", "hostports", "--session-timeout", "1s"];
+    let args = [
+        "--preset",
+        "hostports",
+        "--session-timeout",
+        "1s",
+        "--spread",
+        "off",
+    ];
     let old = Director::spawn(&mut director(&root, "FENCED", "svc", &args));
     old.wait_log("leading", 1).await;
     let standby = Director::spawn(&mut director(&root, "FENCED", "svc", &args));
@@ -663,6 +678,8 @@ async fn pgpool_backends_keep_their_numbers_through_removals_and_a_director_fail
         "1s",
         "--settle",
         "0s",
+        "--spread",
+        "off",
     ];
     let first = Director::spawn(&mut director(&root, "PGPOOL_BACKENDS", "pg", &args));
     first.wait_log("leading", 1).await;
@@ -1291,4 +1308,154 @@ async fn a_lost_session_is_held_for_the_removal_delay_a_deregistration_is_not() 
         "a deregistration is not held:\n{log}"
     );
     drop(again);
+}
+
+/// What the key `key` prefers, as README documents it: the first 8 bytes of
+/// SHA-256(key · 0x00 · identity), the higher the better.
+fn score(key: &str, identity: &[u8]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(key.as_bytes())
+        .chain_update([0u8])
+        .chain_update(identity)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    first
+}
+
+/// The keys each director's status page says it leads, by director index.
+fn leading(ports: &[u16]) -> Vec<std::collections::BTreeSet<String>> {
+    ports
+        .iter()
+        .map(|&port| {
+            let page = status(port);
+            page["outputs"]
+                .as_object()
+                .map(|outputs| {
+                    outputs
+                        .iter()
+                        .filter(|(_, o)| o["leading"] == true)
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Issue #14: three directors run the same 30 outputs. Each output is led by the director its
+/// key prefers (rendezvous hashing over the identities in line), so each leads about a third;
+/// a director that stops moves only the outputs it led, each to the one of the two left that
+/// its key prefers, and no other output changes hands.
+#[tokio::test]
+async fn leadership_is_spread_and_a_stopped_director_moves_only_its_outputs() {
+    const KEYS: usize = 30;
+    let root = root("dir_spread");
+    let s = Scratch::new("dir_spread");
+    let config = s.path("director.toml");
+    let outputs: String = (0..KEYS)
+        .map(|n| {
+            format!("[[output]]\nkey = \"S{n}\"\nservice = \"svc\"\npreset = \"hostports\"\n\n")
+        })
+        .collect();
+    std::fs::write(&config, outputs).unwrap();
+    let mut directors: Vec<Director> = (0..3)
+        .map(|_| {
+            Director::spawn(
+                herald(&root)
+                    .arg("director")
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["--metrics-listen", "127.0.0.1:0"]),
+            )
+        })
+        .collect();
+    let ports: Vec<u16> = directors.iter().map(metrics_port).collect();
+    let host = herald::announce::hostname().unwrap_or_default();
+    let identities: Vec<String> = directors
+        .iter()
+        .map(|d| format!("{host} {}", d.child.id()))
+        .collect();
+    let keys: Vec<String> = (0..KEYS).map(|n| format!("S{n}")).collect();
+    let prefers = |key: &str, among: &[usize]| -> usize {
+        *among
+            .iter()
+            .max_by_key(|&&i| score(key, identities[i].as_bytes()))
+            .unwrap()
+    };
+    let expected = |among: &[usize]| -> Vec<std::collections::BTreeSet<String>> {
+        let mut sets = vec![std::collections::BTreeSet::new(); 3];
+        for key in &keys {
+            sets[prefers(key, among)].insert(key.clone());
+        }
+        sets
+    };
+
+    let all = expected(&[0, 1, 2]);
+    let before = wait_until("every output led by the director its key prefers", || {
+        let now = leading(&ports);
+        if now == all {
+            Ok(now)
+        } else {
+            Err(format!("leading {now:?}, preferred {all:?}"))
+        }
+    });
+    for (i, keys) in before.iter().enumerate() {
+        assert!(!keys.is_empty(), "director {i} leads nothing: {before:?}");
+    }
+    // The election nodes of the outputs that stay where they are.
+    let client = client().await;
+    let leader_node = |key: String| {
+        let client = client.clone();
+        let dir = format!("{root}/directors/{key}");
+        async move {
+            let mut line = client.list_children(&dir).await.unwrap();
+            line.sort();
+            line.first().cloned()
+        }
+    };
+    let mut nodes = std::collections::BTreeMap::new();
+    for key in before[0].iter().chain(&before[1]) {
+        nodes.insert(key.clone(), leader_node(key.clone()).await);
+    }
+    let handed_before: Vec<f64> = ports[..2].iter().map(|&p| handovers(p)).collect();
+
+    // Director 2 stops: its outputs move, each to the one its key prefers of the two left.
+    send_signal(directors[2].child.id(), libc::SIGTERM);
+    assert_eq!(directors[2].exited().await.code(), Some(0));
+    let two = expected(&[0, 1]);
+    wait_until("director 2's outputs led by the directors left", || {
+        let now = leading(&ports[..2]);
+        if now[..] == two[..2] {
+            Ok(())
+        } else {
+            Err(format!("leading {now:?}, preferred {:?}", &two[..2]))
+        }
+    });
+    for i in 0..2 {
+        assert!(
+            before[i].is_subset(&two[i]),
+            "director {i} lost an output it led: {before:?} -> {two:?}"
+        );
+    }
+    // No output of the two left changed hands on the way: same election node, no handover.
+    for (key, node) in &nodes {
+        assert_eq!(&leader_node(key.clone()).await, node, "{key}");
+    }
+    let handed_after: Vec<f64> = ports[..2].iter().map(|&p| handovers(p)).collect();
+    assert_eq!(
+        handed_before, handed_after,
+        "handovers counted by directors 0 and 1"
+    );
+}
+
+/// `herald_director_handovers_total`, summed over the keys, from `/metrics`.
+fn handovers(port: u16) -> f64 {
+    let (code, text) = get(port, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .filter(|l| l.starts_with("herald_director_handovers_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

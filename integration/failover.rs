@@ -31,10 +31,13 @@ fn pg_agent(root: &str, connect: &str, s: &Scratch, id: &str, port: u16, extra: 
 }
 
 /// `herald director --preset hostports` publishing `pg`'s instances as `key`, plus `extra`.
+/// Leadership is not spread: these tests follow one leader and the standby behind it, so the
+/// director started first leads.
 fn pg_director(root: &str, connect: &str, key: &str, extra: &[&str]) -> Daemon {
     let mut command = herald(root);
     command
         .env("HERALD_ZK", connect)
+        .env("HERALD_SPREAD", "off")
         .args(extra)
         .args(["director", "--key", key, "--service", "pg"])
         .args(["--preset", "hostports", "--reconcile", "10m"]);

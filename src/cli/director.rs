@@ -99,6 +99,11 @@ pub struct DirectorArgs {
     /// Re-list every instance this often, under the watches, as a safety net.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::parse_duration)]
     pub reconcile: Duration,
+    /// Spread leadership over the directors: each output is led by the director whose
+    /// identity (host and pid) scores highest with its key, so each leads about its share and
+    /// one that goes away moves only its own outputs. `off`: whoever joined first leads.
+    #[arg(long, value_name = "on|off", env = "HERALD_SPREAD", default_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+    pub spread: bool,
 }
 
 impl DirectorArgs {
@@ -212,6 +217,7 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
             env: env.clone(),
             identity: identity.clone(),
             reconcile: args.reconcile,
+            spread: args.spread,
             telemetry: telemetry.clone(),
         };
         let running = run_director(session.handle(), director, run_cancel.clone());

@@ -3,6 +3,14 @@
 //! predecessor (no herd). The leader's own node is its fencing token: a publish is one multi-op
 //! that checks the node's version and writes the value, so a leader whose session has ended
 //! (say, paused past its timeout) can never write.
+//!
+//! With several directors, leadership is spread (rendezvous hashing): for each output, the
+//! candidate whose identity scores highest with the output's key ([`score`]) should lead. A
+//! candidate that finds itself first in line but not preferred goes to the back of the line
+//! (deletes its node and joins again), and a leader that sees a preferred candidate join hands
+//! over the same way. The lowest sequence still always leads, so the fence is unchanged; the
+//! spread only decides who stands first. Each director leads about its share, a director that
+//! goes away moves only the outputs it led, and one that comes back takes back its own.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -34,6 +42,30 @@ fn sequence(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// How well `identity` suits the output `key`: the first 8 bytes of
+/// SHA-256(`key` · 0x00 · `identity`), big-endian. The highest score among the candidates
+/// should lead.
+pub fn score(key: &str, identity: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(key.as_bytes());
+    hash.update([0u8]);
+    hash.update(identity);
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// Who takes part in an output's election and how leadership is placed among them.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// This director's identity, its election node's data.
+    pub identity: &'a [u8],
+    /// The output's key when leadership is spread (`None`: whoever joined first leads).
+    pub spread: Option<&'a str>,
+}
+
 /// Campaigns until this director leads `dir` (the output's election directory).
 ///
 /// # Notable errors
@@ -43,14 +75,14 @@ pub async fn campaign(
     session: &SessionHandle,
     values: &Values,
     dir: &str,
-    identity: &[u8],
+    me: Candidate<'_>,
 ) -> Result<Leadership, ZkError> {
     let mut live = session.live();
     let mut ours: Option<(String, u64)> = None;
     // Nodes that are no director's (persistent ones): left out of the election, said once.
     let mut ignored: BTreeSet<String> = BTreeSet::new();
     loop {
-        match attempt(&live, values, dir, identity, &mut ours, &mut ignored).await {
+        match attempt(&live, values, dir, me, &mut ours, &mut ignored).await {
             Ok(Some(leadership)) => return Ok(leadership),
             Ok(None) => {}
             Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
@@ -70,10 +102,11 @@ async fn attempt(
     live: &Live,
     values: &Values,
     dir: &str,
-    identity: &[u8],
+    me: Candidate<'_>,
     ours: &mut Option<(String, u64)>,
     ignored: &mut BTreeSet<String>,
 ) -> Result<Option<Leadership>, zk::Error> {
+    let identity = me.identity;
     let client = &live.client;
     let mut children = match client.list_children(dir).await {
         Ok(children) => children,
@@ -136,6 +169,22 @@ async fn attempt(
         return Ok(None);
     }
     let Some(predecessor) = predecessor else {
+        if let Some(key) = me.spread {
+            let named: Vec<(u64, &String)> = children
+                .iter()
+                .filter_map(|name| Some((sequence(name)?, name)))
+                .collect();
+            if let Some(other) = preferred(client, dir, key, &named, (seq, identity)).await? {
+                // First in line but not preferred: to the back of the line.
+                debug!(node = %node, preferred = %String::from_utf8_lossy(&other), "first in line; a director this output prefers is standing by: joining again behind it");
+                match client.delete(&node, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(err) => return Err(err),
+                }
+                *ours = None;
+                return Ok(None);
+            }
+        }
         let Some(stat) = client.check_stat(&node).await? else {
             *ours = None;
             return Ok(None);
@@ -177,7 +226,80 @@ async fn attempt(
     Ok(None)
 }
 
+/// The identity of the candidate that should lead instead of `me` (`seq`, identity), if one
+/// is in line: the highest [`score`] for `key`, the lower sequence on a tie. Nodes that vanish
+/// while being read, and persistent ones, are left out.
+async fn preferred(
+    client: &zk::Client,
+    dir: &str,
+    key: &str,
+    line: &[(u64, &String)],
+    (seq, identity): (u64, &[u8]),
+) -> Result<Option<Vec<u8>>, zk::Error> {
+    let mut best = (score(key, identity), std::cmp::Reverse(seq));
+    let mut other = None;
+    for (their_seq, name) in line {
+        if *their_seq == seq {
+            continue;
+        }
+        let theirs = match client.get_data(&format!("{dir}/{name}")).await {
+            // A persistent node is no director (see `attempt`).
+            Ok((_, stat)) if stat.ephemeral_owner == 0 => continue,
+            Ok((data, _)) => data,
+            Err(zk::Error::NoNode) => continue,
+            Err(err) => return Err(err),
+        };
+        let rank = (score(key, &theirs), std::cmp::Reverse(*their_seq));
+        if rank > best {
+            best = rank;
+            other = Some(theirs);
+        }
+    }
+    Ok(other)
+}
+
 impl Leadership {
+    /// Resolves with the identity of a director in line that `key` prefers to this leader (see
+    /// [`score`]): this leader should then hand over. Never resolves while this leader is the
+    /// one preferred, nor once its session has ended (see [`Leadership::lost`]).
+    pub async fn preferred_elsewhere(&self, key: &str, identity: &[u8]) -> Vec<u8> {
+        let client = &self.live.client;
+        let Some((dir, name)) = self.node.rsplit_once('/') else {
+            return std::future::pending().await;
+        };
+        let Some(seq) = sequence(name) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let (children, watcher) = match client.list_and_watch_children(dir).await {
+                Ok(found) => found,
+                Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
+                    return std::future::pending().await;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let line: Vec<(u64, &String)> = children
+                .iter()
+                .filter_map(|name| Some((sequence(name)?, name)))
+                .collect();
+            match preferred(client, dir, key, &line, (seq, identity)).await {
+                Ok(Some(other)) => return other,
+                Ok(None) => {}
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            let event = watcher.changed().await;
+            if event.event_type == EventType::Session && event.session_state.is_terminated() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Resolves when this leadership has ended: our node was deleted, or the session ended.
     pub async fn lost(&self) {
         loop {
@@ -205,7 +327,17 @@ impl Leadership {
 
 #[cfg(test)]
 mod tests {
-    use super::sequence;
+    use super::{score, sequence};
+
+    #[test]
+    fn the_score_is_the_documented_hash() {
+        // python3: int.from_bytes(hashlib.sha256(b"PG_POOL\x00db-1 4242").digest()[:8], "big")
+        assert_eq!(score("PG_POOL", b"db-1 4242"), 14574610346928492940);
+        assert_ne!(
+            score("PG_POOL", b"db-1 4242"),
+            score("PG_POOL", b"db-1 4243")
+        );
+    }
 
     #[test]
     fn only_directors_node_names_count() {

@@ -39,8 +39,12 @@ pub struct Director {
     pub values: Values,
     /// The environment exec derivations and checks run with.
     pub env: BTreeMap<OsString, OsString>,
-    /// Written into election nodes, for operators: host and pid.
+    /// Written into election nodes, for operators: host and pid. With `spread`, it also
+    /// places leadership (see [`election::score`]).
     pub identity: String,
+    /// Spread leadership over the directors (rendezvous hashing) rather than leaving every
+    /// output to the director that joined first.
+    pub spread: bool,
     /// Full re-listing interval, the safety net under the watch.
     pub reconcile: Duration,
     pub telemetry: Telemetry,
@@ -80,6 +84,7 @@ pub async fn run(
         values: director.values,
         env: director.env,
         identity: director.identity,
+        spread: director.spread,
         telemetry: director.telemetry,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -119,6 +124,7 @@ struct Shared {
     values: Values,
     env: BTreeMap<OsString, OsString>,
     identity: String,
+    spread: bool,
     telemetry: Telemetry,
 }
 
@@ -126,6 +132,8 @@ struct Shared {
 enum Ended {
     Cancelled,
     Deposed,
+    /// A director this output prefers is in line (leadership is spread): hand over to it.
+    HandOver(Vec<u8>),
     /// The instance cache stopped (its session could not be kept): nothing more can be done.
     CacheGone,
     /// Leading is not possible right now (e.g. the value cannot be read): wait, then again.
@@ -147,8 +155,11 @@ async fn lead(
     let mut look = LastLook::default();
     loop {
         let won = {
-            let campaign =
-                election::campaign(&session, &shared.values, &dir, shared.identity.as_bytes());
+            let me = election::Candidate {
+                identity: shared.identity.as_bytes(),
+                spread: shared.spread.then_some(output.key.as_str()),
+            };
+            let campaign = election::campaign(&session, &shared.values, &dir, me);
             tokio::pin!(campaign);
             let mut view = snapshots.clone();
             loop {
@@ -204,6 +215,11 @@ async fn lead(
                 return Err(DirectorError::CacheGone);
             }
             Ended::Deposed => warn!("no longer leading; campaigning again"),
+            Ended::HandOver(to) => {
+                info!(to = %String::from_utf8_lossy(&to), "handing over to the director this output prefers (leadership is spread)");
+                shared.telemetry.handed_over(output.key.as_str());
+                leadership.resign().await;
+            }
             Ended::Failed => {
                 tokio::select! {
                     _ = cancel.cancelled() => {
@@ -315,6 +331,17 @@ async fn serve(
     let mut unrenderable_said: Vec<(Instance, String)> = Vec::new();
     let lost = lead.lost();
     tokio::pin!(lost);
+    // With leadership spread: a director this output prefers has joined.
+    let preferred = async {
+        match shared.spread {
+            true => {
+                lead.preferred_elsewhere(key.as_str(), shared.identity.as_bytes())
+                    .await
+            }
+            false => std::future::pending().await,
+        }
+    };
+    tokio::pin!(preferred);
     let mut held: Option<&'static str> = None;
     let mut first = true;
     // A new term, or a rebuilt view, waits for the instances to be quiet.
@@ -345,6 +372,7 @@ async fn serve(
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
                 _ = &mut lost => return Ended::Deposed,
+                to = &mut preferred => return Ended::HandOver(to),
                 _ = sleep_until(retry_at.filter(|_| !waiting)) => {}
                 _ = sleep_until(settle_at) => {}
                 _ = sleep_until(limbo_at) => {

@@ -120,6 +120,7 @@ pub struct Metrics {
     pub check_duration: Family<CheckLabels, Histogram, fn() -> Histogram>,
     // The director.
     pub leading: Family<Key, Gauge>,
+    pub handovers: Family<Key, Counter>,
     pub instances: Family<Key, Gauge>,
     pub publishes: Family<KeyResult, Counter>,
     pub holds: Family<KeyReason, Counter>,
@@ -224,6 +225,12 @@ impl Metrics {
             "1 while this director leads the output",
             leading.clone(),
         );
+        let handovers = Family::default();
+        r.register(
+            "herald_director_handovers",
+            "Times this director handed the output over to a director it prefers (spread leadership)",
+            handovers.clone(),
+        );
         let instances = Family::default();
         r.register(
             "herald_director_instances",
@@ -322,6 +329,7 @@ impl Metrics {
             check_transitions,
             check_duration,
             leading,
+            handovers,
             instances,
             publishes,
             holds,

@@ -358,6 +358,16 @@ impl Telemetry {
         view.mzxid = zxid.map(|z| format!("{z:#x}"));
     }
 
+    /// Leadership of `key` went to a director the key prefers (leadership is spread).
+    pub fn handed_over(&self, key: &str) {
+        self.metrics
+            .handovers
+            .get_or_create(&Key {
+                key: key.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn publish_failed(&self, key: &str) {
         self.metrics
             .publishes

@@ -1459,3 +1459,66 @@ fn handovers(port: u16) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Issue #14: a value over the output's `max_value` is held, not published: the last value
+/// stays (same version), the log and the hold record say why, and a value back under the
+/// limit is published. A limit over what a znode takes is refused at start.
+#[tokio::test]
+async fn a_value_over_max_value_is_held_and_the_last_one_kept() {
+    let root = root("dir_max_value");
+    let client = client().await;
+    let path = value_path(&root, "SIZED");
+    let d = Director::spawn(&mut director(
+        &root,
+        "SIZED",
+        "svc",
+        &[
+            "--preset",
+            "hostports",
+            "--settle",
+            "0s",
+            "--max-value",
+            "20",
+        ],
+    ));
+    register(&client, &root, "svc", "a", 1001).await;
+    let stat = value_becomes(&client, &path, "10.0.0.1:1001").await;
+    // Two instances make 27 bytes: over the limit.
+    register(&client, &root, "svc", "b", 1002).await;
+    d.wait_log("over the 20-byte limit (max_value)", 1).await;
+    let (record, _) = client
+        .get_data(&format!("{root}/holds/SIZED"))
+        .await
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["reason"], "too_large", "{record}");
+    assert_eq!(record["instances"], 2, "{record}");
+    let (data, now) = client.get_data(&path).await.unwrap();
+    assert_eq!(data, b"10.0.0.1:1001", "held");
+    assert_eq!(now.version, stat.version, "not rewritten");
+    // Back under the limit: published, and the hold ends.
+    client
+        .delete(&format!("{root}/services/svc/a"), None)
+        .await
+        .unwrap();
+    value_becomes(&client, &path, "10.0.0.2:1002").await;
+
+    let out = run(herald("/unused").args([
+        "director",
+        "--check-config",
+        "--key",
+        "K",
+        "--service",
+        "svc",
+        "--preset",
+        "hostports",
+        "--max-value",
+        "2MiB",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_value \"2MiB\" is not a size"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -89,6 +89,10 @@ pub struct DirectorArgs {
     /// blip) in the value this long, unless it comes back first. Default 0s: removed at once.
     #[arg(long, value_name = "DURATION")]
     pub removal_delay: Option<String>,
+    /// Hold a value larger than this many bytes (e.g. 512KiB) instead of publishing it.
+    /// Default: what a znode takes, 1 MiB − 1 KiB (ZooKeeper's jute.maxbuffer, less headers).
+    #[arg(long, value_name = "SIZE")]
+    pub max_value: Option<String>,
     /// Debounce: quiet period, or QUIET:MAX (e.g. 100ms:1s). Default 0: publish at once.
     #[arg(long, value_name = "DURATION[:DURATION]")]
     pub wait: Option<String>,
@@ -140,6 +144,7 @@ impl DirectorArgs {
             drop_confirm: self.drop_confirm.clone(),
             drop_window: self.drop_window.clone(),
             removal_delay: self.removal_delay.clone(),
+            max_value: self.max_value.clone(),
             wait: self.wait.clone(),
             settle: self.settle.clone(),
             slots: None,

@@ -18,6 +18,7 @@
 //! drop_confirm = "30s"           # …until the drop has lasted this long…
 //! drop_window = "5m"             # …against the most instances seen within this window
 //! removal_delay = "0s"           # keep an instance whose session was lost (not deregistered) this long
+//! max_value = "1023KiB"          # hold a value larger than this (default: what a znode takes)
 //! wait = "0s"                    # or "100ms:1s": quiet period : max wait (default 0)
 //! settle = "1s:10s"              # after leading or a rebuilt view: quiet period : max wait
 //! ```
@@ -31,7 +32,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::derive::{Derivation, Preset, Template};
+use super::derive::{Derivation, MAX_VALUE, Preset, Template};
 use super::preset::PRESET_NAMES;
 use crate::instance::Instance;
 use crate::layout::{EnvKey, ServiceName};
@@ -74,6 +75,8 @@ pub struct Output {
     /// How long an instance whose node vanished without a deregistration (its session lost:
     /// maybe a blip) stays in the value ([`super::limbo`]); zero: removed at once.
     pub removal_delay: Duration,
+    /// The largest value published, in bytes (at most [`MAX_VALUE`]): a larger one is held.
+    pub max_value: usize,
     /// Quiet period: a change is published once no other came for this long…
     pub wait_min: Duration,
     /// …but no later than this after the first change. `wait_min <= wait_max`.
@@ -142,6 +145,7 @@ pub struct OutputSpec {
     pub drop_confirm: Option<String>,
     pub drop_window: Option<String>,
     pub removal_delay: Option<String>,
+    pub max_value: Option<String>,
     pub wait: Option<String>,
     pub settle: Option<String>,
     pub slots: Option<bool>,
@@ -544,6 +548,20 @@ impl OutputSpec {
         let drop_confirm = duration("drop_confirm", &self.drop_confirm, DEFAULT_DROP_CONFIRM)?;
         let drop_window = duration("drop_window", &self.drop_window, DEFAULT_DROP_WINDOW)?;
         let removal_delay = duration("removal_delay", &self.removal_delay, Duration::ZERO)?;
+        let max_value = match &self.max_value {
+            None => MAX_VALUE,
+            Some(text) => match crate::gateway::parse_size(text) {
+                Ok(n) if (1..=MAX_VALUE).contains(&n) => n,
+                _ => {
+                    return Err(field_error(
+                        "max_value",
+                        format!(
+                            "max_value {text:?} is not a size from 1 to {MAX_VALUE} bytes (what a znode takes); write e.g. \"512KiB\""
+                        ),
+                    ));
+                }
+            },
+        };
 
         let (wait_min, wait_max) = match &self.wait {
             Some(text) => parse_wait("wait", text).map_err(|why| field_error("wait", why))?,
@@ -569,6 +587,7 @@ impl OutputSpec {
             drop_confirm,
             drop_window,
             removal_delay,
+            max_value,
             wait_min,
             wait_max,
             settle_quiet,

@@ -56,8 +56,8 @@ pub enum DeriveError {
         instance: String,
         reason: String,
     },
-    #[error("the value would be {len} bytes, over the {MAX_VALUE}-byte limit")]
-    TooLarge { len: usize },
+    #[error("the value would be {len} bytes, over the {limit}-byte limit (max_value)")]
+    TooLarge { len: usize, limit: usize },
     #[error("an exec derivation runs a program: call derive_exec instead of derive")]
     NeedsExec,
     #[error("exec: cannot run /bin/sh: {0}")]
@@ -93,7 +93,10 @@ impl Derivation {
             Derivation::Exec { .. } => return Err(DeriveError::NeedsExec),
         };
         if value.len() > MAX_VALUE {
-            return Err(DeriveError::TooLarge { len: value.len() });
+            return Err(DeriveError::TooLarge {
+                len: value.len(),
+                limit: MAX_VALUE,
+            });
         }
         Ok(value)
     }

@@ -610,6 +610,14 @@ async fn serve(
             }
             derivation => derivation.derive(&instances, assigned.as_ref().map(|a| &a.of)),
         };
+        // The output's own limit, under what a znode takes.
+        let derived = derived.and_then(|value| match value.len() {
+            len if len > output.max_value => Err(DeriveError::TooLarge {
+                len,
+                limit: output.max_value,
+            }),
+            _ => Ok(value),
+        });
         let value = match derived {
             Ok(value) => value,
             // The same instances give the same size: no retry, the next change tries again.

@@ -106,7 +106,7 @@ pub struct DirectorArgs {
     /// Spread leadership over the directors: each output is led by the director whose
     /// identity (host and pid) scores highest with its key, so each leads about its share and
     /// one that goes away moves only its own outputs. `off`: whoever joined first leads.
-    #[arg(long, value_name = "on|off", env = "HERALD_SPREAD", default_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_name = "on|off", env = "HERALD_SPREAD", default_value = "on", action = clap::ArgAction::Set, hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub spread: bool,
 }
 

@@ -1522,3 +1522,62 @@ async fn a_value_over_max_value_is_held_and_the_last_one_kept() {
         describe(&out)
     );
 }
+
+/// Issue #14: a service of 10,000 instances is near what one ZooKeeper listing carries: the
+/// director publishes it and warns, naming the service and what to do.
+#[tokio::test]
+async fn a_crowded_service_is_published_and_warned_about() {
+    const N: usize = 10_000;
+    let root = root("dir_crowded");
+    let client = client().await;
+    let parent = format!("{root}/services/crowd");
+    client
+        .mkdir(
+            &parent,
+            &zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    let node = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    let docs: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            let id = format!("i{i:05}");
+            let doc = format!(
+                r#"{{"name":"crowd","id":"{id}","address":"10.1.{}.{}","port":80,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#,
+                i / 250,
+                i % 250
+            );
+            (format!("{parent}/{id}"), doc)
+        })
+        .collect();
+    // Sent as they are made (the client writes each request at once), awaited in order.
+    let created: Vec<_> = docs
+        .iter()
+        .map(|(path, doc)| client.create(path, doc.as_bytes(), &node))
+        .collect();
+    for done in created {
+        done.await.unwrap();
+    }
+    let d = Director::spawn(&mut director(
+        &root,
+        "CROWD",
+        "crowd",
+        &["--preset", "hostports", "--settle", "0s"],
+    ));
+    d.wait_log(PUBLISHED, 1).await;
+    let (value, _) = client.get_data(&value_path(&root, "CROWD")).await.unwrap();
+    assert_eq!(value.split(|b| *b == b',').count(), N);
+    let said = d.stderr();
+    let warning = said
+        .lines()
+        .find(|l| l.contains("near what one ZooKeeper listing carries"))
+        .unwrap_or_else(|| panic!("no warning: {said}"));
+    assert!(
+        warning.contains("service=crowd") && warning.contains("instances=10000"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("split it into several services"),
+        "{warning}"
+    );
+}

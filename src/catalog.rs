@@ -53,10 +53,26 @@ pub fn admit(
     Some(instance)
 }
 
+/// A service with this many instances is warned about at each listing…
+pub const CROWDED_INSTANCES: usize = 10_000;
+/// …and so is one whose listing (a `getChildren` reply) is this large: half of the 1 MiB
+/// `jute.maxbuffer` every ZooKeeper client refuses a larger reply with by default.
+pub const CROWDED_LISTING: usize = 512 * 1024;
+
+/// The size of a `getChildren` reply naming `names`: the count, then each name with its length.
+pub fn listing_bytes(names: &[String]) -> usize {
+    4 + names.iter().map(|n| 4 + n.len()).sum::<usize>()
+}
+
+/// Whether a service listed as `names` is crowded ([`CROWDED_INSTANCES`], [`CROWDED_LISTING`]).
+pub fn crowded(names: &[String]) -> bool {
+    names.len() >= CROWDED_INSTANCES || listing_bytes(names) >= CROWDED_LISTING
+}
+
 /// The instances of `service` whose documents are valid, sorted by id: one round trip for the
 /// names, one (pipelined) for all the documents. A child that vanished meanwhile is skipped; one
 /// whose name is not an instance id, or that [`admit`] refuses, is skipped with a warning, never
-/// failing the whole service.
+/// failing the whole service. A [`crowded`] service is warned about.
 pub async fn instances(
     client: &zk::Client,
     layout: &Layout,
@@ -68,6 +84,14 @@ pub async fn instances(
         Err(zk::Error::NoNode) => return Ok(Vec::new()),
         Err(err) => return Err(ZkError::op("list", &parent, err)),
     };
+    if crowded(&names) {
+        warn!(
+            service = %service,
+            instances = names.len(),
+            listing_bytes = listing_bytes(&names),
+            "this service is near what one ZooKeeper listing carries (a reply over jute.maxbuffer, 1 MiB by default, is refused by every client, Curator's and herald's included): split it into several services (by zone, shard or role) before it grows further"
+        );
+    }
     names.sort();
     let ids: Vec<Option<InstanceId>> = names.iter().map(|n| n.parse().ok()).collect();
     let paths: Vec<String> = names.iter().map(|n| format!("{parent}/{n}")).collect();
@@ -135,4 +159,23 @@ pub async fn excluded(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_is_crowded_by_its_count_or_its_listing_size() {
+        let ids = |n: usize, len: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{i:0len$}")).collect()
+        };
+        assert_eq!(listing_bytes(&[]), 4);
+        assert_eq!(listing_bytes(&ids(2, 3)), 4 + 2 * (4 + 3));
+        assert!(!crowded(&ids(CROWDED_INSTANCES - 1, 8)));
+        assert!(crowded(&ids(CROWDED_INSTANCES, 8)));
+        // 5,000 names of 100 bytes: 520,004 bytes, over half a MiB.
+        assert!(crowded(&ids(5_000, 100)));
+        assert!(!crowded(&ids(5_000, 36)));
+    }
 }

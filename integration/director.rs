@@ -1581,3 +1581,87 @@ async fn a_crowded_service_is_published_and_warned_about() {
         "{warning}"
     );
 }
+
+/// The `took_ms` of the `n`th "listed every instance" line of `log` (1-based), with its count.
+fn listing(log: &str, n: usize) -> Option<(u64, usize)> {
+    let line = log
+        .lines()
+        .filter(|l| l.contains("listed every instance"))
+        .nth(n - 1)?;
+    let field = |name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))?
+            .parse()
+            .ok()
+    };
+    Some((field("took_ms=")?, field("instances=")? as usize))
+}
+
+/// Issue #14: `--relist-rate` paces the director's listings: at 200 requests a second, the
+/// listing of 400 instances (401 requests, 21 of them at once) takes at least 1.9 s at start
+/// and again after a reconnect, and the value is published from it.
+#[tokio::test]
+async fn relist_rate_paces_the_listing_at_start_and_after_a_reconnect() {
+    const N: usize = 400;
+    let root = root("dir_paced");
+    let client = client().await;
+    let parent = format!("{root}/services/paced");
+    client
+        .mkdir(
+            &parent,
+            &zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    let node = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    let mut expected = Vec::new();
+    let mut created = Vec::new();
+    for i in 0..N {
+        let id = format!("i{i:03}");
+        let address = format!("10.3.{}.{}", i / 200, i % 200);
+        let doc = format!(
+            r#"{{"name":"paced","id":"{id}","address":"{address}","port":80,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#
+        );
+        expected.push(format!("{address}:80"));
+        created.push((format!("{parent}/{id}"), doc));
+    }
+    let sent: Vec<_> = created
+        .iter()
+        .map(|(path, doc)| client.create(path, doc.as_bytes(), &node))
+        .collect();
+    for done in sent {
+        done.await.unwrap();
+    }
+    let proxy = Proxy::start(zk().port);
+    let d = Director::spawn(
+        director(
+            &root,
+            "PACED",
+            "paced",
+            &[
+                "--preset",
+                "hostports",
+                "--settle",
+                "0s",
+                "--relist-rate",
+                "200",
+            ],
+        )
+        .env("HERALD_ZK", proxy.connect_string()),
+    );
+    d.wait_log(PUBLISHED, 1).await;
+    let (value, _) = client.get_data(&value_path(&root, "PACED")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&value), expected.join(","));
+    let (took, listed) = listing(&d.stderr(), 1).expect("the listing is logged");
+    assert_eq!(listed, N);
+    assert!(took >= 1900, "paced at 200/s, 401 requests took {took} ms");
+
+    // Cut and healed: the session stays, the listing after the reconnect is paced too.
+    proxy.partition();
+    d.wait_log("lost the connection to ZooKeeper", 1).await;
+    proxy.heal();
+    d.wait_log("listed every instance", 2).await;
+    let (took, listed) = listing(&d.stderr(), 2).unwrap();
+    assert_eq!(listed, N);
+    assert!(took >= 1900, "after the reconnect: {took} ms");
+}

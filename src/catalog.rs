@@ -8,7 +8,7 @@ use zookeeper_client as zk;
 use crate::director::culprits::{self, Excluded};
 use crate::instance::Instance;
 use crate::layout::{EnvKey, InstanceId, Layout, ServiceName};
-use crate::zk::{ZkError, list_named};
+use crate::zk::{Pace, ZkError, list_named, paced};
 
 /// Services with their instance counts, sorted by name. Children that are not valid service
 /// names (written by something else) are skipped.
@@ -72,13 +72,16 @@ pub fn crowded(names: &[String]) -> bool {
 /// The instances of `service` whose documents are valid, sorted by id: one round trip for the
 /// names, one (pipelined) for all the documents. A child that vanished meanwhile is skipped; one
 /// whose name is not an instance id, or that [`admit`] refuses, is skipped with a warning, never
-/// failing the whole service. A [`crowded`] service is warned about.
+/// failing the whole service. A [`crowded`] service is warned about. With `pace`, each request
+/// waits for its slot (see [`Pace`]).
 pub async fn instances(
     client: &zk::Client,
     layout: &Layout,
     service: &ServiceName,
+    pace: Option<&Pace>,
 ) -> Result<Vec<Instance>, ZkError> {
     let parent = layout.service(service);
+    paced(pace).await;
     let mut names = match client.list_children(&parent).await {
         Ok(names) => names,
         Err(zk::Error::NoNode) => return Ok(Vec::new()),
@@ -95,7 +98,12 @@ pub async fn instances(
     names.sort();
     let ids: Vec<Option<InstanceId>> = names.iter().map(|n| n.parse().ok()).collect();
     let paths: Vec<String> = names.iter().map(|n| format!("{parent}/{n}")).collect();
-    let reads: Vec<_> = paths.iter().map(|path| client.get_data(path)).collect();
+    // Each read is sent when it is made: paced, they go out at the rate; unpaced, all at once.
+    let mut reads = Vec::with_capacity(paths.len());
+    for path in &paths {
+        paced(pace).await;
+        reads.push(client.get_data(path));
+    }
     let mut found = Vec::with_capacity(reads.len());
     for ((id, path), read) in ids.into_iter().zip(&paths).zip(reads) {
         let (data, stat) = match read.await {

@@ -108,6 +108,16 @@ pub struct DirectorArgs {
     /// one that goes away moves only its own outputs. `off`: whoever joined first leads.
     #[arg(long, value_name = "on|off", env = "HERALD_SPREAD", default_value = "on", action = clap::ArgAction::Set, hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub spread: bool,
+    /// ZooKeeper requests per second of the instance listings (at start, after a reconnect or
+    /// a new session, and the reconcile), so that directors listing at once after an outage do
+    /// not flood the ensemble. 0: as fast as ZooKeeper answers.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HERALD_RELIST_RATE",
+        default_value_t = 0
+    )]
+    pub relist_rate: u32,
 }
 
 impl DirectorArgs {
@@ -223,6 +233,7 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
             identity: identity.clone(),
             reconcile: args.reconcile,
             spread: args.spread,
+            relist_rate: args.relist_rate,
             telemetry: telemetry.clone(),
         };
         let running = run_director(session.handle(), director, run_cancel.clone());

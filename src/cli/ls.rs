@@ -119,7 +119,7 @@ async fn instances(zk_args: &ZkArgs, service: ServiceName, json: bool) -> anyhow
     let layout = target.values.layout();
     let client = zk::connect(&target.config).await?;
     let listed = zk::bounded(&target.config, async {
-        let instances = catalog::instances(&client, layout, &service).await?;
+        let instances = catalog::instances(&client, layout, &service, None).await?;
         let excluded = catalog::excluded(&client, layout).await?;
         anyhow::Ok((instances, excluded))
     })

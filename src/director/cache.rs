@@ -18,7 +18,7 @@ use crate::catalog;
 use crate::departure::Departure;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, Layout, ServiceName};
-use crate::zk::{Live, SessionHandle, ZkError};
+use crate::zk::{Live, Pace, SessionHandle, ZkError};
 
 /// The instances of one service, by id.
 pub type Instances = Arc<BTreeMap<InstanceId, Instance>>;
@@ -71,12 +71,20 @@ impl Snapshot {
     }
 }
 
+/// How the cache lists: the reconcile interval (one service at a time, spread over it), and
+/// the requests per second of every listing (0: unpaced).
+#[derive(Debug, Clone, Copy)]
+pub struct Listing {
+    pub reconcile: Duration,
+    pub rate: u32,
+}
+
 /// Starts following `services`; the receiver sees every change.
 pub fn follow(
     session: SessionHandle,
     layout: Layout,
     services: BTreeSet<ServiceName>,
-    reconcile: Duration,
+    listing: Listing,
     cancel: CancellationToken,
 ) -> watch::Receiver<Snapshot> {
     let (tx, rx) = watch::channel(Snapshot {
@@ -96,7 +104,8 @@ pub fn follow(
             layout,
             services,
             tx,
-            reconcile,
+            reconcile: listing.reconcile,
+            pace: Pace::per_second(listing.rate).map(Arc::new),
         };
         cache.run(cancel).await;
     });
@@ -111,6 +120,8 @@ struct Follower {
     services: BTreeSet<ServiceName>,
     tx: watch::Sender<Snapshot>,
     reconcile: Duration,
+    /// The rate of the listings' requests (`--relist-rate`), shared by every listing.
+    pace: Option<Arc<Pace>>,
 }
 
 /// Why a session's round ended.
@@ -394,12 +405,14 @@ impl Follower {
         whole: bool,
     ) -> Result<(), ZkError> {
         // Every service is listed at once (each listing is itself pipelined).
+        let started = Instant::now();
         let mut listings = tokio::task::JoinSet::new();
         for service in &self.services {
             let (client, layout, service) = (client.clone(), self.layout.clone(), service.clone());
             let telemetry = self.session.telemetry().clone();
+            let pace = self.pace.clone();
             listings.spawn(async move {
-                let listing = catalog::instances(&client, &layout, &service);
+                let listing = catalog::instances(&client, &layout, &service, pace.as_deref());
                 let found = telemetry.zk_request("list_service", listing).await;
                 (service, found)
             });
@@ -426,6 +439,14 @@ impl Follower {
                     .collect::<BTreeMap<_, _>>(),
             );
         }
+        let listed: usize = fresh.values().map(BTreeMap::len).sum();
+        info!(
+            services = fresh.len(),
+            instances = listed,
+            took_ms = started.elapsed().as_millis() as u64,
+            paced = self.pace.is_some(),
+            "listed every instance"
+        );
         let mut departures = BTreeMap::new();
         for (service, instances) in &fresh {
             let old = self.tx.borrow().services.get(service).cloned();
@@ -463,7 +484,7 @@ impl Follower {
         service: &ServiceName,
         at: Instant,
     ) -> Result<(), ZkError> {
-        let listing = catalog::instances(client, &self.layout, service);
+        let listing = catalog::instances(client, &self.layout, service, self.pace.as_deref());
         let found = self
             .session
             .telemetry()

@@ -47,6 +47,9 @@ pub struct Director {
     pub spread: bool,
     /// Full re-listing interval, the safety net under the watch.
     pub reconcile: Duration,
+    /// Requests per second of the instance listings (start, reconnect, new session,
+    /// reconcile); 0: unpaced.
+    pub relist_rate: u32,
     pub telemetry: Telemetry,
 }
 
@@ -77,7 +80,10 @@ pub async fn run(
         session.clone(),
         director.values.layout().clone(),
         services,
-        director.reconcile,
+        cache::Listing {
+            reconcile: director.reconcile,
+            rate: director.relist_rate,
+        },
         cancel.child_token(),
     );
     let shared = Arc::new(Shared {

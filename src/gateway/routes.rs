@@ -702,6 +702,7 @@ async fn list_instances(backend: &Backend, service: &ServiceName, metadata: bool
             &live.client,
             backend.values.layout(),
             service,
+            None,
         ))
         .await
     else {

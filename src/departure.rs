@@ -63,11 +63,18 @@ impl Departure {
         let reason = serde_json::from_slice::<serde_json::Value>(record)
             .ok()
             .and_then(|v| v.get("reason")?.as_str().map(str::to_owned));
-        match reason.as_deref() {
-            Some("stopped") => Departure::Stopped,
-            Some("drained") => Departure::Drained,
-            Some("unhealthy") => Departure::Unhealthy,
-            Some("exited") => Departure::Exited,
+        reason
+            .as_deref()
+            .map_or(Departure::Unknown, Departure::named)
+    }
+
+    /// The reason [`Departure::as_str`] names; anything else is [`Departure::Unknown`].
+    pub fn named(name: &str) -> Departure {
+        match name {
+            "stopped" => Departure::Stopped,
+            "drained" => Departure::Drained,
+            "unhealthy" => Departure::Unhealthy,
+            "exited" => Departure::Exited,
             _ => Departure::Unknown,
         }
     }

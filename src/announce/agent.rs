@@ -43,18 +43,21 @@ pub struct Plan {
     pub give_up_on_duplicate: bool,
     /// Where the session, the checks and the registration report.
     pub telemetry: Telemetry,
+    /// Register through the host agent at this socket instead of a session of our own.
+    pub via: Option<PathBuf>,
 }
 
-/// A session established for a plan, not yet registering.
+/// A session established for a plan (none through a host agent), not yet registering.
 pub struct Connected {
     plan: Plan,
-    session: Session,
+    session: Option<Session>,
     cancel: CancellationToken,
 }
 
 /// A registration in progress.
 pub struct Agent {
-    session: Session,
+    /// `None` when registering through a host agent.
+    session: Option<Session>,
     /// Ends the registrar (which then deletes the node).
     registrar_cancel: CancellationToken,
     /// `None` once it has ended with an error (taken by [`Agent::failed`]).
@@ -73,8 +76,16 @@ impl Agent {
     ///
     /// # Notable errors
     /// [`AnnounceError::Zk`] when ZooKeeper cannot be reached.
+    /// Through a host agent there is no session to establish: the host agent has one.
     pub async fn connect(plan: Plan) -> Result<Connected, AnnounceError> {
         let cancel = CancellationToken::new();
+        if plan.via.is_some() {
+            return Ok(Connected {
+                plan,
+                session: None,
+                cancel,
+            });
+        }
         let session = Session::open(plan.zk.clone(), &plan.telemetry, cancel.clone()).await?;
         if let Some(auth) = &plan.zk.auth {
             let client = session.handle().live().client;
@@ -82,7 +93,7 @@ impl Agent {
         }
         Ok(Connected {
             plan,
-            session,
+            session: Some(session),
             cancel,
         })
     }
@@ -151,27 +162,37 @@ impl Connected {
             status.clone(),
             switch.clone(),
         ));
-        let negotiated = session.live().client.session_timeout();
-        let duplicate_wait = plan
-            .give_up_on_duplicate
-            .then(|| duplicate_wait(plan.zk.session_timeout.max(negotiated)));
         let registrar_cancel = CancellationToken::new();
         let registrar = tokio::spawn({
             let node = plan.node;
             let document = switch.document();
             let cancel = registrar_cancel.clone();
-            let session = session.handle();
+            let session = session.as_ref().map(Session::handle);
+            let (service, id) = (plan.instance.service.clone(), plan.instance.id.clone());
+            let (via, give_up) = (plan.via, plan.give_up_on_duplicate);
+            let configured = plan.zk.session_timeout;
             async move {
-                let result = maintain(
-                    &session,
-                    &node,
-                    super::Wanted { now: wanted, why },
-                    document,
-                    status_tx,
-                    duplicate_wait,
-                    cancel,
-                )
-                .await;
+                let wanted = super::Wanted { now: wanted, why };
+                let result = match (session, via) {
+                    (Some(session), _) => {
+                        let negotiated = session.live().client.session_timeout();
+                        let wait = give_up.then(|| duplicate_wait(configured.max(negotiated)));
+                        maintain(&session, &node, wanted, document, status_tx, wait, cancel).await
+                    }
+                    (None, Some(socket)) => {
+                        super::relay::agent::register(
+                            &socket,
+                            (&service, &id),
+                            wanted,
+                            document,
+                            status_tx,
+                            give_up,
+                            cancel,
+                        )
+                        .await
+                    }
+                    (None, None) => Ok(()),
+                };
                 if let Err(err) = &result {
                     tracing::error!("{err}");
                 }
@@ -260,7 +281,9 @@ impl Agent {
     pub async fn stop(mut self, grace: Duration, why: Departure) -> Result<(), AnnounceError> {
         let outcome = self.deregister(grace, why).await;
         self.cancel.cancel();
-        self.session.close().await;
+        if let Some(session) = self.session {
+            session.close().await;
+        }
         outcome
     }
 }

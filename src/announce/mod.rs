@@ -13,6 +13,7 @@ mod document;
 mod host;
 mod node;
 mod registrar;
+pub mod relay;
 
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub enum AnnounceError {
         "a persistent node, not a registration, occupies {path}: no session owns it, so it never goes away by itself; remove it (zkCli.sh delete {path}) or give this instance another --id"
     )]
     Persistent { path: String },
+    /// The host agent refused the registration (`--host-agent`).
+    #[error("the host agent refused the registration: {0}")]
+    Host(String),
     #[error(transparent)]
     Document(#[from] DocumentError),
     #[error(transparent)]

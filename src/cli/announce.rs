@@ -87,6 +87,10 @@ pub struct RegistrationArgs {
     /// Directory for the control socket `herald drain` uses (default /run/herald as root).
     #[arg(long, env = "HERALD_CONTROL_DIR", value_name = "DIR")]
     pub control_dir: Option<PathBuf>,
+    /// Register through the host agent (`herald host`) listening on SOCKET, over its one
+    /// ZooKeeper session, instead of opening a session of this process's own.
+    #[arg(long, env = "HERALD_HOST_AGENT", value_name = "SOCKET")]
+    pub host_agent: Option<PathBuf>,
 }
 
 impl RegistrationArgs {
@@ -195,6 +199,7 @@ impl RegistrationArgs {
             env: without_credentials(env),
             give_up_on_duplicate: true,
             telemetry: telemetry.clone(),
+            via: self.host_agent.clone(),
         })
     }
 }

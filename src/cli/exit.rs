@@ -86,6 +86,8 @@ impl Exit {
                         Exit::Duplicate
                     }
                     AnnounceError::Document(_) => Exit::Usage,
+                    // Another user's host agent, or one that refuses this user.
+                    AnnounceError::Host(_) => Exit::Denied,
                     AnnounceError::Zk(zk) => Self::of_zk(zk),
                 };
             }

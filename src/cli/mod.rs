@@ -12,6 +12,7 @@ mod env;
 mod exit;
 mod gateway;
 mod harness;
+mod host;
 mod last_known;
 pub mod logging;
 mod ls;
@@ -84,6 +85,8 @@ pub enum Command {
     Env(env::EnvArgs),
     /// Register a service process (sidecar) while its health checks pass.
     Announce(announce::AnnounceArgs),
+    /// The host agent: one ZooKeeper session for every registration of this machine.
+    Host(host::HostArgs),
     /// Deregister the agents here (or, --soft, give them weight 0) and keep them running.
     Drain(drain::DrainCommand),
     /// Register drained agents again.
@@ -358,6 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => return run::run(&cli.zk, args).await,
         Command::Env(args) => env::run(args).await,
         Command::Announce(args) => announce::run(&cli.zk, args).await,
+        Command::Host(args) => host::run(&cli.zk, args).await,
         Command::Drain(args) => drain::drain(args).await,
         Command::Undrain(args) => drain::run(args, Request::Undrain).await,
         Command::Status(args) => drain::run(args, Request::Status).await,

@@ -157,19 +157,39 @@ impl Telemetry {
         let labels = Service {
             service: service.to_owned(),
         };
-        self.metrics
-            .registered
-            .get_or_create(&labels)
-            .set(i64::from(yes));
         let mut board = self.board();
         let view = Self::registration(&mut board, service, id);
         if view.registered != yes {
             view.registered = yes;
             view.since = now();
         }
+        self.count_registered(&board, service);
         if yes {
             self.metrics.registrations.get_or_create(&labels).inc();
         }
+    }
+
+    /// The registration is over (a host agent's process went): off the status page.
+    pub fn registration_ended(&self, service: &str, id: &str) {
+        let mut board = self.board();
+        board.registrations.remove(&format!("{service}/{id}"));
+        self.count_registered(&board, service);
+    }
+
+    /// `herald_registered{service}`: how many of the service's instances this process holds
+    /// registered (one for an agent; any number for a host agent).
+    fn count_registered(&self, board: &Board, service: &str) {
+        let count = board
+            .registrations
+            .values()
+            .filter(|r| r.service == service && r.registered)
+            .count();
+        self.metrics
+            .registered
+            .get_or_create(&Service {
+                service: service.to_owned(),
+            })
+            .set(count as i64);
     }
 
     /// The instance node was deleted, for `reason` (the departure record's).
@@ -181,17 +201,12 @@ impl Telemetry {
                 reason,
             })
             .inc();
-        self.metrics
-            .registered
-            .get_or_create(&Service {
-                service: service.to_owned(),
-            })
-            .set(0);
         let mut board = self.board();
         let view = Self::registration(&mut board, service, id);
         view.registered = false;
         view.since = now();
         view.last_departure = Some(reason);
+        self.count_registered(&board, service);
     }
 
     /// Drained (`Some("soft" | "out")`, with the operator's reason) or serving (`None`).

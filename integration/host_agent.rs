@@ -1,0 +1,194 @@
+//! `herald host`: one ZooKeeper session registers every process of a machine that says
+//! `--host-agent SOCKET`. Each process keeps its checks and drain; the nodes are those it would
+//! have made itself, owned by the host agent's session, and go as they would: on a failing
+//! check (`unhealthy`), a drain (`drained`), a stop (`stopped`), a process that dies (`exited`),
+//! and with the host agent's session when the host agent dies.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Daemon, *};
+use zookeeper_client as zkc;
+
+fn node(root: &str, id: &str) -> String {
+    format!("{root}/services/pg/{id}")
+}
+
+/// The departure record's reason for `id`.
+async fn departed(client: &zkc::Client, root: &str, id: &str) -> String {
+    let path = format!("{root}/departures/pg/{id}");
+    let (record, _) = client.get_data(&path).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    record["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The owner of `path` once it exists.
+async fn owner_of(client: &zkc::Client, path: &str) -> i64 {
+    eventually(&format!("{path} to be registered"), || async {
+        match client.check_stat(path).await {
+            Ok(Some(stat)) => Ok(stat.ephemeral_owner),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+async fn gone(client: &zkc::Client, path: &str) {
+    eventually(&format!("{path} to be deleted"), || async {
+        match client.check_stat(path).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// The host agent's session, from its status page once it has one.
+fn session_of(port: u16) -> i64 {
+    wait_for("the host agent's session", || {
+        let page = status(port);
+        let id = page["session"]["session_id"].as_str()?;
+        i64::from_str_radix(id.trim_start_matches("0x"), 16).ok()
+    })
+}
+
+fn host(root: &str, socket: &std::path::Path) -> Daemon {
+    Daemon::spawn(
+        herald(root)
+            .args(["--session-timeout", "2s", "host", "--socket"])
+            .arg(socket)
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    )
+}
+
+/// `herald announce --host-agent` for pg/`id`, healthy while `flag` exists.
+fn agent(root: &str, s: &Scratch, id: &str, flag: &std::path::Path) -> Command {
+    let mut command = herald(root);
+    command
+        .args(["announce", "--service", "pg", "--id", id])
+        .args(["--address", "127.0.0.1", "--port", "5432"])
+        .arg("--host-agent")
+        .arg(s.path("host/host.sock"))
+        .arg("--control-dir")
+        .arg(s.path(&format!("control-{id}")))
+        .arg("--check")
+        .arg(format!("exec:test -e {}", flag.display()))
+        .args(["--check-interval", "100ms", "--rise", "1", "--fall", "1"]);
+    command
+}
+
+#[tokio::test]
+async fn processes_register_through_one_host_session_and_leave_as_they_would_alone() {
+    let root = root("host_agent");
+    let s = Scratch::new("host_agent");
+    let client = client().await;
+    let socket = s.path("host/host.sock");
+    let h = host(&root, &socket);
+    let port = metrics_port(&h);
+    let flags: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| {
+            let flag = s.path(&format!("healthy-{id}"));
+            std::fs::write(&flag, "").unwrap();
+            flag
+        })
+        .collect();
+    let mut agents: Vec<Daemon> = ["a", "b", "c", "d"]
+        .iter()
+        .zip(&flags)
+        .map(|(id, flag)| Daemon::spawn(&mut agent(&root, &s, id, flag)))
+        .collect();
+
+    // One session owns all four nodes: the host agent's.
+    let session = session_of(port);
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(owner_of(&client, &node(&root, id)).await, session, "{id}");
+    }
+    wait_until("the host agent to count 4 registered", || {
+        let (_, text) = get(port, "/metrics");
+        if text.contains("herald_registered{service=\"pg\"} 4") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    // The node is what the process would have written: its own document.
+    let (data, _) = client.get_data(&node(&root, "a")).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!(doc["id"], "a");
+    assert_eq!(doc["address"], "127.0.0.1");
+
+    // b's check fails: b goes, recorded unhealthy; healthy again, back.
+    std::fs::remove_file(&flags[1]).unwrap();
+    gone(&client, &node(&root, "b")).await;
+    assert_eq!(departed(&client, &root, "b").await, "unhealthy");
+    std::fs::write(&flags[1], "").unwrap();
+    owner_of(&client, &node(&root, "b")).await;
+
+    // a is drained with `herald drain`, which answers once the node is gone.
+    let out = run(herald("/unused")
+        .arg("drain")
+        .arg("--control-dir")
+        .arg(s.path("control-a")));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg/a: drained, not registered"
+    );
+    assert_eq!(client.check_stat(&node(&root, "a")).await.unwrap(), None);
+    assert_eq!(departed(&client, &root, "a").await, "drained");
+
+    // c is stopped: it exits 0 once its node is deleted, recorded stopped.
+    agents[2].signal(libc::SIGTERM);
+    assert_eq!(agents[2].exited().await.code(), Some(0));
+    assert_eq!(client.check_stat(&node(&root, "c")).await.unwrap(), None);
+    assert_eq!(departed(&client, &root, "c").await, "stopped");
+
+    // d dies: the host agent sees its connection close and deletes the node, recorded exited.
+    agents[3].signal(libc::SIGKILL);
+    gone(&client, &node(&root, "d")).await;
+    assert_eq!(departed(&client, &root, "d").await, "exited");
+
+    // The host agent dies: b goes with its session; a new host agent on the same socket, and b
+    // (still running) registers again through it, on the new session.
+    let mut h = h;
+    h.signal(libc::SIGKILL);
+    h.exited().await;
+    gone(&client, &node(&root, "b")).await;
+    let h2 = host(&root, &socket);
+    let port2 = metrics_port(&h2);
+    let owner = owner_of(&client, &node(&root, "b")).await;
+    assert_ne!(owner, session);
+    assert_eq!(session_of(port2), owner);
+
+    // The host agent stops: every node it holds is deleted (recorded stopped) before it exits.
+    let mut h2 = h2;
+    h2.signal(libc::SIGTERM);
+    assert_eq!(h2.exited().await.code(), Some(0));
+    assert_eq!(client.check_stat(&node(&root, "b")).await.unwrap(), None);
+    assert_eq!(departed(&client, &root, "b").await, "stopped");
+    drop(agents);
+}
+
+#[tokio::test]
+async fn a_second_process_with_the_same_id_is_refused_as_a_duplicate() {
+    let root = root("host_dup");
+    let s = Scratch::new("host_dup");
+    let client = client().await;
+    let _h = host(&root, &s.path("host/host.sock"));
+    let flag = s.path("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let _first = Daemon::spawn(&mut agent(&root, &s, "x", &flag));
+    owner_of(&client, &node(&root, "x")).await;
+    let mut second = agent(&root, &s, "x", &flag);
+    let out = tokio::task::spawn_blocking(move || run(&mut second))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("registered by another live session"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -1,0 +1,883 @@
+"""scripts/bench scale: herald director at 100,000 instances on one machine, beside the
+Synapse-style baseline.
+
+One local standalone ZooKeeper (scripts/zk; its heap raised with _JAVA_OPTIONS, which the JVM
+applies after the command line, since scripts/zk has no heap option). A kazoo client that stays
+connected owns every instance: --instances ephemeral znodes in --services services under
+`<root>/services/svcNNNN/ID`, service svc0000 holding --big of them and the others sharing the
+rest, created pipelined (create_async, up to 1000 in flight). Two `herald director --config`
+processes with one `[[output]]` per service (`key = "S_NNNN"`, preset `hostports`), started
+together; leadership is spread over them (--spread on, the default). Measured:
+
+  initial sync      from starting both to every key's value seen by a kazoo exists-watch (the
+                    values then checked against the expected hostports); each director's CPU and
+                    ZooKeeper's over that interval; VmRSS/VmHWM after the sync and at the end
+  leadership        outputs each director leads (GET /status.json on --metrics-listen) and
+                    herald_director_handovers_total (/metrics)
+  one change        --changes per mode: one ephemeral instance `x` added or removed in one
+                    service, from the create/delete to a kazoo data watch on the key firing; back
+                    to back and after 100 ms idle; every --big-every-th round in svc0000
+  requests/change   ZooKeeper's zk_packets_received (mntr) over a batch of registrations and one
+                    of deregistrations, less this program's own requests and the idle rate
+  reconnect         ZooKeeper stopped (SIGSTOP) for --pause s, longer than herald's connection
+                    timeout (0.4 × the 10 s session timeout) and shorter than the session: both
+                    directors reconnect in their sessions and list everything again; packets
+                    from SIGCONT until both logged the relist and the rate is back to idle
+  baseline          the Synapse-style kazoo program of scripts/bench (children watch, a get of
+                    every child on each event) over the first services of an identical tree under
+                    its own root, as many as it reads within --baseline-budget s (estimated from
+                    this program's own sequential reads), or --baseline-services
+
+Prints Markdown tables and writes the raw figures to target/bench/scale-TIMESTAMP.json. This file
+is both the driver (imported by scripts/bench) and, run by the bench venv's python (kazoo), the
+program that measures.
+"""
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+ROOT = "/bench-scale"      # herald's tree and keys
+BASE = "/bench-synapse"    # the baseline's own tree and keys (the same shape, fewer services)
+IDLE = 0.1
+MODES = {"back to back": 0.0, f"after {IDLE * 1000:.0f} ms idle": IDLE}
+TIMEOUT = 60               # one change, one stop
+SYNC_TIMEOUT = 1200        # an initial sync
+RELISTED = ("reconnected; listing the instances again", "connected again; listing the instances again")
+CURATOR_NOTE = (
+    "Curator's ServiceCache: not measured; integration/curator/CuratorProbe.java (scripts/curator) "
+    "only lists, asks a ServiceProvider or registers, and a ServiceCache needs a Java program of its own"
+)
+
+
+def log(msg):
+    print(f"bench scale: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def service_sizes(services, instances, big):
+    """svc0000 holds `big`; the others share the rest, the remainder one each to the first."""
+    each, extra = divmod(instances - big, services - 1)
+    return [big] + [each + (1 if k - 1 < extra else 0) for k in range(1, services)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: starts ZooKeeper, runs the measuring program in the venv, prints the tables.
+
+
+def add_arguments(parser):
+    """The options of `scripts/bench scale`."""
+    parser.add_argument("--services", type=int, default=1000, help="services, one output each (1000)")
+    parser.add_argument("--instances", type=int, default=100_000, help="instances in all (100000)")
+    parser.add_argument("--big", type=int, default=10_000, help="instances of svc0000, the big service (10000)")
+    parser.add_argument("--changes", type=int, default=200, help="changes per tool and mode (200)")
+    parser.add_argument("--big-every", type=int, default=10,
+                        help="one change round in this many is in svc0000 (10; 0: never)")
+    parser.add_argument("--batch", type=int, default=100,
+                        help="registrations, then deregistrations, counted for requests per change (100)")
+    parser.add_argument("--pause", type=float, default=6.0,
+                        help="seconds ZooKeeper is stopped for the reconnect (6: over herald's 4 s connection "
+                             "timeout, under its 10 s session)")
+    parser.add_argument("--baseline-services", type=int,
+                        help="the baseline follows the first N services (default: as many as it reads within "
+                             "--baseline-budget)")
+    parser.add_argument("--baseline-budget", type=float, default=180.0,
+                        help="seconds the baseline's initial sync may take, estimated (180)")
+    parser.add_argument("--zk-heap", default="1g",
+                        help="ZooKeeper's -Xmx, through _JAVA_OPTIONS (1g; empty: scripts/zk's 256m)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="use target/release/herald as it is (no cargo build --release)")
+
+
+def problems(opts):
+    """What is wrong with the options, or None."""
+    if not 2 <= opts.services <= 10_000:
+        return "--services must be from 2 to 10000 (svc0000…svc9999)"
+    if opts.big < 1 or opts.instances - opts.big < opts.services - 1:
+        return "--big must be at least 1 and leave at least one instance for each other service"
+    if opts.big > 99_999 or opts.instances > 10_000_000:
+        return "--big at most 99999, --instances at most 10000000"
+    if opts.big_every < 0 or opts.batch < 1 or opts.pause <= 0 or opts.baseline_budget <= 0:
+        return "--big-every ≥ 0, --batch ≥ 1, --pause > 0 and --baseline-budget > 0"
+    if opts.baseline_services is not None and opts.baseline_services < 1:
+        return "--baseline-services must be at least 1"
+    return None
+
+
+def run(opts, machine, python, baseline_program):
+    """`opts`: the parsed `scripts/bench scale` options."""
+    if not opts.no_build:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    herald = os.path.join(REPO, "target", "release", "herald")
+    workdir = tempfile.mkdtemp(prefix="herald-bench-scale-")
+    port = free_port()
+    zk_env = dict(os.environ)
+    if opts.zk_heap:
+        zk_env["_JAVA_OPTIONS"] = f"-Xmx{opts.zk_heap}"
+    load_before = os.getloadavg()
+    subprocess.run([os.path.join(REPO, "scripts", "zk"), "start", "--dir", workdir, "--port", str(port)],
+                   check=True, stdout=subprocess.DEVNULL, env=zk_env)
+    ok = False
+    try:
+        baseline = os.path.join(workdir, "synapse_baseline.py")
+        with open(baseline, "w") as f:
+            f.write(baseline_program)
+        logs = os.path.join(workdir, "logs")
+        os.mkdir(logs)
+        with open(os.path.join(workdir, "pid")) as f:
+            zk_pid = int(f.read().strip())  # the server's own (scripts/zk serve execs java)
+        params = {
+            "herald": herald, "python": python, "baseline": baseline, "zk": f"127.0.0.1:{port}",
+            "zk_port": port, "zk_pid": zk_pid, "workdir": logs, "services": opts.services,
+            "instances": opts.instances, "big": opts.big, "changes": opts.changes,
+            "big_every": opts.big_every, "batch": opts.batch, "pause": opts.pause,
+            "baseline_services": opts.baseline_services, "baseline_budget": opts.baseline_budget,
+        }
+        proc = subprocess.run([python, os.path.abspath(__file__), json.dumps(params)], stdout=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench scale: the measuring program failed (exit {proc.returncode}); logs in {logs}")
+        result = json.loads(proc.stdout)
+        ok = True
+    finally:
+        subprocess.run([os.path.join(REPO, "scripts", "zk"), "stop", "--dir", workdir], stdout=subprocess.DEVNULL)
+        if ok:
+            subprocess.run(["rm", "-rf", workdir])
+        else:
+            subprocess.run(["rm", "-rf", os.path.join(workdir, "data")])
+    result["machine"] = machine
+    result["load_before"] = load_before
+    result["load_after"] = os.getloadavg()
+    result["options"] = {k: v for k, v in vars(opts).items() if k != "bench"}
+    out_dir = os.path.join(REPO, "target", "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, time.strftime("scale-%Y%m%d-%H%M%S.json"))
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    report(result, opts)
+    print()
+    print(f"raw figures: {os.path.relpath(out, REPO)}")
+
+
+def report(r, opts):
+    S, I, B = r["services"], r["instances"], r["big"]
+    sizes = r["sizes"]
+    others = sizes[1:]
+    M = r["baseline"]["services"]
+    d = r["directors"]
+    names = ("director 1", "director 2")
+    base = r["baseline"]
+    zk = r["zk"]
+
+    def ms(v):
+        return f"{v:,.0f}"
+
+    def mib(kib):
+        return f"{kib / 1024:,.1f}"
+
+    def p(values, q):
+        return f"{pct(values, q):.2f}" if values else "n/a"
+
+    def med(values):
+        return f"{statistics.median(values):.2f}" if values else "n/a"
+
+    print(
+        f"scale: {S:,} services, {I:,} ephemeral instances (svc0000: {B:,}; the {S - 1:,} others "
+        f"{min(others)}–{max(others)} each), created in {r['created_s']:.1f} s by one kazoo client "
+        f"(create_async, 1000 in flight); two `herald director --config` processes with {S:,} outputs "
+        f"each (preset hostports, --spread on, --settle at its default 1s:10s), started together; "
+        f"ZooKeeper {zk['version']} standalone (scripts/zk, heap {zk['heap']}); the Synapse-style "
+        f"baseline (kazoo) over svc0000–svc{M - 1:04d} ({base['instances']:,} instances) under its own "
+        f"root{base['why']}"
+    )
+    print(f"machine: {r['machine']}")
+    lb, la = r["load_before"], r["load_after"]
+    print(f"load average (1, 5, 15 min): {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f} before, "
+          f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f} after")
+    if zk.get("live_heap_mib") is not None:
+        print(f"ZooKeeper's heap in use after creating the znodes and a full GC: {zk['live_heap_mib']:.0f} MiB "
+              f"({zk['znodes']:,} znodes)")
+    print()
+    hc, bc = r["changes"]["herald"], base["changes"]
+    print(f"| measure | herald director (2 processes, {S:,} outputs each) | "
+          f"Synapse-style baseline (kazoo, 1 process, {M:,} services) |")
+    print("|---|---:|---:|")
+    print(f"| instances followed | {I:,} | {base['instances']:,} |")
+    print(f"| initial sync: start → all values seen, ms | {ms(r['sync']['sync_ms'])} | {ms(base['sync_ms'])} |")
+    print(f"| start → first value seen, ms | {ms(r['sync']['first_ms'])} | {ms(base['first_ms'])} |")
+    cpu = [d[n]["sync_cpu_ms"] for n in names]
+    print(f"| CPU of the process, start → synced, ms | {ms(cpu[0])} + {ms(cpu[1])} = {ms(sum(cpu))} | "
+          f"{ms(base['cpu_ms'])} |")
+    print(f"| ZooKeeper's CPU meanwhile, ms | {ms(r['sync']['zk_cpu_ms'])} | {ms(base['zk_cpu_ms'])} |")
+    for mode in MODES:
+        h = [s["ms"] for s in hc if s["mode"] == mode]
+        b = [s["ms"] for s in bc if s["mode"] == mode]
+        for label, q in (("p50", 50), ("p99", 99), ("max", 100)):
+            print(f"| one change → new value seen ({mode}), all services, {label} ms | {p(h, q)} | {p(b, q)} |")
+    for mode in MODES:
+        for which, big in ((f"svc0000 ({B:,} instances)", True), ("the other services", False)):
+            h = [s["ms"] for s in hc if s["mode"] == mode and s["big"] == big]
+            b = [s["ms"] for s in bc if s["mode"] == mode and s["big"] == big]
+            print(f"| one change ({mode}), {which}: p50 / p99 ms (n) | {p(h, 50)} / {p(h, 99)} ({len(h)}) | "
+                  f"{p(b, 50)} / {p(b, 99)} ({len(b)}) |")
+    for label, when, field in (("VmRSS after sync", "after_sync", "rss_kib"), ("VmHWM after sync", "after_sync", "hwm_kib"),
+                               ("VmRSS at end", "at_end", "rss_kib"), ("VmHWM at end", "at_end", "hwm_kib")):
+        print(f"| {label}, MiB | {mib(d[names[0]][when][field])} / {mib(d[names[1]][when][field])} | "
+              f"{mib(base[when][field])} |")
+    print(f"| threads | {d[names[0]]['after_sync']['threads']} / {d[names[1]]['after_sync']['threads']} | "
+          f"{base['after_sync']['threads']} |")
+    print()
+    own = r["own_latency"]
+    if own:
+        print(f"herald's own latency_ms over its {len(own)} change publishes (both directors; warm-up and the "
+              f"request-count batches included): "
+              f"p50 {statistics.median(own):.2f}, p99 {pct(own, 99):.2f}, max {max(own):.2f}")
+    print(f"baseline: {stopped_line(base['stopped'])}; {base['note']}")
+    print(CURATOR_NOTE)
+    print()
+
+    print("| measure | director 1 | director 2 | both |")
+    print("|---|---:|---:|---:|")
+    for label, when in (("outputs led after sync", "after_sync"), ("outputs led at end", "at_end")):
+        led = [d[n]["leading"][when] for n in names]
+        both = r["leadership"][when]
+        extra = "" if both["unled"] == 0 and both["twice"] == 0 else f" ({both['unled']} unled, {both['twice']} led twice)"
+        print(f"| {label} | {led[0]:,} | {led[1]:,} | {sum(led):,}{extra} |")
+    ho = [d[n]["metrics_end"].get("herald_director_handovers_total", 0) for n in names]
+    print(f"| handovers (herald_director_handovers_total) | {ho[0]:.0f} | {ho[1]:.0f} | {sum(ho):.0f} |")
+    print(f"| CPU over the initial sync, ms | {ms(cpu[0])} | {ms(cpu[1])} | {ms(sum(cpu))} |")
+    rc = r["reconnect"]
+    rcpu = [rc["cpu_ms"][n] for n in names]
+    print(f"| CPU over the reconnect (resume → quiet), ms | {ms(rcpu[0])} | {ms(rcpu[1])} | {ms(sum(rcpu))} |")
+    rel = [rc["relisted_s"][n] for n in names]
+    print("| relist logged, s after ZooKeeper resumed | "
+          + " | ".join("none" if v is None else f"{v:.2f}" for v in rel) + " | |")
+    for op in ("list_service", "get_data"):
+        v = [rc["ops"][n].get(op, 0) for n in names]
+        print(f"| reconnect: herald_zk_request_duration_seconds_count{{op=\"{op}\"}} increase | {v[0]:,.0f} | "
+              f"{v[1]:,.0f} | {sum(v):,.0f} |")
+    for key, label in (("herald_zk_reconnects_total", "reconnects"),
+                       ("herald_zk_session_expirations_total", "session expirations")):
+        v = [rc["metrics_delta"][n].get(key, 0) for n in names]
+        print(f"| reconnect: {label} ({key}) | {v[0]:.0f} | {v[1]:.0f} | {sum(v):.0f} |")
+    print(f"| exit after SIGTERM | {d[names[0]]['stopped']['exit']} | {d[names[1]]['stopped']['exit']} | |")
+    print()
+
+    pk = r["packets"]
+    print("| ZooKeeper requests (zk_packets_received, mntr) | value |")
+    print("|---|---:|")
+    print(f"| idle rate, packets/s (pings; measured over {pk['idle_s']:.0f} s) | {pk['idle_rate']:.2f} |")
+    for kind in ("registration", "deregistration"):
+        b = pk[kind]
+        print(f"| {kind}s: {b['changes']} back to back, packets received | {b['received']:,} |")
+        print(f"| … less this program's (writer 1 + watcher 2 per change), the mntr read and idle | "
+              f"{b['directors']:,.0f} |")
+        print(f"| **ZooKeeper requests per {kind}, both directors** | **{b['per_change']:.2f}** |")
+    print(f"| reconnect: ZooKeeper stopped (SIGSTOP) for, s | {rc['pause_s']:.1f} |")
+    print(f"| reconnect: resume → both relists logged, s | {fmt_s(rc['relisted_all_s'])} |")
+    print(f"| reconnect: resume → quiet again, s | {rc['quiet_s']:.2f} |")
+    print(f"| reconnect: packets received, resume → quiet | {rc['received']:,} |")
+    print(f"| … less the idle rate and the mntr reads | {rc['directors']:,.0f} |")
+    print(f"| **ZooKeeper requests per reconnect, both directors** | **{rc['directors']:,.0f}** |")
+    print(f"| … per director, per instance followed | {rc['directors'] / 2 / I:.3f} |")
+    print(f"| reconnect: packets sent by ZooKeeper (zk_packets_sent) | {rc['sent']:,} |")
+    print(f"| reconnect: response bytes (zk_response_bytes), MiB | {rc['response_bytes'] / 2**20:,.1f} |")
+    print(f"| reconnect: ZooKeeper's CPU, resume → quiet, ms | {ms(rc['zk_cpu_ms'])} |")
+    print()
+    reg = pk["registration"]
+    print(
+        f"Requests per change: over {reg['changes']} registrations in {reg['elapsed_s']:.2f} s ZooKeeper received "
+        f"{reg['received']:,} packets; this program sent {3 * reg['changes']:,} of them ({reg['changes']} creates by "
+        f"the writer; per change the watcher's get that arms the data watch and its get of the new value), the "
+        f"closing mntr read 1, and the idle rate accounts for {reg['idle']:.1f}: ({reg['received']:,} − "
+        f"{3 * reg['changes']:,} − 1 − {reg['idle']:.1f}) / {reg['changes']} = {reg['per_change']:.2f} per change for "
+        f"both directors together. Deregistrations the same way with deletes."
+    )
+    print(
+        f"Requests per reconnect: from SIGCONT until the rate was back to idle ({rc['quiet_s']:.2f} s, the last "
+        f"{rc['quiet_window_s']:.0f} s quiet) ZooKeeper received {rc['received']:,} packets, less {rc['polls']} mntr "
+        f"reads (one every {rc['poll_s']:.1f} s) and {rc['idle']:.0f} at the idle rate: {rc['directors']:,.0f} for both "
+        f"directors, {rc['directors'] / 2:,.0f} each, against {S:,} services and {I:,} instances each follows "
+        f"(a full relist is one list per service and one get per instance: {S + I:,})."
+    )
+    for n in names:
+        print(f"{n}: {stopped_line(d[n]['stopped'])}")
+    for line in r.get("notes", []):
+        print(line)
+
+
+def fmt_s(v):
+    return "none" if v is None else f"{v:.2f}"
+
+
+def stopped_line(stopped):
+    if stopped["exit"] == 0:
+        return "exited 0 after SIGTERM"
+    return f"exited {stopped['exit']} after SIGTERM (NOT 0); its log ends: " + " / ".join(stopped["tail"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The measuring program (the venv's python, kazoo): prints its figures as JSON on stdout.
+
+
+live = []  # every process started and not yet reaped: killed on the way out, whatever happens
+
+
+def document(service, ident, addr, port):
+    """An instance document as herald and Curator write it (README: the instance document)."""
+    return json.dumps({
+        "name": service, "id": ident, "address": addr, "port": port, "sslPort": None,
+        "payload": {"labels": {}, "meta": {}, "endpoints": {}, "weight": 1},
+        "registrationTimeUTC": int(time.time() * 1000), "serviceType": "DYNAMIC", "uriSpec": None,
+    }, separators=(",", ":")).encode()
+
+
+class Changed:
+    """A one-shot data watch on an existing node, set now; records perf_counter() at its event."""
+
+    def __init__(self, client, path):
+        self.at, self.type = None, None
+        self.done = threading.Event()
+        self.before, _ = client.get(path, watch=self._fire)
+
+    def _fire(self, event):
+        self.at = time.perf_counter()
+        self.type = event.type
+        self.done.set()
+
+    def wait(self, what, expect="CHANGED"):
+        if not self.done.wait(TIMEOUT):
+            raise SystemExit(f"bench scale: no watch event within {TIMEOUT}s for {what}")
+        if self.type != expect:
+            raise SystemExit(f"bench scale: {what}: the watch saw {self.type}, not {expect}")
+        return self.at
+
+
+class Created:
+    """A one-shot exists-watch on a node that does not exist yet."""
+
+    def __init__(self, client, path):
+        self.at = None
+        self.done = threading.Event()
+        if client.exists(path, watch=self._fire) is not None:
+            raise SystemExit(f"bench scale: {path} exists before the run")
+
+    def _fire(self, event):
+        self.at = time.perf_counter()
+        self.done.set()
+
+
+def spawn(argv, env, log_path):
+    with open(log_path, "wb") as stderr:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    live.append(proc)
+    return proc
+
+
+def stop(proc, log_path):
+    """SIGTERM, then waits: the exit code, and the log's last lines when it is not 0."""
+    proc.send_signal(signal.SIGTERM)
+    watchdog = threading.Timer(TIMEOUT, proc.kill)
+    watchdog.start()
+    code = proc.wait()
+    watchdog.cancel()
+    live.remove(proc)
+    tail = []
+    if code != 0:
+        with open(log_path, errors="replace") as f:
+            for line in f.readlines()[-3:]:
+                try:
+                    record = json.loads(line)
+                    tail.append(f"{record['level']} {record['fields'].get('message', '')}")
+                except (ValueError, KeyError, TypeError):
+                    tail.append(line.rstrip("\n")[:300])
+    return {"exit": code, "tail": tail}
+
+
+def memory(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+    return {"rss_kib": out["VmRSS"], "hwm_kib": out["VmHWM"], "threads": out["Threads"]}
+
+
+def cpu_ms(pid):
+    """utime + stime of a process so far, ms (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def four_letter(port, word):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(word.encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def mntr(port):
+    """ZooKeeper's counters (mntr; scripts/zk allows every four-letter word). Each read is itself
+    counted as one received packet."""
+    out = {}
+    for line in four_letter(port, "mntr").splitlines():
+        key, _, value = line.partition("\t")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def iso_s(stamp):
+    """Seconds since the epoch of an RFC 3339 timestamp with a Z (herald's JSON logs)."""
+    from datetime import datetime, timezone
+    whole, _, frac = stamp.rstrip("Z").partition(".")
+    t = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return t + (float("0." + frac) if frac else 0.0)
+
+
+def records(log_path):
+    """The JSON log records of a herald log."""
+    out = []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def http_get(addr, path):
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=30) as reply:
+        return reply.read()
+
+
+def metrics(addr):
+    """OpenMetrics text: name{labels} → value, and sums per name over labels."""
+    out = {}
+    for line in http_get(addr, "/metrics").decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        try:
+            series, value = line.rsplit(" ", 1)
+            value = float(value)
+        except ValueError:
+            continue
+        out[series] = value
+        name = series.split("{", 1)[0]
+        if "{" in series:
+            out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def ops(sample):
+    """herald_zk_request_duration_seconds_count by op."""
+    out = {}
+    prefix = 'herald_zk_request_duration_seconds_count{op="'
+    for series, value in sample.items():
+        if series.startswith(prefix):
+            out[series[len(prefix):].split('"', 1)[0]] = value
+    return out
+
+
+def delta(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, (int, float))}
+
+
+def bulk_create(client, items, ephemeral=True):
+    """Pipelined creates, up to 1000 in flight."""
+    pending = []
+    for path, data in items:
+        pending.append(client.create_async(path, data, ephemeral=ephemeral))
+        if len(pending) >= 1000:
+            for p in pending:
+                p.get(timeout=TIMEOUT)
+            pending = []
+    for p in pending:
+        p.get(timeout=TIMEOUT)
+
+
+def measure(params):
+    from kazoo.client import KazooClient
+
+    herald, python, baseline_script = params["herald"], params["python"], params["baseline"]
+    zk_hosts, zk_port, zk_pid, workdir = params["zk"], params["zk_port"], params["zk_pid"], params["workdir"]
+    S, I, B, N = params["services"], params["instances"], params["big"], params["changes"]
+    sizes = service_sizes(S, I, B)
+    width = max(5, len(str(max(sizes) - 1)))
+    names = [f"svc{k:04d}" for k in range(S)]
+    keys = [f"S_{k:04d}" for k in range(S)]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HERALD_ZK": zk_hosts}
+    result = {"services": S, "instances": I, "big": B, "sizes": sizes, "notes": []}
+
+    def ident(j):
+        return f"i{j:0{width}d}"
+
+    def address(k, j):
+        return f"10.{1 + k // 256}.{k % 256}.{j % 250 + 1}"
+
+    steady = {}
+
+    def hostports(k, present):
+        """The value hostports derives for service k: its instances by id, then `x` if present."""
+        if k not in steady:
+            steady[k] = ",".join(f"{address(k, j)}:{8000 + j}" for j in range(sizes[k]))
+        x = f"10.250.{k % 256}.{k // 256 + 1}:9000"
+        return (steady[k] + ("," + x if present else "")).encode()
+
+    def tree(root, count):
+        """The first `count` services' nodes and instances under `root`."""
+        owner.ensure_path(f"{root}/services")
+        bulk_create(owner, ((f"{root}/services/{names[k]}", b"") for k in range(count)), ephemeral=False)
+        bulk_create(owner, (
+            (f"{root}/services/{names[k]}/{ident(j)}", document(names[k], ident(j), address(k, j), 8000 + j))
+            for k in range(count) for j in range(sizes[k])
+        ))
+
+    # Sessions longer than the pause of the reconnect test: only the directors (10 s) reconnect.
+    watcher = KazooClient(hosts=zk_hosts, timeout=30)  # sees the published values
+    writer = KazooClient(hosts=zk_hosts, timeout=30)   # adds and removes the instance `x`
+    owner = KazooClient(hosts=zk_hosts, timeout=30)    # owns every other instance
+    clients = (watcher, writer, owner)
+    try:
+        for client in clients:
+            client.start()
+        srvr = four_letter(zk_port, "srvr")
+        version = next((l.split(":", 1)[1].strip() for l in srvr.splitlines() if l.startswith("Zookeeper version")), "?")
+        result["zk"] = {"version": version.split("-", 1)[0], "heap": "?"}
+
+        t = time.perf_counter()
+        tree(ROOT, S)
+        result["created_s"] = time.perf_counter() - t
+        log(f"{I:,} ephemeral instances in {S:,} services created in {result['created_s']:.1f} s")
+
+        # The baseline reads one instance after another: this program's own sequential get +
+        # parse of some of them estimates how many services it gets through within the budget.
+        sample = [(k, random.randrange(sizes[k])) for k in random.choices(range(S), k=min(1000, I))]
+        t = time.perf_counter()
+        for k, j in sample:
+            json.loads(owner.get(f"{ROOT}/services/{names[k]}/{ident(j)}")[0])
+        per_read = (time.perf_counter() - t) / len(sample)
+        if params["baseline_services"]:
+            M = min(S, params["baseline_services"])
+            why = f" (--baseline-services {M})"
+        else:
+            budget, M, spent = params["baseline_budget"], 0, 0.0
+            while M < S and spent + per_read * (sizes[M] + 2) <= budget:
+                spent += per_read * (sizes[M] + 2)
+                M += 1
+            M = max(M, 1)
+            why = ("" if M == S else
+                   f"; capped at {M:,} of {S:,} services: at {per_read * 1000:.2f} ms per sequential read "
+                   f"(measured here) all {I:,} would take ~{per_read * (I + 2 * S):.0f} s, over the "
+                   f"{budget:.0f} s budget")
+        m_instances = sum(sizes[:M])
+        t = time.perf_counter()
+        tree(BASE, M)
+        log(f"baseline tree: {M:,} services, {m_instances:,} instances in {time.perf_counter() - t:.1f} s "
+            f"({per_read * 1000:.2f} ms per sequential read here)")
+        result["baseline"] = {"services": M, "instances": m_instances, "per_read_ms": per_read * 1000, "why": why}
+
+        # ZooKeeper's heap: what the JVM was given, and what the znodes take after a full GC.
+        heap_gc(zk_pid, result)
+        result["zk"]["znodes"] = mntr(zk_port).get("zk_znode_count", 0)
+
+        config = os.path.join(workdir, "director.toml")
+        with open(config, "w") as f:
+            for k in range(S):
+                f.write(f'[[output]]\nkey = "{keys[k]}"\nservice = "{names[k]}"\npreset = "hostports"\n\n')
+        names_d = ("director 1", "director 2")
+        logs = {n: os.path.join(workdir, f"director-{i + 1}.log") for i, n in enumerate(names_d)}
+        argv = [herald, "director", "--config", config, "--log-format", "json", "--metrics-listen", "127.0.0.1:0"]
+
+        # Initial sync: both directors started together.
+        seen = [Created(watcher, f"{ROOT}/environment/{key}") for key in keys]
+        zk_cpu = cpu_ms(zk_pid)
+        t0 = time.perf_counter()
+        procs = {n: spawn(argv, dict(env, HERALD_ROOT=ROOT), logs[n]) for n in names_d}
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        for key, s in zip(keys, seen):
+            if not s.done.wait(max(0.0, deadline - time.monotonic())):
+                raise SystemExit(f"bench scale: {key} not published within {SYNC_TIMEOUT}s of the start")
+        synced_wall = time.time()
+        directors = {n: {"after_sync": memory(p.pid), "sync_cpu_ms": cpu_ms(p.pid)} for n, p in procs.items()}
+        times = sorted((s.at - t0) * 1000 for s in seen)
+        result["sync"] = {"first_ms": times[0], "sync_ms": times[-1], "zk_cpu_ms": cpu_ms(zk_pid) - zk_cpu}
+        log(f"both directors: all {S:,} keys published {times[-1]:,.0f} ms after the start")
+        for k in range(S):
+            value = watcher.get(f"{ROOT}/environment/{keys[k]}")[0]
+            if value != hostports(k, False):
+                raise SystemExit(f"bench scale: {keys[k]} is {value[:80]!r}…, not the hostports of {names[k]}")
+        addrs = {n: metrics_address(logs[n]) for n in names_d}
+        result["leadership"] = {"after_sync": leadership(addrs, keys, directors, "after_sync")}
+
+        # The baseline's initial sync, the directors idle meanwhile.
+        bseen = [Created(watcher, f"{BASE}/environment/{keys[k]}") for k in range(M)]
+        blog = os.path.join(workdir, "baseline.log")
+        zk_cpu = cpu_ms(zk_pid)
+        t0 = time.perf_counter()
+        bproc = spawn([python, baseline_script, zk_hosts, BASE, str(M), "4"], env, blog)
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        for k, s in enumerate(bseen):
+            if not s.done.wait(max(0.0, deadline - time.monotonic())):
+                raise SystemExit(f"bench scale: the baseline did not publish {keys[k]} within {SYNC_TIMEOUT}s")
+        btimes = sorted((s.at - t0) * 1000 for s in bseen)
+        bres = result["baseline"]
+        bres.update(first_ms=btimes[0], sync_ms=btimes[-1], cpu_ms=cpu_ms(bproc.pid),
+                    zk_cpu_ms=cpu_ms(zk_pid) - zk_cpu, after_sync=memory(bproc.pid))
+        log(f"baseline: all {M:,} keys published {btimes[-1]:,.0f} ms after its start")
+        for k in range(M):
+            if watcher.get(f"{BASE}/environment/{keys[k]}")[0] != hostports(k, False):
+                raise SystemExit(f"bench scale: the baseline's {keys[k]} is not the hostports of {names[k]}")
+
+        # One change republished: herald and the baseline interleaved, both modes, shuffled.
+        present = {ROOT: [False] * S, BASE: [False] * M}
+
+        def change(root, k, pause):
+            key = f"{root}/environment/{keys[k]}"
+            node = f"{root}/services/{names[k]}/x"
+            seen = Changed(watcher, key)
+            now = present[root][k]
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            if now:
+                writer.delete(node)
+            else:
+                x = f"10.250.{k % 256}.{k // 256 + 1}"
+                writer.create(node, document(names[k], "x", x, 9000), ephemeral=True)
+            t1 = seen.wait(f"{root}: a change in {names[k]}")
+            present[root][k] = not now
+            value = watcher.get(key)[0]
+            if value != hostports(k, not now):
+                raise SystemExit(f"bench scale: {root}: after a change {key} is {value[:80]!r}…")
+            return (t1 - t0) * 1000
+
+        def pick(count, big):
+            return 0 if big or count == 1 else random.randrange(1, count)
+
+        for n in range(5):  # warm-up, not counted
+            change(ROOT, pick(S, False), 0.0)
+            change(BASE, pick(M, False), 0.0)
+        samples = {ROOT: [], BASE: []}
+        big_rounds = set(random.sample(range(N), max(1, N // params["big_every"]))) if params["big_every"] else set()
+        for n in range(N):
+            big = n in big_rounds
+            services = {ROOT: pick(S, big), BASE: pick(M, big)}
+            units = [(root, mode) for root in (ROOT, BASE) for mode in MODES]
+            random.shuffle(units)
+            for root, mode in units:
+                k = services[root]
+                took = change(root, k, MODES[mode])
+                samples[root].append({"mode": mode, "service": k, "big": k == 0, "ms": took})
+            if (n + 1) % 25 == 0:
+                log(f"{n + 1}/{N} change rounds")
+        result["changes"] = {"herald": samples[ROOT]}
+        bres["changes"] = samples[BASE]
+        bres["at_end"] = memory(bproc.pid)
+        bres["stopped"] = stop(bproc, blog)
+        bres["note"] = "stopped before the request counts and the reconnect below"
+
+        # Requests per change: the idle rate first, then a batch of registrations and one of
+        # deregistrations in distinct services (never svc0000), back to back.
+        idle_s = 5.0
+        a = mntr(zk_port)
+        time.sleep(idle_s)
+        b = mntr(zk_port)
+        idle_rate = max(0.0, (b["zk_packets_received"] - a["zk_packets_received"] - 1) / idle_s)
+        packets = {"idle_s": idle_s, "idle_rate": idle_rate}
+        batch = [k for k in random.sample(range(1, S), min(params["batch"], S - 1)) if not present[ROOT][k]]
+        for kind in ("registration", "deregistration"):
+            before_ops = {n: ops(metrics(addrs[n])) for n in names_d}
+            m0 = mntr(zk_port)
+            t = time.perf_counter()
+            for k in batch:
+                change(ROOT, k, 0.0)
+            elapsed = time.perf_counter() - t
+            m1 = mntr(zk_port)
+            received = m1["zk_packets_received"] - m0["zk_packets_received"]
+            idle = idle_rate * elapsed
+            directors_part = received - 3 * len(batch) - 1 - idle
+            packets[kind] = {
+                "changes": len(batch), "elapsed_s": elapsed, "received": received, "idle": idle,
+                "sent": m1["zk_packets_sent"] - m0["zk_packets_sent"], "directors": directors_part,
+                "per_change": directors_part / len(batch),
+                "ops": {n: delta(ops(metrics(addrs[n])), before_ops[n]) for n in names_d},
+            }
+            log(f"{len(batch)} {kind}s: {received} packets received, {directors_part / len(batch):.2f} per change "
+                f"from the directors")
+        result["packets"] = packets
+
+        # Requests per reconnect: ZooKeeper stopped longer than the directors' connection
+        # timeout, shorter than their sessions.
+        pause = params["pause"]
+        before_metrics = {n: metrics(addrs[n]) for n in names_d}
+        cpu_before = {n: cpu_ms(procs[n].pid) for n in names_d}
+        m0 = mntr(zk_port)
+        stopped_wall = time.time()
+        os.kill(zk_pid, signal.SIGSTOP)
+        try:
+            time.sleep(pause)
+        finally:
+            os.kill(zk_pid, signal.SIGCONT)
+        resumed = time.perf_counter()
+        resumed_wall = time.time()
+        zk_cpu = cpu_ms(zk_pid)
+        poll_s, quiet_window = 0.2, 2.0
+        polls = [(resumed, m0["zk_packets_received"], m0["zk_packets_sent"], m0.get("zk_response_bytes", 0))]
+        relisted = {n: None for n in names_d}
+        quiet_at = None
+        limit = time.monotonic() + 900
+        while time.monotonic() < limit:
+            time.sleep(poll_s)
+            m = mntr(zk_port)
+            polls.append((time.perf_counter(), m["zk_packets_received"], m["zk_packets_sent"], m.get("zk_response_bytes", 0)))
+            for n in names_d:
+                if relisted[n] is None:
+                    found = [iso_s(r["timestamp"]) for r in records(logs[n])
+                             if r.get("fields", {}).get("message") in RELISTED and iso_s(r["timestamp"]) > stopped_wall]
+                    if found:
+                        relisted[n] = min(found) - resumed_wall
+            if any(v is None for v in relisted.values()):
+                continue
+            # Quiet: over the last quiet_window s, no more than the idle rate (and the polls) plus 5/s.
+            window = [p for p in polls if p[0] >= polls[-1][0] - quiet_window]
+            span = window[-1][0] - window[0][0]
+            if span >= quiet_window - poll_s / 2:
+                extra = window[-1][1] - window[0][1] - (len(window) - 1) - idle_rate * span
+                if extra <= 5 * span:
+                    quiet_at = window[0]
+                    break
+        if quiet_at is None:
+            raise SystemExit("bench scale: ZooKeeper's packet rate was not back to idle within 900 s of the resume")
+        quiet_s = quiet_at[0] - resumed
+        npolls = sum(1 for p in polls[1:] if p[0] <= quiet_at[0])
+        received = quiet_at[1] - m0["zk_packets_received"]
+        idle = idle_rate * (quiet_s + pause)
+        after_metrics = {n: metrics(addrs[n]) for n in names_d}
+        result["reconnect"] = {
+            "pause_s": pause, "quiet_s": quiet_s, "quiet_window_s": quiet_window, "poll_s": poll_s,
+            "received": received, "polls": npolls, "idle": idle,
+            "directors": received - npolls - idle,
+            "sent": quiet_at[2] - m0["zk_packets_sent"],
+            "response_bytes": quiet_at[3] - m0.get("zk_response_bytes", 0),
+            "zk_cpu_ms": cpu_ms(zk_pid) - zk_cpu,
+            "cpu_ms": {n: cpu_ms(procs[n].pid) - cpu_before[n] for n in names_d},
+            "relisted_s": relisted, "relisted_all_s": max(relisted.values()),
+            "ops": {n: delta(ops(after_metrics[n]), ops(before_metrics[n])) for n in names_d},
+            "metrics_delta": {n: delta(after_metrics[n], before_metrics[n]) for n in names_d},
+            "series": [(p[0] - resumed, p[1] - m0["zk_packets_received"]) for p in polls],
+        }
+        log(f"reconnect: {received:,} packets received in {quiet_s:.1f} s after the resume")
+
+        # The end: every value still right, leadership, memory, exits.
+        for k in range(S):
+            if watcher.get(f"{ROOT}/environment/{keys[k]}")[0] != hostports(k, present[ROOT][k]):
+                result["notes"].append(f"after the reconnect {keys[k]} was not the expected value")
+        result["leadership"]["at_end"] = leadership(addrs, keys, directors, "at_end")
+        for n in names_d:
+            directors[n]["at_end"] = memory(procs[n].pid)
+            directors[n]["metrics_end"] = {k: v for k, v in metrics(addrs[n]).items()
+                                           if k.startswith(("herald_director_handovers_total", "herald_zk_"))
+                                           and "{" not in k}
+        for n in names_d:
+            directors[n]["stopped"] = stop(procs[n], logs[n])
+        own = []
+        for n in names_d:
+            for r in records(logs[n]):
+                fields = r.get("fields", {})
+                if fields.get("message") == "published" and iso_s(r["timestamp"]) > synced_wall:
+                    if fields.get("latency_ms") is not None:
+                        own.append(fields["latency_ms"])
+        result["own_latency"] = own
+        result["directors"] = directors
+        relists = {n: sum(1 for r in records(logs[n]) if r.get("fields", {}).get("message") in RELISTED)
+                   for n in names_d}
+        if any(v != 1 for v in relists.values()):
+            result["notes"].append(f"relists logged over the run: {relists} (1 each expected: the reconnect)")
+    finally:
+        for proc in live:
+            proc.kill()
+            proc.wait()
+        for client in clients:
+            try:
+                client.stop()
+                client.close()
+            except Exception:  # the measurements are already taken or lost
+                pass
+    json.dump(result, sys.stdout)
+
+
+def heap_gc(zk_pid, result):
+    """ZooKeeper's maximum heap (jcmd VM.flags) and its use after a full GC (jcmd GC.run,
+    jstat -gc); left unknown when the JDK tools are missing."""
+    try:
+        flags = subprocess.run(["jcmd", str(zk_pid), "VM.flags"], capture_output=True, text=True, timeout=60).stdout
+        for word in flags.split():
+            if word.startswith("-XX:MaxHeapSize="):
+                result["zk"]["heap"] = f"{int(word.split('=')[1]) / 2**20:,.0f} MiB"
+        subprocess.run(["jcmd", str(zk_pid), "GC.run"], capture_output=True, timeout=120)
+        lines = subprocess.run(["jstat", "-gc", str(zk_pid)], capture_output=True, text=True, timeout=60).stdout.split("\n")
+        row = dict(zip(lines[0].split(), lines[1].split()))
+        used = sum(float(row[c]) for c in ("S0U", "S1U", "EU", "OU"))
+        result["zk"]["live_heap_mib"] = used / 1024
+    except (OSError, subprocess.SubprocessError, IndexError, KeyError, ValueError):
+        result["zk"]["live_heap_mib"] = None
+
+
+def metrics_address(log_path):
+    """The address a director serves metrics on (`--metrics-listen 127.0.0.1:0`), from its log."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        for r in records(log_path):
+            fields = r.get("fields", {})
+            if fields.get("message") == "serving metrics and status":
+                return fields["listen"]
+        time.sleep(0.1)
+    raise SystemExit(f"bench scale: no 'serving metrics and status' in {log_path}")
+
+
+def leadership(addrs, keys, directors, when):
+    """Outputs each director leads (/status.json), once every key has one leader (or after 30 s):
+    a director first in line that is not preferred hands the output over just after the start."""
+    deadline = time.monotonic() + 30
+    while True:
+        led = {n: {k for k, v in json.loads(http_get(a, "/status.json"))["outputs"].items() if v.get("leading")}
+               for n, a in addrs.items()}
+        every = [k for n in led for k in led[n]]
+        unled = len(set(keys) - set(every))
+        twice = len(every) - len(set(every))
+        if (unled == 0 and twice == 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for n in addrs:
+        directors[n].setdefault("leading", {})[when] = len(led[n])
+    return {"unled": unled, "twice": twice}
+
+
+if __name__ == "__main__":
+    measure(json.loads(sys.argv[1]))

@@ -192,3 +192,61 @@ async fn a_second_process_with_the_same_id_is_refused_as_a_duplicate() {
         describe(&out)
     );
 }
+
+/// Issue #14: after the host agent's session expired, every node it held is created again on
+/// the new session, at `--register-rate` (4 a second here: 8 creations span at least 1.5 s),
+/// not in one burst.
+#[tokio::test]
+async fn after_a_new_session_the_host_agent_registers_again_at_its_rate() {
+    let root = root("host_rate");
+    let s = Scratch::new("host_rate");
+    let client = client().await;
+    let socket = s.path("host/host.sock");
+    let mut h = Daemon::spawn(
+        herald(&root)
+            .args(["--session-timeout", "2s", "--rejoin-spread", "0s", "host"])
+            .args(["--register-rate", "4", "--socket"])
+            .arg(&socket)
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let port = metrics_port(&h);
+    let first = session_of(port);
+    let ids: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let flag = s.path("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let _agents: Vec<Daemon> = ids
+        .iter()
+        .map(|id| Daemon::spawn(&mut agent(&root, &s, id, &flag)))
+        .collect();
+    for id in &ids {
+        assert_eq!(owner_of(&client, &node(&root, id)).await, first);
+    }
+    // Frozen past its session timeout: ZooKeeper expires the session and deletes every node.
+    h.signal(libc::SIGSTOP);
+    for id in &ids {
+        gone(&client, &node(&root, id)).await;
+    }
+    h.signal(libc::SIGCONT);
+    let second = wait_until("a new session", || {
+        let now = session_of(port);
+        if now != first {
+            Ok(now)
+        } else {
+            Err(format!("still {now:#x}"))
+        }
+    });
+    let mut created = Vec::new();
+    for id in &ids {
+        assert_eq!(owner_of(&client, &node(&root, id)).await, second, "{id}");
+        let stat = client.check_stat(&node(&root, id)).await.unwrap().unwrap();
+        created.push(stat.ctime);
+    }
+    created.sort();
+    let span = created[7] - created[0];
+    assert!(
+        span >= 1500,
+        "8 registrations at 4/s took {span} ms: {created:?}"
+    );
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.exited().await.code(), Some(0));
+}

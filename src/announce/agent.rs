@@ -172,7 +172,11 @@ impl Connected {
             let (via, give_up) = (plan.via, plan.give_up_on_duplicate);
             let configured = plan.zk.session_timeout;
             async move {
-                let wanted = super::Wanted { now: wanted, why };
+                let wanted = super::Wanted {
+                    now: wanted,
+                    why,
+                    pace: None,
+                };
                 let result = match (session, via) {
                     (Some(session), _) => {
                         let negotiated = session.live().client.session_timeout();

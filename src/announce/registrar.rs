@@ -17,7 +17,7 @@ use super::document::Document;
 use super::node::{Claim, Node, Owned};
 use crate::departure::Departure;
 use crate::telemetry::Telemetry;
-use crate::zk::{Live, SessionHandle, ZkError, state_error};
+use crate::zk::{Live, Pace, SessionHandle, ZkError, paced, state_error};
 
 /// Whether the node exists, for drain feedback and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +45,13 @@ pub struct Status {
 /// departure record.
 pub type Why = Arc<dyn Fn(bool) -> Departure + Send + Sync>;
 
-/// Whether the node should exist, and why not when it should not.
+/// Whether the node should exist, and why not when it should not; with `pace`, each
+/// registration (a create, or recognising the node as ours) waits for its slot, shared with
+/// every registration of the same pace (a host agent's, after its session was renewed).
 pub struct Wanted {
     pub now: watch::Receiver<bool>,
     pub why: Why,
+    pub pace: Option<Arc<Pace>>,
 }
 
 /// How long to wait before retrying after a connection loss (the client reconnects meanwhile).
@@ -76,7 +79,11 @@ pub async fn maintain(
     duplicate_wait: Option<Duration>,
     cancel: CancellationToken,
 ) -> Result<(), AnnounceError> {
-    let Wanted { now: mut want, why } = wanted;
+    let Wanted {
+        now: mut want,
+        why,
+        pace,
+    } = wanted;
     let mut live = session.live();
     let mut states = live.client.state_watcher();
     let mut reg = Registrar {
@@ -89,6 +96,7 @@ pub async fn maintain(
         why,
         left: None,
         telemetry: session.telemetry().clone(),
+        pace,
     };
     loop {
         let wanted = *want.borrow_and_update();
@@ -207,6 +215,7 @@ struct Registrar {
     /// Why we last deleted our node (cleared when a session loses it or it is registered).
     left: Option<Departure>,
     telemetry: Telemetry,
+    pace: Option<Arc<Pace>>,
 }
 
 impl Registrar {
@@ -227,6 +236,7 @@ impl Registrar {
             }
             return Ok(());
         }
+        paced(self.pace.as_deref()).await;
         self.maybe = true;
         match self
             .telemetry

@@ -39,6 +39,16 @@ pub struct HostArgs {
     /// /run/herald as root).
     #[arg(long, env = "HERALD_HOST_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Registrations per second at most (each a few ZooKeeper requests): after a new session
+    /// every node is created again, and after an ensemble-wide loss every host does it at once.
+    /// 0: as fast as ZooKeeper answers.
+    #[arg(
+        long,
+        env = "HERALD_REGISTER_RATE",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub register_rate: u32,
 }
 
 pub async fn run(zk: &ZkArgs, args: HostArgs) -> anyhow::Result<()> {
@@ -71,6 +81,7 @@ pub async fn run(zk: &ZkArgs, args: HostArgs) -> anyhow::Result<()> {
         session.handle(),
         target.values.layout().clone(),
         target.values.policy(),
+        args.register_rate,
     ));
     info!(socket = %path.display(), "host agent: registering the processes of this machine");
     let serving = CancellationToken::new();

@@ -126,6 +126,11 @@ pub struct ZkArgs {
     /// How long to try to establish a session before giving up (exit 5).
     #[arg(long, env = "HERALD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
+    /// After a session expired, establish the new one after a random delay below this (0s:
+    /// at once), so that every client of an ensemble that lost its sessions does not come back
+    /// (and register again) in the same instant.
+    #[arg(long, env = "HERALD_REJOIN_SPREAD", default_value = "1s", value_parser = parse_duration_or_zero, global = true)]
+    pub rejoin_spread: Duration,
     /// File holding digest credentials `user:password` (HERALD_ZK_AUTH holds them directly).
     #[arg(long, env = "HERALD_ZK_AUTH_FILE", global = true)]
     pub zk_auth_file: Option<PathBuf>,
@@ -200,6 +205,7 @@ impl ZkArgs {
             connect_timeout: self.connect_timeout,
             auth,
             tls,
+            rejoin_spread: self.rejoin_spread,
         };
         Ok(Target {
             config,

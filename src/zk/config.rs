@@ -199,11 +199,16 @@ pub struct ZkConfig {
     pub auth: Option<DigestAuth>,
     /// CA bundle and client identity for `tcp+tls://` hosts.
     pub tls: Option<ZkTls>,
+    /// After the session expired, a new one is established after a random delay below this,
+    /// so that the clients of an ensemble that lost every session do not all come back in the
+    /// same instant.
+    pub rejoin_spread: Duration,
 }
 
 impl ZkConfig {
     pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_REJOIN_SPREAD: Duration = Duration::from_secs(1);
 
     pub fn new(connect: ConnectString) -> ZkConfig {
         ZkConfig {
@@ -212,6 +217,7 @@ impl ZkConfig {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             auth: None,
             tls: None,
+            rejoin_spread: Self::DEFAULT_REJOIN_SPREAD,
         }
     }
 }

@@ -311,7 +311,12 @@ async fn keep(
             _ => return,
         }
         telemetry.session_expired();
-        warn!(session = %session_id, generation, "ZooKeeper session expired; establishing a new one");
+        let delay = spread(cfg.rejoin_spread);
+        warn!(session = %session_id, generation, in_ms = delay.as_millis() as u64, "ZooKeeper session expired; establishing a new one");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
         let backoff = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(50))
@@ -333,5 +338,40 @@ async fn keep(
                 Err(err) => return fail(err),
             },
         }
+    }
+}
+
+/// A random delay below `limit` (zero for a zero limit): each process draws its own.
+fn spread(limit: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if limit.is_zero() {
+        return Duration::ZERO;
+    }
+    // A per-process random seed (the standard library's hash keys), mixed with the time.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let nanos = limit.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Duration::from_nanos(hasher.finish() % nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+    use std::time::Duration;
+
+    #[test]
+    fn spread_stays_below_its_limit_and_varies() {
+        assert_eq!(spread(Duration::ZERO), Duration::ZERO);
+        let limit = Duration::from_secs(1);
+        let draws: Vec<Duration> = (0..200).map(|_| spread(limit)).collect();
+        assert!(draws.iter().all(|d| *d < limit));
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 150, "{} distinct of 200", distinct.len());
+        // Spread over the range, not bunched: some in each half.
+        assert!(draws.iter().any(|d| *d < limit / 2) && draws.iter().any(|d| *d >= limit / 2));
     }
 }

@@ -45,7 +45,9 @@ pub async fn register(
     give_up_on_duplicate: bool,
     cancel: CancellationToken,
 ) -> Result<(), AnnounceError> {
-    let Wanted { now: mut want, why } = wanted;
+    let Wanted {
+        now: mut want, why, ..
+    } = wanted;
     let mut said = None::<String>;
     loop {
         let ended = relay(

@@ -21,7 +21,7 @@ use crate::departure::Departure;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, Layout, ServiceName};
 use crate::local_socket::{PrivateSocket, trusted};
-use crate::zk::SessionHandle;
+use crate::zk::{Pace, SessionHandle};
 
 /// What every registration of a host agent shares.
 pub struct Host {
@@ -30,15 +30,20 @@ pub struct Host {
     pub policy: Policy,
     /// The instances registered through this host agent now: one connection each.
     active: Mutex<BTreeSet<(ServiceName, InstanceId)>>,
+    /// The rate of registrations (`--register-rate`), shared by all of them.
+    pace: Option<Arc<Pace>>,
 }
 
 impl Host {
-    pub fn new(session: SessionHandle, layout: Layout, policy: Policy) -> Host {
+    /// `register_rate`: registrations per second at most (0: unpaced), e.g. after a new
+    /// session, when every node is created again.
+    pub fn new(session: SessionHandle, layout: Layout, policy: Policy, register_rate: u32) -> Host {
         Host {
             session,
             layout,
             policy,
             active: Mutex::new(BTreeSet::new()),
+            pace: Pace::per_second(register_rate).map(Arc::new),
         }
     }
 
@@ -206,6 +211,7 @@ async fn registration(
         let wanted = Wanted {
             now: wanted_rx,
             why,
+            pace: host.pace.clone(),
         };
         async move {
             maintain(

@@ -1486,12 +1486,21 @@ async fn a_value_over_max_value_is_held_and_the_last_one_kept() {
     // Two instances make 27 bytes: over the limit.
     register(&client, &root, "svc", "b", 1002).await;
     d.wait_log("over the 20-byte limit (max_value)", 1).await;
-    let (record, _) = client
-        .get_data(&format!("{root}/holds/SIZED"))
-        .await
-        .unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
-    assert_eq!(record["reason"], "too_large", "{record}");
+    // The record is written just after the log line.
+    let record = eventually("the hold record", || async {
+        let (record, _) = client
+            .get_data(&format!("{root}/holds/SIZED"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let record: serde_json::Value =
+            serde_json::from_slice(&record).map_err(|e| e.to_string())?;
+        if record["reason"] == "too_large" {
+            Ok(record)
+        } else {
+            Err(record.to_string())
+        }
+    })
+    .await;
     assert_eq!(record["instances"], 2, "{record}");
     let (data, now) = client.get_data(&path).await.unwrap();
     assert_eq!(data, b"10.0.0.1:1001", "held");

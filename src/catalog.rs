@@ -182,8 +182,9 @@ mod tests {
         assert_eq!(listing_bytes(&ids(2, 3)), 4 + 2 * (4 + 3));
         assert!(!crowded(&ids(CROWDED_INSTANCES - 1, 8)));
         assert!(crowded(&ids(CROWDED_INSTANCES, 8)));
-        // 5,000 names of 100 bytes: 520,004 bytes, over half a MiB.
-        assert!(crowded(&ids(5_000, 100)));
+        // 5,100 names of 100 bytes: 530,404 bytes, over half a MiB (524,288); 5,000: under.
+        assert!(crowded(&ids(5_100, 100)));
+        assert!(!crowded(&ids(5_000, 100)));
         assert!(!crowded(&ids(5_000, 36)));
     }
 }

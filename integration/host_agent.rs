@@ -250,3 +250,100 @@ async fn after_a_new_session_the_host_agent_registers_again_at_its_rate() {
     h.signal(libc::SIGTERM);
     assert_eq!(h.exited().await.code(), Some(0));
 }
+
+/// Another local user cannot register through the host agent (its registrations would be
+/// written with the host agent's ZooKeeper identity): even with the socket opened up by hand,
+/// the host agent refuses the peer (SO_PEERCRED) and the process exits 6; nothing is written.
+#[tokio::test]
+async fn another_user_cannot_register_through_the_host_agent() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: this test needs setpriv as root to run as another user; skipped");
+        return;
+    }
+    let root = root("host_other_user");
+    let s = Scratch::new("host_other_user");
+    let client = client().await;
+    let socket = s.path("host/host.sock");
+    let h = host(&root, &socket);
+    session_of(metrics_port(&h));
+    // Opened up by hand: every directory on the way, and the socket.
+    let mut dir = socket.parent().map(std::path::Path::to_path_buf);
+    while let Some(d) = dir {
+        if d == std::path::Path::new("/tmp") || d.parent().is_none() {
+            break;
+        }
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        dir = d.parent().map(std::path::Path::to_path_buf);
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let control = std::path::PathBuf::from(format!("/tmp/herald-other-{}", std::process::id()));
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HERALD_ZK", zk().connect_string())
+        .env("HERALD_ROOT", &root)
+        .args(["announce", "--service", "pg", "--id", "intruder"])
+        .args(["--address", "127.0.0.1", "--port", "5432"])
+        .arg("--host-agent")
+        .arg(&socket)
+        .arg("--control-dir")
+        .arg(&control);
+    let out = tokio::task::spawn_blocking(move || run(&mut command))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&control);
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("registers only for its own user or root"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        h.stderr()
+            .contains("refused a registration from another user"),
+        "{}",
+        h.stderr()
+    );
+    assert_eq!(
+        client.check_stat(&node(&root, "intruder")).await.unwrap(),
+        None
+    );
+}
+
+/// `herald run --service … --host-agent`: the command's instance is registered through the
+/// host agent; when the command ends by itself its node goes, recorded `exited`, and herald
+/// exits with the command's status.
+#[tokio::test]
+async fn run_service_registers_through_the_host_agent() {
+    let root = root("host_run");
+    let s = Scratch::new("host_run");
+    let client = client().await;
+    let socket = s.path("host/host.sock");
+    let h = host(&root, &socket);
+    let session = session_of(metrics_port(&h));
+    let done = s.path("done");
+    let mut run_service = Daemon::spawn(
+        herald(&root)
+            .args(["run", "--service", "pg", "--id", "r1"])
+            .args(["--address", "127.0.0.1", "--port", "5432"])
+            .arg("--host-agent")
+            .arg(&socket)
+            .arg("--control-dir")
+            .arg(s.path("control"))
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "while [ ! -e {} ]; do sleep 0.05; done; exit 3",
+                done.display()
+            )),
+    );
+    assert_eq!(owner_of(&client, &node(&root, "r1")).await, session);
+    std::fs::write(&done, "").unwrap();
+    assert_eq!(run_service.exited().await.code(), Some(3));
+    gone(&client, &node(&root, "r1")).await;
+    assert_eq!(departed(&client, &root, "r1").await, "exited");
+}

@@ -134,12 +134,18 @@ def problems(opts):
 
 def run(opts, machine, python, baseline_program):
     """`opts`: the parsed `scripts/bench scale` options."""
-    if not opts.no_build:
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
     herald = os.path.join(REPO, "target", "release", "herald")
-    # The newest commit when the binary was built (the tree may have moved on since).
-    built = subprocess.run(["git", "log", "-1", f"--before={int(os.stat(herald).st_mtime)}", "--format=%h"],
-                           cwd=REPO, capture_output=True, text=True).stdout.strip() or "?"
+    if not opts.no_build:
+        changed = " with uncommitted changes" if git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock") else ""
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+        built = f"{head}{changed}"
+    else:
+        mtime = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.stat(herald).st_mtime))
+        built = f"the target/release/herald of {mtime} (--no-build; HEAD is now {head})"
     workdir = tempfile.mkdtemp(prefix="herald-bench-scale-")
     port = free_port()
     zk_env = dict(os.environ)
@@ -575,12 +581,15 @@ def until_quiet(zk_port, first, idle_rate, ready, limit=900.0, poll_s=0.2, windo
                       m.get("zk_response_bytes", 0)))
         if not ready():
             continue
-        window = [p for p in polls if p[0] >= polls[-1][0] - window_s]
+        # The window starts at the last reading at least window_s old.
+        older = [i for i, p in enumerate(polls) if p[0] <= polls[-1][0] - window_s]
+        if not older:
+            continue
+        window = polls[older[-1]:]
         span = window[-1][0] - window[0][0]
-        if span >= window_s - poll_s / 2:
-            extra = window[-1][1] - window[0][1] - (len(window) - 1) - idle_rate * span
-            if extra <= 5 * span:
-                return window[0], sum(1 for p in polls[1:] if p[0] <= window[0][0]), polls
+        extra = window[-1][1] - window[0][1] - (len(window) - 1) - idle_rate * span
+        if extra <= 5 * span:
+            return window[0], sum(1 for p in polls[1:] if p[0] <= window[0][0]), polls
     raise SystemExit(f"bench scale: ZooKeeper's packet rate was not back to idle within {limit:.0f} s")
 
 
@@ -800,14 +809,21 @@ def measure(params):
                                            and "{" not in k}
         for n in pair:
             directors[n]["stopped"] = stop(procs[n], logs[n])
-        own = []
+        own, publishes = [], []
         for n in pair:
             for r in records(logs[n]):
                 fields = r.get("fields", {})
-                if fields.get("message") == "published" and iso_s(r["timestamp"]) > synced_wall:
-                    if fields.get("latency_ms") is not None:
-                        own.append(fields["latency_ms"])
+                if fields.get("message") != "published":
+                    continue
+                at = iso_s(r["timestamp"]) - synced_wall
+                publishes.append({"director": n, "at_s": at, "key": r.get("span", {}).get("key"),
+                                  "latency_ms": fields.get("latency_ms"), "old": fields.get("old"),
+                                  "new": fields.get("new"), "instances": fields.get("instances")})
+                # A key's first value replaces none: the change publishes are the others.
+                if fields.get("old") != "none" and fields.get("latency_ms") is not None:
+                    own.append(fields["latency_ms"])
         result["own_latency"] = own
+        result["publishes"] = publishes
         result["directors"] = directors
 
         # Phase 2: two fresh directors whose reconcile is out of the way (--reconcile 24h), so

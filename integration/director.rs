@@ -1532,14 +1532,11 @@ async fn a_value_over_max_value_is_held_and_the_last_one_kept() {
     );
 }
 
-/// Issue #14: a service of 10,000 instances is near what one ZooKeeper listing carries: the
-/// director publishes it and warns, naming the service and what to do.
-#[tokio::test]
-async fn a_crowded_service_is_published_and_warned_about() {
-    const N: usize = 10_000;
-    let root = root("dir_crowded");
-    let client = client().await;
-    let parent = format!("{root}/services/crowd");
+/// `n` ephemeral instances of `service` (ids `i00000`…, addresses `10.1.x.y`, port 80), sent at
+/// once (the client writes each request as it is made) and awaited in order; returns their
+/// `host:port`s in id order, as `hostports` publishes them.
+async fn register_many(client: &zkc::Client, root: &str, service: &str, n: usize) -> Vec<String> {
+    let parent = format!("{root}/services/{service}");
     client
         .mkdir(
             &parent,
@@ -1548,25 +1545,37 @@ async fn a_crowded_service_is_published_and_warned_about() {
         .await
         .unwrap();
     let node = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
-    let docs: Vec<(String, String)> = (0..N)
-        .map(|i| {
-            let id = format!("i{i:05}");
-            let doc = format!(
-                r#"{{"name":"crowd","id":"{id}","address":"10.1.{}.{}","port":80,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#,
-                i / 250,
-                i % 250
-            );
-            (format!("{parent}/{id}"), doc)
-        })
-        .collect();
-    // Sent as they are made (the client writes each request at once), awaited in order.
-    let created: Vec<_> = docs
+    let mut hostports = Vec::new();
+    let mut docs = Vec::new();
+    for i in 0..n {
+        let id = format!("i{i:05}");
+        let address = format!("10.1.{}.{}", i / 250, i % 250);
+        docs.push((
+            format!("{parent}/{id}"),
+            format!(
+                r#"{{"name":"{service}","id":"{id}","address":"{address}","port":80,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#
+            ),
+        ));
+        hostports.push(format!("{address}:80"));
+    }
+    let sent: Vec<_> = docs
         .iter()
         .map(|(path, doc)| client.create(path, doc.as_bytes(), &node))
         .collect();
-    for done in created {
+    for done in sent {
         done.await.unwrap();
     }
+    hostports
+}
+
+/// Issue #14: a service of 10,000 instances is near what one ZooKeeper listing carries: the
+/// director publishes it and warns, naming the service and what to do.
+#[tokio::test]
+async fn a_crowded_service_is_published_and_warned_about() {
+    const N: usize = 10_000;
+    let root = root("dir_crowded");
+    let client = client().await;
+    register_many(&client, &root, "crowd", N).await;
     let d = Director::spawn(&mut director(
         &root,
         "CROWD",
@@ -1614,33 +1623,7 @@ async fn relist_rate_paces_the_listing_at_start_and_after_a_reconnect() {
     const N: usize = 400;
     let root = root("dir_paced");
     let client = client().await;
-    let parent = format!("{root}/services/paced");
-    client
-        .mkdir(
-            &parent,
-            &zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all()),
-        )
-        .await
-        .unwrap();
-    let node = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
-    let mut expected = Vec::new();
-    let mut created = Vec::new();
-    for i in 0..N {
-        let id = format!("i{i:03}");
-        let address = format!("10.3.{}.{}", i / 200, i % 200);
-        let doc = format!(
-            r#"{{"name":"paced","id":"{id}","address":"{address}","port":80,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#
-        );
-        expected.push(format!("{address}:80"));
-        created.push((format!("{parent}/{id}"), doc));
-    }
-    let sent: Vec<_> = created
-        .iter()
-        .map(|(path, doc)| client.create(path, doc.as_bytes(), &node))
-        .collect();
-    for done in sent {
-        done.await.unwrap();
-    }
+    let expected = register_many(&client, &root, "paced", N).await;
     let proxy = Proxy::start(zk().port);
     let d = Director::spawn(
         director(

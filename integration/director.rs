@@ -1657,3 +1657,64 @@ async fn relist_rate_paces_the_listing_at_start_and_after_a_reconnect() {
     assert_eq!(listed, N);
     assert!(took >= 1900, "after the reconnect: {took} ms");
 }
+
+/// The reconcile lists beside the event loop: with a listing of 100 instances every few
+/// hundred milliseconds (paced at 200 requests a second), while instances come and go, every
+/// change still reaches the value, and once the churn stops further reconciles publish nothing
+/// (a listing older than the events it raced never wins).
+#[tokio::test]
+async fn reconciling_beside_the_events_loses_no_change_and_publishes_nothing_more() {
+    let root = root("dir_reconcile");
+    let client = client().await;
+    let path = value_path(&root, "RECON");
+    let mut present = register_many(&client, &root, "recon", 100).await;
+    let d = Director::spawn(
+        director(
+            &root,
+            "RECON",
+            "recon",
+            &[
+                "--preset",
+                "hostports",
+                "--settle",
+                "0s",
+                "--max-drop",
+                "100%",
+            ],
+        )
+        .args(["--reconcile", "100ms", "--reconcile-rate", "200", "-v"]),
+    );
+    value_becomes(&client, &path, &present.join(",")).await;
+    // 60 changes, a few milliseconds apart: delete and re-create instances in turn.
+    let node = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    for round in 0..60 {
+        let i = (round * 37) % 100;
+        let id = format!("i{i:05}");
+        let child = format!("{root}/services/recon/{id}");
+        let address = format!("10.1.{}.{}", i / 250, i % 250);
+        if present[i].is_empty() {
+            let doc = format!(
+                r#"{{"name":"recon","id":"{id}","address":"{address}","port":80,"payload":{{"weight":1}},"serviceType":"DYNAMIC"}}"#
+            );
+            client.create(&child, doc.as_bytes(), &node).await.unwrap();
+            present[i] = format!("{address}:80");
+        } else {
+            client.delete(&child, None).await.unwrap();
+            present[i].clear();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let truth: Vec<&String> = present.iter().filter(|p| !p.is_empty()).collect();
+    let want = truth
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let stat = value_becomes(&client, &path, &want).await;
+    // Five more reconciles of the (now quiet) service: nothing more is published.
+    let seen = d.count("reconciling the instance cache");
+    d.wait_log("reconciling the instance cache", seen + 5).await;
+    let (data, now) = client.get_data(&path).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&data), want);
+    assert_eq!(now.version, stat.version, "a reconcile published again");
+}

@@ -108,9 +108,9 @@ pub struct DirectorArgs {
     /// one that goes away moves only its own outputs. `off`: whoever joined first leads.
     #[arg(long, value_name = "on|off", env = "HERALD_SPREAD", default_value = "on", action = clap::ArgAction::Set, hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub spread: bool,
-    /// ZooKeeper requests per second of the instance listings (at start, after a reconnect or
-    /// a new session, and the reconcile), so that directors listing at once after an outage do
-    /// not flood the ensemble. 0: as fast as ZooKeeper answers.
+    /// ZooKeeper requests per second of the whole instance listings (at start, after a
+    /// reconnect or a new session), so that directors listing at once after an outage do not
+    /// flood the ensemble. 0: as fast as ZooKeeper answers.
     #[arg(
         long,
         value_name = "N",
@@ -118,6 +118,15 @@ pub struct DirectorArgs {
         default_value_t = 0
     )]
     pub relist_rate: u32,
+    /// ZooKeeper requests per second of the reconcile (--reconcile): a pass over many
+    /// instances takes longer than the interval rather than reading faster. 0: unpaced.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HERALD_RECONCILE_RATE",
+        default_value_t = 1000
+    )]
+    pub reconcile_rate: u32,
 }
 
 impl DirectorArgs {
@@ -234,6 +243,7 @@ pub async fn run(zk_args: &ZkArgs, args: DirectorArgs) -> anyhow::Result<()> {
             reconcile: args.reconcile,
             spread: args.spread,
             relist_rate: args.relist_rate,
+            reconcile_rate: args.reconcile_rate,
             telemetry: telemetry.clone(),
         };
         let running = run_director(session.handle(), director, run_cancel.clone());

@@ -71,11 +71,13 @@ impl Snapshot {
     }
 }
 
-/// How the cache lists: the reconcile interval (one service at a time, spread over it), and
-/// the requests per second of every listing (0: unpaced).
+/// How the cache lists: the reconcile interval (one service at a time, spread over it) and the
+/// reconcile's requests per second, and the requests per second of the whole listings (at start,
+/// after a reconnect or a new session); 0: unpaced.
 #[derive(Debug, Clone, Copy)]
 pub struct Listing {
     pub reconcile: Duration,
+    pub reconcile_rate: u32,
     pub rate: u32,
 }
 
@@ -106,6 +108,7 @@ pub fn follow(
             tx,
             reconcile: listing.reconcile,
             pace: Pace::per_second(listing.rate).map(Arc::new),
+            reconcile_pace: Pace::per_second(listing.reconcile_rate).map(Arc::new),
         };
         cache.run(cancel).await;
     });
@@ -122,6 +125,8 @@ struct Follower {
     reconcile: Duration,
     /// The rate of the listings' requests (`--relist-rate`), shared by every listing.
     pace: Option<Arc<Pace>>,
+    /// The rate of the reconcile's requests (`--reconcile-rate`).
+    reconcile_pace: Option<Arc<Pace>>,
 }
 
 /// Why a session's round ended.
@@ -205,30 +210,66 @@ impl Follower {
         self.relist_all(client, Instant::now(), first).await?;
         self.listed_in = Some(live.generation);
         let mut disconnected = false;
-        // The safety net re-lists one service per tick, spread over the interval, so events
-        // never wait behind a listing of everything.
+        // The safety net re-lists one service per tick, spread over the interval, beside the
+        // event loop (a large service's listing never holds events back), one at a time and at
+        // the reconcile rate: a pass takes the interval, or longer when the instances are many.
         let services: Vec<ServiceName> = self.services.iter().cloned().collect();
         let period = (self.reconcile / services.len().max(1) as u32).max(Duration::from_millis(10));
         let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_service = 0;
+        let mut reconciling: Option<Reconciling> = None;
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => return Ok(Ended::Cancelled),
-                _ = reconcile.tick() => {
+                _ = reconcile.tick(), if reconciling.is_none() => {
                     if let Some(service) = services.get(next_service % services.len().max(1)) {
                         debug!(service = %service, "reconciling the instance cache");
-                        self.relist(client, service, Instant::now()).await?;
+                        reconciling = Some(self.list_beside(client, service));
                     }
                     next_service += 1;
                     continue;
                 }
+                listed = async {
+                    match reconciling.as_mut() {
+                        Some(r) => (&mut r.listing).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(done) = reconciling.take() else { continue };
+                    let found = match listed {
+                        Ok(found) => found?,
+                        // The listing task panicked: try this service again next pass.
+                        Err(_) => continue,
+                    };
+                    // Merged once, brought up to date first: the leaders never see the older
+                    // listing's view of what changed meanwhile.
+                    if let Some(found) = self.catch_up(client, &done.service, found, done.raced).await? {
+                        self.merge(client, &done.service, found, Instant::now()).await;
+                    }
+                    self.sweep_departures(client, &done.service).await;
+                    continue;
+                }
                 event = watcher.changed() => event,
             };
+            if let Some(r) = reconciling.as_mut()
+                && matches!(
+                    event.event_type,
+                    EventType::NodeCreated | EventType::NodeDataChanged | EventType::NodeDeleted
+                )
+                && self.service_of(&event.path) == Some(&r.service)
+            {
+                r.raced.push(event.path.clone());
+            }
             let at = Instant::now();
             match event.event_type {
                 EventType::Session => match event.session_state {
                     SessionState::Disconnected => {
                         disconnected = true;
+                        // Everything is listed again on reconnecting.
+                        if let Some(r) = reconciling.take() {
+                            r.listing.abort();
+                        }
                         self.unready();
                     }
                     SessionState::SyncConnected if disconnected => {
@@ -297,19 +338,7 @@ impl Follower {
         let instance = if kind == EventType::NodeDeleted {
             None
         } else {
-            let read = client.get_data(path);
-            match self.session.telemetry().zk_request("get_data", read).await {
-                Ok((data, stat)) => catalog::admit(path, &service, id.clone(), &data, &stat),
-                Err(zk::Error::NoNode) => None,
-                Err(zk::Error::NoAuth) => {
-                    warn!(
-                        path,
-                        "skipping an instance this identity may not read (its ACL)"
-                    );
-                    None
-                }
-                Err(err) => return Err(ZkError::op("read", path, err)),
-            }
+            self.read_instance(client, path, &service, &id).await?
         };
         self.tx.send_if_modified(|snapshot| {
             let instances = snapshot.services.entry(service.clone()).or_default();
@@ -330,6 +359,65 @@ impl Follower {
             changed
         });
         Ok(())
+    }
+
+    /// The instance at `path` as it is now (`None`: gone, unreadable, or not an instance).
+    async fn read_instance(
+        &self,
+        client: &zk::Client,
+        path: &str,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<Option<Instance>, ZkError> {
+        let read = client.get_data(path);
+        match self.session.telemetry().zk_request("get_data", read).await {
+            Ok((data, stat)) => Ok(catalog::admit(path, service, id.clone(), &data, &stat)),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(zk::Error::NoAuth) => {
+                warn!(
+                    path,
+                    "skipping an instance this identity may not read (its ACL)"
+                );
+                Ok(None)
+            }
+            Err(err) => Err(ZkError::op("read", path, err)),
+        }
+    }
+
+    /// `found`, a listing of `service` made beside the event loop, brought up to date with
+    /// what changed while it listed: each instance an event named meanwhile is read again now
+    /// (those events were applied already; the listing may have missed them, or hold an older
+    /// document). `None` when the service node itself came or went meanwhile: it was listed
+    /// again then, more recently than this.
+    async fn catch_up(
+        &self,
+        client: &zk::Client,
+        service: &ServiceName,
+        found: Vec<Instance>,
+        raced: Vec<String>,
+    ) -> Result<Option<Vec<Instance>>, ZkError> {
+        let mut found: BTreeMap<InstanceId, Instance> =
+            found.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let parent = self.layout.service(service);
+        let mut named = BTreeSet::new();
+        for path in &raced {
+            match path.strip_prefix(&parent).and_then(|r| r.strip_prefix('/')) {
+                Some(id) if !id.contains('/') => {
+                    if let Ok(id) = id.parse::<InstanceId>() {
+                        named.insert((path.as_str(), id));
+                    }
+                }
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+        for (path, id) in named {
+            match self.read_instance(client, path, service, &id).await? {
+                Some(instance) => found.insert(id, instance),
+                None => found.remove(&id),
+            };
+        }
+        Ok(Some(found.into_values().collect()))
     }
 
     /// The departure record beside the instance's vanished node (a deregistration, and why),
@@ -490,6 +578,47 @@ impl Follower {
             .telemetry()
             .zk_request("list_service", listing)
             .await?;
+        self.merge(client, service, found, at).await;
+        self.sweep_departures(client, service).await;
+        Ok(())
+    }
+
+    /// Starts listing `service` beside the event loop, at the reconcile rate.
+    fn list_beside(&self, client: &zk::Client, service: &ServiceName) -> Reconciling {
+        let (client, layout, name) = (client.clone(), self.layout.clone(), service.clone());
+        let (telemetry, pace) = (
+            self.session.telemetry().clone(),
+            self.reconcile_pace.clone(),
+        );
+        let listing = tokio::spawn(async move {
+            let listing = catalog::instances(&client, &layout, &name, pace.as_deref());
+            telemetry.zk_request("list_service", listing).await
+        });
+        Reconciling {
+            service: service.clone(),
+            listing,
+            raced: Vec::new(),
+        }
+    }
+
+    /// The service an event's path is under (`<root>/services/S/…`), if it is one followed.
+    fn service_of(&self, path: &str) -> Option<&ServiceName> {
+        let rest = path
+            .strip_prefix(&self.layout.services())?
+            .strip_prefix('/')?;
+        let name = rest.split('/').next()?;
+        self.services.iter().find(|s| s.as_str() == name)
+    }
+
+    /// Takes `found` as `service`'s instances now (noting which of the instances that went
+    /// deregistered), and tells the leaders if that changed anything.
+    async fn merge(
+        &mut self,
+        client: &zk::Client,
+        service: &ServiceName,
+        found: Vec<Instance>,
+        at: Instant,
+    ) {
         let fresh: BTreeMap<_, _> = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let old = self.tx.borrow().services.get(service).cloned();
         let moved = self.departures(client, service, old.as_ref(), &fresh).await;
@@ -503,9 +632,15 @@ impl Follower {
             snapshot.changed.insert(service.clone(), at);
             true
         });
-        self.sweep_departures(client, service).await;
-        Ok(())
     }
+}
+
+/// A reconcile listing of one service, running beside the event loop.
+struct Reconciling {
+    service: ServiceName,
+    listing: tokio::task::JoinHandle<Result<Vec<Instance>, ZkError>>,
+    /// The znodes of this service that events named while it listed, read again after it.
+    raced: Vec<String>,
 }
 
 /// Records in `snapshot` which of `service`'s instances went by deregistering: each

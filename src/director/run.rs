@@ -47,9 +47,11 @@ pub struct Director {
     pub spread: bool,
     /// Full re-listing interval, the safety net under the watch.
     pub reconcile: Duration,
-    /// Requests per second of the instance listings (start, reconnect, new session,
-    /// reconcile); 0: unpaced.
+    /// Requests per second of the whole instance listings (start, reconnect, new session);
+    /// 0: unpaced.
     pub relist_rate: u32,
+    /// Requests per second of the reconcile's listings; 0: unpaced.
+    pub reconcile_rate: u32,
     pub telemetry: Telemetry,
 }
 
@@ -82,6 +84,7 @@ pub async fn run(
         services,
         cache::Listing {
             reconcile: director.reconcile,
+            reconcile_rate: director.reconcile_rate,
             rate: director.relist_rate,
         },
         cancel.child_token(),

@@ -171,6 +171,9 @@ async fn lead(
             let campaign = election::campaign(&session, &shared.values, &dir, me);
             tokio::pin!(campaign);
             let mut view = snapshots.clone();
+            // The output's instance count at the last look: a change elsewhere in the cache
+            // (its services' maps the same) costs no pass over them.
+            let mut counted: Option<usize> = None;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
@@ -182,11 +185,18 @@ async fn lead(
                         }
                         let snapshot = view.borrow_and_update();
                         if snapshot.ready {
-                            let count = snapshot
-                                .instances_of(&output.services)
-                                .filter(|i| output.selects(i))
-                                .count();
-                            guards.left_on_purpose(look.left_on_purpose(&output, &snapshot));
+                            let count = match counted.filter(|_| look.unchanged(&output, &snapshot)) {
+                                Some(count) => count,
+                                None => {
+                                    guards.left_on_purpose(look.left_on_purpose(&output, &snapshot));
+                                    let count = snapshot
+                                        .instances_of(&output.services)
+                                        .filter(|i| output.selects(i))
+                                        .count();
+                                    counted = Some(count);
+                                    count
+                                }
+                            };
                             guards.observed(count, Instant::now());
                         }
                     }
@@ -922,6 +932,19 @@ struct LastLook {
 }
 
 impl LastLook {
+    /// Whether the output's services hold the very maps of the last look (nothing of theirs
+    /// changed, and so no departure of theirs was noted since).
+    fn unchanged(&self, output: &Output, snapshot: &Snapshot) -> bool {
+        self.inputs.len() == output.services.len()
+            && output.services.iter().zip(&self.inputs).all(|(s, last)| {
+                match (snapshot.services.get(s), last) {
+                    (Some(now), Some(last)) => Arc::ptr_eq(now, last),
+                    (None, None) => true,
+                    _ => false,
+                }
+            })
+    }
+
     /// How many of the output's instances at the last look have since left on purpose
     /// (stopped or drained, by their departure records); `snapshot` is the last look from now.
     /// Costs one pass over the departures remembered, never one over the instances.

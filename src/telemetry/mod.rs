@@ -315,23 +315,13 @@ impl Telemetry {
     pub fn published(
         &self,
         key: &str,
-        (digest, bytes, zxid): (&str, usize, Option<i64>),
+        value: (&str, usize, Option<i64>),
         since: Option<tokio::time::Instant>,
     ) {
         let labels = Key {
             key: key.to_owned(),
         };
-        self.metrics
-            .publishes
-            .get_or_create(&KeyResult {
-                key: key.to_owned(),
-                result: "published",
-            })
-            .inc();
-        self.metrics
-            .value_bytes
-            .get_or_create(&labels)
-            .set(bytes as i64);
+        self.publish_result(key, "published");
         self.metrics.last_publish.get_or_create(&labels).set(now());
         if let Some(since) = since {
             self.metrics
@@ -339,26 +329,32 @@ impl Telemetry {
                 .get_or_create(&labels)
                 .observe(since.elapsed().as_secs_f64());
         }
-        self.hold_ended(key);
+        self.value_held(key, value);
         let mut board = self.board();
         let view = Self::output(&mut board, key);
-        view.digest = Some(digest.to_owned());
-        view.bytes = Some(bytes as u64);
-        view.mzxid = zxid.map(|z| format!("{z:#x}"));
         view.published_at = Some(now());
         view.publishes += 1;
     }
 
     /// The value this director found already holds what it derived (a hold then ends with the
     /// record the caller clears).
-    pub fn unchanged(&self, key: &str, (digest, bytes, zxid): (&str, usize, Option<i64>)) {
+    pub fn unchanged(&self, key: &str, value: (&str, usize, Option<i64>)) {
+        self.publish_result(key, "unchanged");
+        self.value_held(key, value);
+    }
+
+    fn publish_result(&self, key: &str, result: &'static str) {
         self.metrics
             .publishes
             .get_or_create(&KeyResult {
                 key: key.to_owned(),
-                result: "unchanged",
+                result,
             })
             .inc();
+    }
+
+    /// KEY now holds this value (digest, size, mzxid when known): any hold has ended.
+    fn value_held(&self, key: &str, (digest, bytes, zxid): (&str, usize, Option<i64>)) {
         self.metrics
             .value_bytes
             .get_or_create(&Key {
@@ -384,13 +380,7 @@ impl Telemetry {
     }
 
     pub fn publish_failed(&self, key: &str) {
-        self.metrics
-            .publishes
-            .get_or_create(&KeyResult {
-                key: key.to_owned(),
-                result: "failed",
-            })
-            .inc();
+        self.publish_result(key, "failed");
     }
 
     /// A hold began (or its reason changed).

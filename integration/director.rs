@@ -1718,3 +1718,53 @@ async fn reconciling_beside_the_events_loses_no_change_and_publishes_nothing_mor
     assert_eq!(String::from_utf8_lossy(&data), want);
     assert_eq!(now.version, stat.version, "a reconcile published again");
 }
+
+/// An output's quiet period (`wait`) is the quiet of its own services: another service of the
+/// same director changing all the time neither pushes its publish out to the `wait` maximum
+/// nor wakes it.
+#[tokio::test]
+async fn churn_in_another_service_does_not_hold_back_an_outputs_quiet_period() {
+    let root = root("dir_own_quiet");
+    let s = Scratch::new("dir_own_quiet");
+    let config = s.path("director.toml");
+    std::fs::write(
+        &config,
+        "[[output]]\nkey = \"QUIET\"\nservice = \"calm\"\npreset = \"hostports\"\nwait = \"1s:60s\"\nsettle = \"0s\"\n\n\
+         [[output]]\nkey = \"BUSY\"\nservice = \"busy\"\npreset = \"hostports\"\nsettle = \"0s\"\n",
+    )
+    .unwrap();
+    let d = Director::spawn(herald(&root).arg("director").arg("--config").arg(&config));
+    d.wait_log("leading", 2).await;
+    let client = client().await;
+    register(&client, &root, "busy", "x", 2000).await;
+    value_becomes(&client, &value_path(&root, "BUSY"), "10.0.0.0:2000").await;
+
+    // The busy service changes every 100 ms (its one instance's port flips) until told to stop.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churn = tokio::spawn({
+        let (client, root, stop) = (client.clone(), root.clone(), stop.clone());
+        async move {
+            let mut changes = 0u32;
+            while !stop.is_cancelled() {
+                changes += 1;
+                register(&client, &root, "busy", "x", 2000 + (changes % 2) as u16).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            changes
+        }
+    });
+    let started = std::time::Instant::now();
+    register(&client, &root, "calm", "a", 1001).await;
+    value_becomes(&client, &value_path(&root, "QUIET"), "10.0.0.1:1001").await;
+    let took = started.elapsed();
+    stop.cancel();
+    let changes = churn.await.unwrap();
+    assert!(
+        changes >= 5,
+        "the other service changed all along ({changes} changes)"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "published after its own quiet period of 1s, not before ({took:?})"
+    );
+}

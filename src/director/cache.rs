@@ -3,6 +3,11 @@
 //! every child), instance data changes count. After a reconnect the watch is added again (the
 //! server keeps watches per connection) and everything is re-listed (events made while
 //! disconnected are never sent: ZOOKEEPER-4698); so after a new session, and on a slow timer.
+//!
+//! Each output sees the cache through a [`View`]: the latest snapshot, and a wakeup only when
+//! one of its own services changed (or the cache became ready or unready). A change elsewhere
+//! wakes nothing, so a change costs the outputs that follow its service, however many others
+//! the director holds, and an output's quiet period (`wait`) is the quiet of its own services.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -81,14 +86,74 @@ pub struct Listing {
     pub rate: u32,
 }
 
-/// Starts following `services`; the receiver sees every change.
+/// The cache as one output sees it.
+pub struct View {
+    snapshots: watch::Receiver<Snapshot>,
+    /// Sent to after the snapshot changed one of the output's services, or its readiness.
+    wake: watch::Receiver<()>,
+}
+
+impl View {
+    /// Waits for a change of this view's services (or of the cache's readiness) not yet
+    /// looked at; an error when the cache is gone.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.wake.changed().await
+    }
+
+    /// The latest snapshot, every change so far counted as looked at.
+    pub fn borrow_and_update(&mut self) -> watch::Ref<'_, Snapshot> {
+        self.wake.mark_unchanged();
+        self.snapshots.borrow()
+    }
+}
+
+/// Who is woken by a change of each service, and by a change of readiness (everyone).
+#[derive(Default)]
+struct Wakes {
+    by_service: BTreeMap<ServiceName, Vec<watch::Sender<()>>>,
+    all: Vec<watch::Sender<()>>,
+}
+
+impl Wakes {
+    fn services<'a>(&self, changed: impl IntoIterator<Item = &'a ServiceName>) {
+        for service in changed {
+            for wake in self.by_service.get(service).into_iter().flatten() {
+                wake.send_replace(());
+            }
+        }
+    }
+
+    fn everyone(&self) {
+        for wake in &self.all {
+            wake.send_replace(());
+        }
+    }
+}
+
+/// Starts following the services of every view asked for (each a set of services, one per
+/// output); returns the views in the same order.
 pub fn follow(
     session: SessionHandle,
     layout: Layout,
-    services: BTreeSet<ServiceName>,
+    views: &[BTreeSet<ServiceName>],
     listing: Listing,
     cancel: CancellationToken,
-) -> watch::Receiver<Snapshot> {
+) -> Vec<View> {
+    let services: BTreeSet<ServiceName> = views.iter().flatten().cloned().collect();
+    let mut wakes = Wakes::default();
+    let mut wake_receivers = Vec::with_capacity(views.len());
+    for wanted in views {
+        let (wake, rx) = watch::channel(());
+        for service in wanted {
+            wakes
+                .by_service
+                .entry(service.clone())
+                .or_default()
+                .push(wake.clone());
+        }
+        wakes.all.push(wake);
+        wake_receivers.push(rx);
+    }
     let (tx, rx) = watch::channel(Snapshot {
         services: services
             .iter()
@@ -102,6 +167,7 @@ pub fn follow(
     tokio::spawn(async move {
         let mut cache = Follower {
             session,
+            wakes,
             listed_in: None,
             layout,
             services,
@@ -112,11 +178,19 @@ pub fn follow(
         };
         cache.run(cancel).await;
     });
-    rx
+    wake_receivers
+        .into_iter()
+        .map(|wake| View {
+            snapshots: rx.clone(),
+            wake,
+        })
+        .collect()
 }
 
 struct Follower {
     session: SessionHandle,
+    /// The views to wake after a change (after the snapshot is sent: they read it then).
+    wakes: Wakes,
     /// The session generation whose first whole listing is done.
     listed_in: Option<u64>,
     layout: Layout,
@@ -139,8 +213,12 @@ enum Ended {
 impl Follower {
     /// The view may be stale until the next full listing: leaders must not publish from it.
     fn unready(&self) {
-        self.tx
-            .send_if_modified(|s| std::mem::replace(&mut s.ready, false));
+        if self
+            .tx
+            .send_if_modified(|s| std::mem::replace(&mut s.ready, false))
+        {
+            self.wakes.everyone();
+        }
     }
 
     async fn run(&mut self, cancel: CancellationToken) {
@@ -340,7 +418,7 @@ impl Follower {
         } else {
             self.read_instance(client, path, &service, &id).await?
         };
-        self.tx.send_if_modified(|snapshot| {
+        let changed = self.tx.send_if_modified(|snapshot| {
             let instances = snapshot.services.entry(service.clone()).or_default();
             let changed = match &instance {
                 Some(new) => instances.get(&id) != Some(new),
@@ -354,10 +432,13 @@ impl Follower {
                     None => map.remove(&id),
                 };
                 note_departures(snapshot, &service, [(id, present, deregistered)], at);
-                snapshot.changed.insert(service, at);
+                snapshot.changed.insert(service.clone(), at);
             }
             changed
         });
+        if changed {
+            self.wakes.services([&service]);
+        }
         Ok(())
     }
 
@@ -544,25 +625,33 @@ impl Follower {
                     .await,
             );
         }
+        let mut touched = Vec::new();
+        let mut everyone = false;
         self.tx.send_if_modified(|snapshot| {
-            // Becoming ready is news too: leaders wait for it.
-            let mut changed = !snapshot.ready;
+            // Becoming ready is news to every output (leaders wait for it), and so is a new
+            // start of the view (`listed_at`).
+            everyone = !snapshot.ready || whole;
             for (service, instances) in fresh {
                 let slot = snapshot.services.entry(service.clone()).or_default();
                 if **slot != instances {
                     *slot = Arc::new(instances);
                     let moved = departures.remove(&service).unwrap_or_default();
                     note_departures(snapshot, &service, moved, at);
-                    snapshot.changed.insert(service, at);
-                    changed = true;
+                    snapshot.changed.insert(service.clone(), at);
+                    touched.push(service);
                 }
             }
             snapshot.ready = true;
             if whole {
                 snapshot.listed_at = Some(at);
             }
-            changed
+            everyone || !touched.is_empty()
         });
+        if everyone {
+            self.wakes.everyone();
+        } else {
+            self.wakes.services(&touched);
+        }
         Ok(())
     }
 
@@ -622,7 +711,7 @@ impl Follower {
         let fresh: BTreeMap<_, _> = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let old = self.tx.borrow().services.get(service).cloned();
         let moved = self.departures(client, service, old.as_ref(), &fresh).await;
-        self.tx.send_if_modified(|snapshot| {
+        let changed = self.tx.send_if_modified(|snapshot| {
             let slot = snapshot.services.entry(service.clone()).or_default();
             if **slot == fresh {
                 return false;
@@ -632,6 +721,9 @@ impl Follower {
             snapshot.changed.insert(service.clone(), at);
             true
         });
+        if changed {
+            self.wakes.services([service]);
+        }
     }
 }
 

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::cache::{self, Instances, Snapshot};
+use super::cache::{self, Instances, Snapshot, View};
 use super::config::Output;
 use super::culprits::{self, Excluded, Found};
 use super::derive::{Derivation, DeriveError, derive_exec};
@@ -73,15 +72,16 @@ pub async fn run(
     director: Director,
     cancel: CancellationToken,
 ) -> Result<(), DirectorError> {
-    let services: BTreeSet<_> = director
+    // One view per output, woken by its own services only.
+    let wanted: Vec<BTreeSet<ServiceName>> = director
         .outputs
         .iter()
-        .flat_map(|o| o.services.iter().cloned())
+        .map(|o| o.services.iter().cloned().collect())
         .collect();
-    let snapshots = cache::follow(
+    let views = cache::follow(
         session.clone(),
         director.values.layout().clone(),
-        services,
+        &wanted,
         cache::Listing {
             reconcile: director.reconcile,
             reconcile_rate: director.reconcile_rate,
@@ -97,14 +97,14 @@ pub async fn run(
         telemetry: director.telemetry,
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for output in director.outputs {
+    for (output, view) in director.outputs.into_iter().zip(views) {
         let span = info_span!("director", key = %output.key);
         tasks.spawn(
             lead(
                 session.clone(),
                 shared.clone(),
                 output,
-                snapshots.clone(),
+                view,
                 cancel.child_token(),
             )
             .instrument(span),
@@ -154,7 +154,7 @@ async fn lead(
     session: SessionHandle,
     shared: Arc<Shared>,
     output: Output,
-    snapshots: watch::Receiver<Snapshot>,
+    mut view: View,
     cancel: CancellationToken,
 ) -> Result<(), DirectorError> {
     let dir = shared.values.layout().directors(&output.key);
@@ -170,9 +170,8 @@ async fn lead(
             };
             let campaign = election::campaign(&session, &shared.values, &dir, me);
             tokio::pin!(campaign);
-            let mut view = snapshots.clone();
-            // The output's instance count at the last look: a change elsewhere in the cache
-            // (its services' maps the same) costs no pass over them.
+            // The output's instance count at the last look: a wakeup that changed none of
+            // its services' maps (readiness) costs no pass over them.
             let mut counted: Option<usize> = None;
             loop {
                 tokio::select! {
@@ -219,7 +218,7 @@ async fn lead(
             &shared,
             &output,
             (&mut guards, &mut look),
-            snapshots.clone(),
+            &mut view,
             &cancel,
         )
         .await;
@@ -258,7 +257,7 @@ async fn serve(
     shared: &Shared,
     output: &Output,
     (guards, look): (&mut Guards, &mut LastLook),
-    mut snapshots: watch::Receiver<Snapshot>,
+    snapshots: &mut View,
     cancel: &CancellationToken,
 ) -> Ended {
     let key = &output.key;
@@ -443,7 +442,7 @@ async fn serve(
                         retry_at = Some(Instant::now());
                     }
                 }
-                changed = settled(&mut snapshots, output.wait_min, output.wait_max) => {
+                changed = settled(snapshots, output.wait_min, output.wait_max) => {
                     if !changed {
                         return if cancel.is_cancelled() {
                             Ended::Cancelled
@@ -1125,11 +1124,7 @@ async fn find_culprits(
 
 /// Waits for a change, then for quiet: `wait_min` without another change, but no longer than
 /// `wait_max` after the first (consul-template's `wait`). `false` when the cache is gone.
-async fn settled(
-    snapshots: &mut watch::Receiver<Snapshot>,
-    wait_min: Duration,
-    wait_max: Duration,
-) -> bool {
+async fn settled(snapshots: &mut View, wait_min: Duration, wait_max: Duration) -> bool {
     if snapshots.changed().await.is_err() {
         return false;
     }

@@ -93,7 +93,8 @@ pub struct DirectorArgs {
     /// Default: what a znode takes, 1 MiB − 1 KiB (ZooKeeper's jute.maxbuffer, less headers).
     #[arg(long, value_name = "SIZE")]
     pub max_value: Option<String>,
-    /// Debounce: quiet period, or QUIET:MAX (e.g. 100ms:1s). Default 0: publish at once.
+    /// Debounce: quiet period (of this output's own services), or QUIET:MAX (e.g. 100ms:1s).
+    /// Default 0: publish at once.
     #[arg(long, value_name = "DURATION[:DURATION]")]
     pub wait: Option<String>,
     /// After leading begins and after a reconnect or new session: publish once the instances

@@ -348,3 +348,57 @@ async fn the_client_names_the_server_its_session_is_on() {
     states.expect(SessionState::SyncConnected, DEADLINE).await;
     assert_eq!(client.server().as_deref(), Some(live.as_str()));
 }
+
+/// A session event carries the last zxid the session had seen: a `Disconnected` says up to
+/// which transaction every watch notification was delivered, so what a persistent watch may
+/// have missed while disconnected (ZOOKEEPER-4698) is what changed after it.
+#[tokio::test]
+async fn a_disconnection_carries_the_last_zxid_the_session_saw() {
+    let server = Standalone::start("disconnect_zxid").await;
+    let client = connect(&server.connect_string()).await;
+    let other = connect(&server.connect_string()).await;
+    client.create("/t", b"", &persistent()).await.unwrap();
+    let mut watcher = client
+        .watch("/t", AddWatchMode::PersistentRecursive)
+        .await
+        .unwrap();
+    // The last reply this session gets before the server stops: its zxid is that create's.
+    let (mine, _) = client.create("/t/a", b"", &persistent()).await.unwrap();
+    // A later change by another session is notified, but no reply to this one says so.
+    let (theirs, _) = other.create("/t/b", b"", &persistent()).await.unwrap();
+    assert!(theirs.czxid > mine.czxid);
+    expect_node_event(
+        &mut watcher,
+        EventType::NodeCreated,
+        "/t/b",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    server.stop(libc::SIGTERM).await;
+    let deadline = Instant::now() + DEADLINE;
+    let disconnected = loop {
+        let event = tokio::time::timeout_at(deadline, watcher.changed())
+            .await
+            .expect("a Disconnected event");
+        if event.session_state == SessionState::Disconnected {
+            break event;
+        }
+    };
+    assert_eq!(disconnected.event_type, EventType::Session);
+    assert_eq!(
+        disconnected.zxid, mine.czxid,
+        "the zxid of the last reply (the create of /t/a), not of a notification"
+    );
+
+    server.restart().await;
+    let connected = loop {
+        let event = tokio::time::timeout_at(deadline, watcher.changed())
+            .await
+            .expect("a SyncConnected event");
+        if event.session_state == SessionState::SyncConnected {
+            break event;
+        }
+    };
+    assert!(connected.zxid >= mine.czxid, "{}", connected.zxid);
+}

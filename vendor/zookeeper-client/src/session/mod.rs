@@ -259,7 +259,9 @@ impl Session {
             return;
         }
         self.session_state = state;
-        self.watch_manager.dispatch_session_state(state);
+        // herald patch: a session event carries the last zxid the session had seen (see
+        // `WatchedEvent::zxid`).
+        self.watch_manager.dispatch_session_state(state, self.last_zxid);
         self.state_sender.send(state).ignore();
     }
 

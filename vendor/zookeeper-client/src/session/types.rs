@@ -143,7 +143,11 @@ pub struct WatchedEvent {
     /// Node path from chroot. Empty if this is a state event.
     pub path: String,
 
-    /// `zxid` of the transaction that triggered this node event, [WatchedEvent::NO_ZXID] for session event.
+    /// `zxid` of the transaction that triggered this node event. For a session event (herald
+    /// patch): the highest zxid of any reply the session had received when its state changed
+    /// (0 before the first), so every watch notification for a change up to it was delivered
+    /// before this event — after a [SessionState::Disconnected], what a watcher may have missed
+    /// is what changed after it.
     ///
     /// # Notable behaviors
     /// * This feature was shipped in 3.9.0, `zxid` wil be [WatchedEvent::NO_ZXID] for earlier versions. See [ZOOKEEPER-4655].

@@ -351,8 +351,9 @@ impl WatchManager {
         }
     }
 
-    pub fn dispatch_session_state(&mut self, state: SessionState) {
-        let _event = WatchedEvent::new_session(state);
+    pub fn dispatch_session_state(&mut self, state: SessionState, last_zxid: i64) {
+        let mut _event = WatchedEvent::new_session(state);
+        _event.zxid = last_zxid;
         let event = _event.to_ref();
         self.watches.values_mut().for_each(|watch| {
             watch.send(&event, &mut self.watching_paths);

@@ -1,5 +1,5 @@
 """scripts/bench scale: herald director at 100,000 instances on one machine, beside the
-Synapse-style baseline.
+Synapse-style baseline and Curator's ServiceCache.
 
 One local standalone ZooKeeper (scripts/zk; its heap raised with _JAVA_OPTIONS, which the JVM
 applies after the command line, since scripts/zk has no heap option). A kazoo client that stays
@@ -27,6 +27,22 @@ together; leadership is spread over them (--spread on, the default). Measured:
                     every child on each event) over the first services of an identical tree under
                     its own root, as many as it reads within --baseline-budget s (estimated from
                     this program's own sequential reads), or --baseline-services
+  Curator           Apache Curator's ServiceCache (Debian's curator-x-discovery 5.4, the jars the
+                    interop tests use; scripts/bench.d/ServiceCacheProbe.java, compiled into
+                    target/bench/curator): one JVM, one CuratorFramework, one ServiceDiscovery at
+                    `<its root>/services`, one ServiceCache per service, over all --services (or
+                    --curator-services) of an identical tree under a third root of its own. Its
+                    own tree, not the Synapse-style baseline's, although both only read the
+                    instances: then every change is timed with one reader reacting to it, as
+                    herald's are (on 2 cores a second reader re-reading svc0000's 10,000
+                    children would be timed into the other's figures), and the cache follows
+                    every service while the Synapse-style baseline may be capped. Initial sync:
+                    from spawning the JVM to every cache started and holding its instances
+                    (counts checked); one change: from the create/delete to the cache listener's
+                    callback (System.nanoTime, the clock of time.perf_counter) reporting the new
+                    count; the same changes as the others, interleaved with them; requests per
+                    change counted as the directors' are, in phase 2; VmRSS/VmHWM from /proc and
+                    the JVM's heap in use after a System.gc(). --no-curator leaves it out
 
 Prints Markdown tables and writes the raw figures to target/bench/scale-TIMESTAMP.json. This file
 is both the driver (imported by scripts/bench) and, run by the bench venv's python (kazoo), the
@@ -35,6 +51,7 @@ program that measures.
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -49,15 +66,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 ROOT = "/bench-scale"      # herald's tree and keys
 BASE = "/bench-synapse"    # the baseline's own tree and keys (the same shape, fewer services)
+CUR = "/bench-curator"     # Curator's ServiceCache's own tree (the same shape; it writes nothing)
 IDLE = 0.1
 MODES = {"back to back": 0.0, f"after {IDLE * 1000:.0f} ms idle": IDLE}
 TIMEOUT = 60               # one change, one stop
 SYNC_TIMEOUT = 1200        # an initial sync
 RELISTED = ("reconnected; listing the instances again", "connected again; listing the instances again")
-CURATOR_NOTE = (
-    "Curator's ServiceCache: not measured; integration/curator/CuratorProbe.java (scripts/curator) "
-    "only lists, asks a ServiceProvider or registers, and a ServiceCache needs a Java program of its own"
-)
 
 
 def log(msg):
@@ -106,10 +120,17 @@ def add_arguments(parser):
                              "--baseline-budget)")
     parser.add_argument("--baseline-budget", type=float, default=180.0,
                         help="seconds the baseline's initial sync may take, estimated (180)")
+    parser.add_argument("--no-curator", action="store_true",
+                        help="leave Curator's ServiceCache (the second baseline, a JVM) out")
+    parser.add_argument("--curator-services", type=int,
+                        help="Curator's ServiceCache follows the first N services (default: all of them)")
+    parser.add_argument("--curator-heap", default="1g", help="the ServiceCache JVM's -Xmx (1g)")
     parser.add_argument("--zk-heap", default="1g",
                         help="ZooKeeper's -Xmx, through _JAVA_OPTIONS (1g; empty: scripts/zk's 256m)")
     parser.add_argument("--no-build", action="store_true",
                         help="use target/release/herald as it is (no cargo build --release)")
+    parser.add_argument("--herald", metavar="PATH",
+                        help="run this herald binary (e.g. one built from a clean export of a commit); no build")
 
 
 def problems(opts):
@@ -124,6 +145,8 @@ def problems(opts):
         return "--big-every ≥ 0, --batch ≥ 1, --pause > 0 and --baseline-budget > 0"
     if opts.baseline_services is not None and opts.baseline_services < 1:
         return "--baseline-services must be at least 1"
+    if opts.curator_services is not None and opts.curator_services < 1:
+        return "--curator-services must be at least 1"
     try:
         if parse_duration(opts.reconcile) <= 0:
             raise ValueError
@@ -132,20 +155,48 @@ def problems(opts):
     return None
 
 
+def curator_java(heap):
+    """The java command line (less its arguments) of ServiceCacheProbe, compiled into
+    target/bench/curator when the .class is missing or older than the .java; the classpath of
+    `scripts/curator classpath` (Debian's jars)."""
+    src = os.path.join(HERE, "ServiceCacheProbe.java")
+    out = os.path.join(REPO, "target", "bench", "curator")
+    cls = os.path.join(out, "ServiceCacheProbe.class")
+    curator = os.path.join(REPO, "scripts", "curator")
+    found = subprocess.run([curator, "classpath"], capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"bench scale: {found.stderr.strip()} (or run with --no-curator)")
+    cp = found.stdout.strip()
+    if not os.path.exists(cls) or os.stat(cls).st_mtime < os.stat(src).st_mtime:
+        if not shutil.which("javac"):
+            raise SystemExit("bench scale: javac not found (scripts/curator install, or --no-curator)")
+        os.makedirs(out, exist_ok=True)
+        subprocess.run(["javac", "--release", "17", "-nowarn", "-cp", cp, "-d", out, src], check=True)
+    # The JVM's own defaults otherwise (G1 on this size of machine); warnings only, as scripts/curator.
+    return ["java", f"-Xmx{heap}", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+            "-Dorg.slf4j.simpleLogger.log.org.apache.zookeeper.ClientCnxn=error",
+            "-cp", f"{cp}:{out}", "ServiceCacheProbe"]
+
+
 def run(opts, machine, python, baseline_program):
     """`opts`: the parsed `scripts/bench scale` options."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "?"
-    herald = os.path.join(REPO, "target", "release", "herald")
-    if not opts.no_build:
-        changed = " with uncommitted changes" if git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock") else ""
+    herald = os.path.abspath(opts.herald) if opts.herald else os.path.join(REPO, "target", "release", "herald")
+    if opts.herald:
+        mtime = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.stat(herald).st_mtime))
+        built = f"{herald} of {mtime} (--herald; HEAD is now {head})"
+    elif not opts.no_build:
+        changed = (" with uncommitted changes"
+                   if git("status", "--porcelain", "--", "src", "vendor", "Cargo.toml", "Cargo.lock") else "")
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
         built = f"{head}{changed}"
     else:
         mtime = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.stat(herald).st_mtime))
         built = f"the target/release/herald of {mtime} (--no-build; HEAD is now {head})"
+    java = None if opts.no_curator else curator_java(opts.curator_heap)
     workdir = tempfile.mkdtemp(prefix="herald-bench-scale-")
     port = free_port()
     zk_env = dict(os.environ)
@@ -169,7 +220,7 @@ def run(opts, machine, python, baseline_program):
             "instances": opts.instances, "big": opts.big, "changes": opts.changes,
             "big_every": opts.big_every, "batch": opts.batch, "pause": opts.pause,
             "baseline_services": opts.baseline_services, "baseline_budget": opts.baseline_budget,
-            "reconcile": opts.reconcile,
+            "reconcile": opts.reconcile, "curator": java, "curator_services": opts.curator_services,
         }
         proc = subprocess.run([python, os.path.abspath(__file__), json.dumps(params)], stdout=subprocess.PIPE)
         if proc.returncode != 0:
@@ -216,6 +267,8 @@ def report(r, opts):
     def row(label, *cells):
         print(f"| {label} | " + " | ".join(str(c) for c in cells) + " |")
 
+    cur = r.get("curator")
+    C = cur["services"] if cur else 0
     print(
         f"scale: {S:,} services, {I:,} ephemeral instances (svc0000: {B:,}; the {S - 1:,} others "
         f"{min(others)}–{max(others)} each), created in {r['created_s']:.1f} s by one kazoo client "
@@ -224,6 +277,9 @@ def report(r, opts):
         f"started together; herald built from {r['built_from']}; ZooKeeper {zk['version']} standalone "
         f"(scripts/zk, heap {zk['heap']}); the Synapse-style baseline (kazoo) over svc0000–svc{M - 1:04d} "
         f"({base['instances']:,} instances) under its own root{base['why']}"
+        + (f"; Curator's ServiceCache (curator-x-discovery 5.4, one JVM, {C:,} caches, "
+           f"{' '.join(a for a in cur['argv'][1:] if a.startswith('-X'))}) over svc0000–svc{C - 1:04d} "
+           f"({cur['instances']:,} instances) under a third root" if cur else "; Curator's ServiceCache left out (--no-curator)")
     )
     print(f"machine: {r['machine']}")
     lb, la = r["load_before"], r["load_after"]
@@ -234,38 +290,109 @@ def report(r, opts):
               f"({zk['znodes']:,} znodes)")
     print()
     hc, bc = r["changes"]["herald"], base["changes"]
-    row("measure", f"herald director (2 processes, {S:,} outputs each)",
-        f"Synapse-style baseline (kazoo, 1 process, {M:,} services)")
-    print("|---|---:|---:|")
-    row("instances followed", f"{I:,}", f"{base['instances']:,}")
-    row("initial sync: start → all values seen, ms", ms(r["sync"]["sync_ms"]), ms(base["sync_ms"]))
-    row("start → first value seen, ms", ms(r["sync"]["first_ms"]), ms(base["first_ms"]))
+    cc = cur["changes"] if cur else []
+
+    def x(value, of):
+        """A baseline's figure as a multiple of herald's."""
+        return f"{value / of:,.2f}×".replace("-0.00", "0.00") if value is not None and of else ""
+
+    def line(label, h, b, c=None):
+        """h, b, c: (text, number or None) for herald, the Synapse-style baseline and Curator."""
+        cells = [h[0], b[0], x(b[1], h[1])]
+        if cur:
+            cells += [c[0], x(c[1], h[1])] if c else ["", ""]
+        row(label, *cells)
+
+    def also(text):
+        """A label's words about Curator's column, when there is one."""
+        return f" ({text})" if cur else ""
+
+    def q(values, p_):
+        return (p(values, p_), pct(values, p_) if values else None)
+
+    heads = [f"herald director (2 processes, {S:,} outputs each)",
+             f"Synapse-style baseline (kazoo, 1 process, {M:,} services)", "÷ herald"]
+    if cur:
+        heads += [f"Curator ServiceCache (1 JVM, {C:,} caches)", "÷ herald"]
+    row("measure", *heads)
+    print("|---|" + "---:|" * len(heads))
+    line("instances followed", (f"{I:,}", I), (f"{base['instances']:,}", base["instances"]),
+         (f"{cur['instances']:,}", cur["instances"]) if cur else None)
+    line(f"initial sync: start → all values seen{also('Curator: every cache started')}, ms",
+         (ms(r["sync"]["sync_ms"]), r["sync"]["sync_ms"]), (ms(base["sync_ms"]), base["sync_ms"]),
+         (ms(cur["sync_ms"]), cur["sync_ms"]) if cur else None)
+    line(f"start → first value seen{also('Curator: first cache started')}, ms",
+         (ms(r["sync"]["first_ms"]), r["sync"]["first_ms"]), (ms(base["first_ms"]), base["first_ms"]),
+         (ms(cur["first_ms"]), cur["first_ms"]) if cur else None)
+    if cur:
+        line("… of which the JVM's start and connect, ms", ("", None), ("", None),
+             (ms(cur["connected_ms"]), None))
     cpu = [d[n]["sync_cpu_ms"] for n in pair]
-    row("CPU of the process, start → synced, ms", f"{ms(cpu[0])} + {ms(cpu[1])} = {ms(sum(cpu))}", ms(base["cpu_ms"]))
-    row("ZooKeeper's CPU meanwhile, ms", ms(r["sync"]["zk_cpu_ms"]), ms(base["zk_cpu_ms"]))
+    line("CPU of the process, start → synced, ms (÷: per process)",
+         (f"{ms(cpu[0])} + {ms(cpu[1])} = {ms(sum(cpu))}", sum(cpu) / 2), (ms(base["cpu_ms"]), base["cpu_ms"]),
+         (ms(cur["cpu_ms"]), cur["cpu_ms"]) if cur else None)
+    line("ZooKeeper's CPU meanwhile, ms", (ms(r["sync"]["zk_cpu_ms"]), r["sync"]["zk_cpu_ms"]),
+         (ms(base["zk_cpu_ms"]), base["zk_cpu_ms"]), (ms(cur["zk_cpu_ms"]), cur["zk_cpu_ms"]) if cur else None)
     for mode in MODES:
-        h = [x["ms"] for x in hc if x["mode"] == mode]
-        b = [x["ms"] for x in bc if x["mode"] == mode]
-        for label, q in (("p50", 50), ("p99", 99), ("max", 100)):
-            row(f"one change → new value seen ({mode}), every service, {label} ms", p(h, q), p(b, q))
+        h = [v["ms"] for v in hc if v["mode"] == mode]
+        b = [v["ms"] for v in bc if v["mode"] == mode]
+        c = [v["ms"] for v in cc if v["mode"] == mode]
+        for label, n in (("p50", 50), ("p99", 99), ("max", 100)):
+            line(f"one change → new value seen{also('Curator: listener called')} ({mode}), every service, {label} ms",
+                 q(h, n), q(b, n), q(c, n) if cur else None)
     for mode in MODES:
         for which, big in ((f"svc0000 ({B:,} instances)", True), (f"the other services ({min(others)}–{max(others)})", False)):
-            h = [x["ms"] for x in hc if x["mode"] == mode and x["big"] == big]
-            b = [x["ms"] for x in bc if x["mode"] == mode and x["big"] == big]
-            row(f"one change ({mode}), {which}: p50 / p99 ms (changes)",
-                f"{p(h, 50)} / {p(h, 99)} ({len(h)})", f"{p(b, 50)} / {p(b, 99)} ({len(b)})")
+            h = [v["ms"] for v in hc if v["mode"] == mode and v["big"] == big]
+            b = [v["ms"] for v in bc if v["mode"] == mode and v["big"] == big]
+            c = [v["ms"] for v in cc if v["mode"] == mode and v["big"] == big]
+
+            def cell(values):
+                return (f"{p(values, 50)} / {p(values, 99)} ({len(values)})", pct(values, 50) if values else None)
+
+            line(f"one change ({mode}), {which}: p50 / p99 ms (changes); ÷: p50", cell(h), cell(b),
+                 cell(c) if cur else None)
     for label, when, field in (("VmRSS after sync", "after_sync", "rss_kib"), ("VmHWM after sync", "after_sync", "hwm_kib"),
                                ("VmRSS at end", "at_end", "rss_kib"), ("VmHWM at end", "at_end", "hwm_kib")):
-        row(f"{label}, MiB", f"{mib(d[pair[0]][when][field])} / {mib(d[pair[1]][when][field])}", mib(base[when][field]))
-    row("threads", f"{d[pair[0]]['after_sync']['threads']} / {d[pair[1]]['after_sync']['threads']}",
-        base["after_sync"]["threads"])
+        hv = [d[n][when][field] for n in pair]
+        line(f"{label}, MiB (÷: the larger director)", (f"{mib(hv[0])} / {mib(hv[1])}", max(hv)),
+             (mib(base[when][field]), base[when][field]),
+             (mib(cur[when][field]), cur[when][field]) if cur else None)
+    if cur:
+        for label, when in (("after sync", "after_sync"), ("at end", "at_end")):
+            hp = cur[when]["heap"]
+            line(f"JVM heap in use after System.gc(), {label}, MiB (committed; -Xmx)", ("", None), ("", None),
+                 (f"{hp['used'] / 2**20:,.1f} ({hp['committed'] / 2**20:,.0f}; {hp['max'] / 2**20:,.0f})", None))
+    line("threads", (f"{d[pair[0]]['after_sync']['threads']} / {d[pair[1]]['after_sync']['threads']}", None),
+         (str(base["after_sync"]["threads"]), None), (str(cur["after_sync"]["threads"]), None) if cur else None)
+    if cur and cur.get("packets"):
+        for kind in ("registration", "deregistration"):
+            herald_per = r["packets"][kind]["per_change"] / 2
+            cp_ = cur["packets"][kind]
+            line(f"ZooKeeper requests per {kind} (herald: per director, phase 2; ÷: per process)",
+                 (f"{herald_per:.2f}", herald_per), ("not counted", None),
+                 (f"{cp_['per_change'] + 0.0:.2f}".replace("-0.00", "0.00"), cp_["per_change"]))
     print()
+    print("÷ herald: the baseline's figure over herald's in the same row; for CPU, memory and requests against "
+          "one director (each director follows every instance on its own), elsewhere against the pair.")
     own = r["own_latency"]
     if own:
         print(f"herald's own latency_ms over its {len(own)} change publishes (both directors, warm-up included): "
               f"p50 {statistics.median(own):.2f}, p99 {pct(own, 99):.2f}, max {max(own):.2f}")
     print(f"baseline: {stopped_line(base['stopped'])} (before the figures below)")
-    print(CURATOR_NOTE)
+    if cur:
+        changes = len(cc) + 5 + sum(v["changes"] for v in cur.get("packets", {}).values())
+        print(f"Curator's ServiceCache: {cur['events']:,} listener callbacks for {changes:,} changes "
+              f"({cur['unexpected_events']} not awaited); connection states after the start: "
+              f"{', '.join(s for s, _ in cur['states']) or 'none'}; closed (stdin at EOF, before the reconnect), "
+              f"exit {cur['stopped']['exit']}" + ("" if cur["stopped"]["exit"] == 0 else
+                                                   " (NOT 0): " + " / ".join(cur["stopped"]["tail"])))
+        for kind in ("registration", "deregistration"):
+            b = cur.get("packets", {}).get(kind)
+            if b:
+                print(f"Curator's requests per {kind}: over {b['changes']} {kind}s in its own tree in "
+                      f"{b['elapsed_s']:.2f} s ZooKeeper received {b['received']:,} packets: the writer's "
+                      f"{b['changes']}, the closing mntr read 1, {b['idle']:.1f} at the idle rate: "
+                      f"{b['per_change']:.2f} per change from the ServiceCache.".replace("-0.00", "0.00"))
     print()
 
     ri, rs, rc, pk = r["reconcile_idle"], r["restart"], r["reconnect"], r["packets"]
@@ -421,6 +548,96 @@ class Created:
     def _fire(self, event):
         self.at = time.perf_counter()
         self.done.set()
+
+
+class ServiceCacheJvm:
+    """ServiceCacheProbe running, its stdout read by a thread: its lines (see the .java) as they
+    come, their times (System.nanoTime) in seconds on the clock of time.perf_counter()."""
+
+    def __init__(self, argv, log_path):
+        with open(log_path, "wb") as stderr:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                         text=True, bufsize=1)
+        live.append(self.proc)
+        self.log_path = log_path
+        self.cond = threading.Condition()
+        self.connected = self.started = self.synced = None
+        self.total = None
+        self.ready = {}      # service → (count, at)
+        self.expected = {}   # (service, count) → at, or None while awaited
+        self.events = 0      # cacheChanged callbacks
+        self.unexpected = 0  # callbacks no change was waiting for
+        self.states = []
+        self.heap = None
+        self.eof = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            word, *rest = line.split()
+            with self.cond:
+                if word == "event":
+                    key, at = (rest[0], int(rest[1])), int(rest[2]) / 1e9
+                    self.events += 1
+                    if key in self.expected and self.expected[key] is None:
+                        self.expected[key] = at
+                    else:
+                        self.unexpected += 1
+                elif word == "ready":
+                    self.ready[rest[0]] = (int(rest[1]), int(rest[2]) / 1e9)
+                elif word == "synced":
+                    self.synced, self.total = int(rest[0]) / 1e9, int(rest[1])
+                elif word in ("connected", "started"):
+                    setattr(self, word, int(rest[0]) / 1e9)
+                elif word == "state":
+                    self.states.append((rest[0], int(rest[1]) / 1e9))
+                elif word == "heap":
+                    self.heap = {"used": int(rest[0]), "committed": int(rest[1]), "max": int(rest[2])}
+                elif word == "threads":
+                    self.heap["threads"] = int(rest[0])
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def wait(self, done, timeout, what):
+        with self.cond:
+            self.cond.wait_for(lambda: done() or self.eof, timeout)
+            if not done():
+                why = "it exited" if self.eof else f"not within {timeout}s"
+                raise SystemExit(f"bench scale: Curator's ServiceCache: {what}: {why}; see {self.log_path}")
+
+    def expect(self, service, count):
+        with self.cond:
+            self.expected[(service, count)] = None
+
+    def seen(self, service, count, what):
+        key = (service, count)
+        self.wait(lambda: self.expected.get(key) is not None, TIMEOUT, what)
+        with self.cond:
+            return self.expected.pop(key)
+
+    def heap_after_gc(self):
+        with self.cond:
+            self.heap = None
+        self.proc.stdin.write("gc\n")
+        self.proc.stdin.flush()
+        self.wait(lambda: self.heap is not None and "threads" in self.heap, TIMEOUT, "heap")
+        return dict(self.heap)
+
+    def stop(self):
+        """stdin closed: the caches, the discovery and the client closed, exit."""
+        self.proc.stdin.close()
+        watchdog = threading.Timer(TIMEOUT, self.proc.kill)
+        watchdog.start()
+        code = self.proc.wait()
+        watchdog.cancel()
+        live.remove(self.proc)
+        tail = []
+        if code != 0:
+            with open(self.log_path, errors="replace") as f:
+                tail = [line.rstrip("\n")[:300] for line in f.readlines()[-3:]]
+        return {"exit": code, "tail": tail}
 
 
 def spawn(argv, env, log_path):
@@ -687,6 +904,13 @@ def measure(params):
         log(f"baseline tree: {M:,} services, {m_instances:,} instances in {time.perf_counter() - t:.1f} s "
             f"({per_read * 1000:.2f} ms per sequential read here)")
         result["baseline"] = {"services": M, "instances": m_instances, "per_read_ms": per_read * 1000, "why": why}
+        C = 0
+        if params["curator"]:
+            C = min(S, params["curator_services"] or S)
+            t = time.perf_counter()
+            tree(CUR, C)
+            log(f"Curator's tree: {C:,} services, {sum(sizes[:C]):,} instances in {time.perf_counter() - t:.1f} s")
+            result["curator"] = {"services": C, "instances": sum(sizes[:C]), "argv": params["curator"]}
 
         # ZooKeeper's heap: what the JVM was given, and what the znodes take after a full GC.
         heap_gc(zk_pid, result)
@@ -738,8 +962,30 @@ def measure(params):
             if watcher.get(f"{BASE}/environment/{keys[k]}")[0] != hostports(k, False):
                 raise SystemExit(f"bench scale: the baseline's {keys[k]} is not the hostports of {names[k]}")
 
+        # Curator's ServiceCache's initial sync, the directors and the baseline idle meanwhile.
+        jvm = None
+        if C:
+            cres = result["curator"]
+            clog = os.path.join(workdir, "curator.log")
+            zk_cpu = cpu_ms(zk_pid)
+            t0 = time.perf_counter()
+            jvm = ServiceCacheJvm([*params["curator"], zk_hosts, f"{CUR}/services", str(C), "4"], clog)
+            jvm.wait(lambda: jvm.synced is not None, SYNC_TIMEOUT, "the initial sync")
+            cres.update(connected_ms=(jvm.connected - t0) * 1000, started_ms=(jvm.started - t0) * 1000,
+                        sync_ms=(jvm.synced - t0) * 1000,
+                        first_ms=min(at for _, at in jvm.ready.values()) * 1000 - t0 * 1000,
+                        cpu_ms=cpu_ms(jvm.proc.pid), zk_cpu_ms=cpu_ms(zk_pid) - zk_cpu,
+                        after_sync=memory(jvm.proc.pid))
+            cres["after_sync"]["heap"] = jvm.heap_after_gc()
+            wrong = [names[k] for k in range(C) if jvm.ready.get(names[k], (None,))[0] != sizes[k]]
+            if wrong or jvm.total != sum(sizes[:C]):
+                raise SystemExit(f"bench scale: Curator's ServiceCache holds {jvm.total:,} instances after its "
+                                 f"initial sync, {len(wrong)} services wrong (first: {wrong[:3]})")
+            log(f"Curator's ServiceCache: all {C:,} caches started {cres['sync_ms']:,.0f} ms after the JVM's spawn "
+                f"({cres['connected_ms']:,.0f} ms to connect)")
+
         # One change republished: herald and the baseline interleaved, both modes, shuffled.
-        present = {ROOT: [False] * S, BASE: [False] * M}
+        present = {ROOT: [False] * S, BASE: [False] * M, CUR: [False] * C}
 
         def change(root, k, pause):
             key = f"{root}/environment/{keys[k]}"
@@ -760,22 +1006,47 @@ def measure(params):
                 raise SystemExit(f"bench scale: {root}: after a change {key} is {value[:80]!r}…")
             return (t1 - t0) * 1000
 
+        def curator_change(k, pause):
+            """One instance `x` added or removed in Curator's tree: from the create/delete to the
+            cache listener's callback reporting the new count (ms)."""
+            node = f"{CUR}/services/{names[k]}/x"
+            now = present[CUR][k]
+            count = sizes[k] + (0 if now else 1)
+            jvm.expect(names[k], count)
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            if now:
+                writer.delete(node)
+            else:
+                x = f"10.250.{k % 256}.{k // 256 + 1}"
+                writer.create(node, document(names[k], "x", x, 9000), ephemeral=True)
+            t1 = jvm.seen(names[k], count, f"a change in {names[k]}")
+            present[CUR][k] = not now
+            if t1 < t0:
+                raise SystemExit("bench scale: the ServiceCache's callback came before the change: the JVM's "
+                                 "System.nanoTime and time.perf_counter are not the same clock here")
+            return (t1 - t0) * 1000
+
         def pick(count, big):
             return 0 if big or count == 1 else random.randrange(1, count)
 
+        roots = (ROOT, BASE, CUR) if C else (ROOT, BASE)
+        counts = {ROOT: S, BASE: M, CUR: C}
         for n in range(5):  # warm-up, not counted
             change(ROOT, pick(S, False), 0.0)
             change(BASE, pick(M, False), 0.0)
-        samples = {ROOT: [], BASE: []}
+            if C:
+                curator_change(pick(C, False), 0.0)
+        samples = {root: [] for root in roots}
         big_rounds = set(random.sample(range(N), max(1, N // params["big_every"]))) if params["big_every"] else set()
         for n in range(N):
             big = n in big_rounds
-            services = {ROOT: pick(S, big), BASE: pick(M, big)}
-            units = [(root, mode) for root in (ROOT, BASE) for mode in MODES]
+            services = {root: pick(counts[root], big) for root in roots}
+            units = [(root, mode) for root in roots for mode in MODES]
             random.shuffle(units)
             for root, mode in units:
                 k = services[root]
-                took = change(root, k, MODES[mode])
+                took = curator_change(k, MODES[mode]) if root == CUR else change(root, k, MODES[mode])
                 samples[root].append({"mode": mode, "service": k, "big": k == 0, "ms": took})
             if (n + 1) % 25 == 0:
                 log(f"{n + 1}/{N} change rounds")
@@ -783,6 +1054,10 @@ def measure(params):
         bres["changes"] = samples[BASE]
         bres["at_end"] = memory(bproc.pid)
         bres["stopped"] = stop(bproc, blog)
+        if C:
+            cres["changes"] = samples[CUR]
+            cres["at_end"] = memory(jvm.proc.pid)
+            cres["cpu_end_ms"] = cpu_ms(jvm.proc.pid)
 
         # What the reconcile costs at rest: one reconcile period (each director re-lists one
         # service every reconcile / services), nothing else happening.
@@ -889,6 +1164,28 @@ def measure(params):
             }
             log(f"{len(batch)} {kind}s: {received} packets received, {directors_part / len(batch):.2f} per change "
                 f"from the directors")
+        if C:
+            # The same count for Curator's ServiceCache, in its own tree (the directors see none of it):
+            # this program's requests are the writer's create/delete alone.
+            cbatch = [k for k in random.sample(range(1, C), min(params["batch"], C - 1)) if not present[CUR][k]]
+            for kind in ("registration", "deregistration"):
+                m0 = mntr(zk_port)
+                t = time.perf_counter()
+                for k in cbatch:
+                    curator_change(k, 0.0)
+                elapsed = time.perf_counter() - t
+                m1 = mntr(zk_port)
+                received = m1["zk_packets_received"] - m0["zk_packets_received"]
+                idle = idle_rate * elapsed
+                part = received - len(cbatch) - 1 - idle
+                cres.setdefault("packets", {})[kind] = {
+                    "changes": len(cbatch), "elapsed_s": elapsed, "received": received, "idle": idle,
+                    "curator": part, "per_change": part / len(cbatch)}
+                log(f"Curator: {len(cbatch)} {kind}s: {received} packets received, {part / len(cbatch):.2f} per "
+                    f"change from the ServiceCache")
+            cres["events"], cres["unexpected_events"], cres["states"] = jvm.events, jvm.unexpected, jvm.states
+            cres["at_end"]["heap"] = jvm.heap_after_gc()
+            cres["stopped"] = jvm.stop()
         result["packets"] = packets
 
         # Requests per reconnect: ZooKeeper stopped longer than the directors' connection

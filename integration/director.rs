@@ -454,7 +454,8 @@ async fn after_a_reconnect_the_director_lists_again() {
     register(&client, &root, "svc", "b", 1002).await;
     proxy.heal();
     value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
-    d.wait_log("listing the instances again", 1).await;
+    d.wait_log("listing again what changed while disconnected", 1)
+        .await;
 }
 
 /// A publish whose reply is lost to a connection loss was applied all the same: the director
@@ -1601,11 +1602,8 @@ async fn a_crowded_service_is_published_and_warned_about() {
 }
 
 /// The `took_ms` of the `n`th "listed every instance" line of `log` (1-based), with its count.
-fn listing(log: &str, n: usize) -> Option<(u64, usize)> {
-    let line = log
-        .lines()
-        .filter(|l| l.contains("listed every instance"))
-        .nth(n - 1)?;
+fn listing(log: &str, what: &str, n: usize) -> Option<(u64, usize)> {
+    let line = log.lines().filter(|l| l.contains(what)).nth(n - 1)?;
     let field = |name: &str| -> Option<u64> {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))?
@@ -1617,7 +1615,8 @@ fn listing(log: &str, n: usize) -> Option<(u64, usize)> {
 
 /// Issue #14: `--relist-rate` paces the director's listings: at 200 requests a second, the
 /// listing of 400 instances (401 requests, 21 of them at once) takes at least 1.9 s at start
-/// and again after a reconnect, and the value is published from it.
+/// and again after a reconnect (its service changed meanwhile), and the value is published
+/// from it.
 #[tokio::test]
 async fn relist_rate_paces_the_listing_at_start_and_after_a_reconnect() {
     const N: usize = 400;
@@ -1644,17 +1643,21 @@ async fn relist_rate_paces_the_listing_at_start_and_after_a_reconnect() {
     d.wait_log(PUBLISHED, 1).await;
     let (value, _) = client.get_data(&value_path(&root, "PACED")).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&value), expected.join(","));
-    let (took, listed) = listing(&d.stderr(), 1).expect("the listing is logged");
+    let (took, listed) =
+        listing(&d.stderr(), "listed every instance", 1).expect("the listing is logged");
     assert_eq!(listed, N);
     assert!(took >= 1900, "paced at 200/s, 401 requests took {took} ms");
 
-    // Cut and healed: the session stays, the listing after the reconnect is paced too.
+    // Cut, one instance more meanwhile, healed: the session stays, and the listing of the
+    // service that changed is paced too.
     proxy.partition();
     d.wait_log("lost the connection to ZooKeeper", 1).await;
+    register(&client, &root, "paced", "late", 1001).await;
     proxy.heal();
-    d.wait_log("listed every instance", 2).await;
-    let (took, listed) = listing(&d.stderr(), 2).unwrap();
-    assert_eq!(listed, N);
+    let changed = "listed the instances of the services that changed";
+    d.wait_log(changed, 1).await;
+    let (took, listed) = listing(&d.stderr(), changed, 1).unwrap();
+    assert_eq!(listed, N + 1);
     assert!(took >= 1900, "after the reconnect: {took} ms");
 }
 
@@ -1766,5 +1769,98 @@ async fn churn_in_another_service_does_not_hold_back_an_outputs_quiet_period() {
     assert!(
         took >= Duration::from_millis(900),
         "published after its own quiet period of 1s, not before ({took:?})"
+    );
+}
+
+/// Issue #14: after a reconnect in the same session, only the services that changed while the
+/// director was cut off are listed again: one gained an instance, one lost one (deregistered),
+/// one had an instance soft-drained in place by a real `herald announce` (its rewrite marks
+/// the service). Each change reaches its value; the service that did not change costs a stat,
+/// not a listing of its 50 instances.
+#[tokio::test]
+async fn after_a_reconnect_only_the_services_that_changed_are_listed_again() {
+    let root = root("dir_relist_changed");
+    let s = Scratch::new("dir_relist_changed");
+    let client = client().await;
+    let still = register_many(&client, &root, "still", 50).await;
+    register(&client, &root, "grow", "a", 1001).await;
+    register(&client, &root, "shrink", "a", 1001).await;
+    register(&client, &root, "shrink", "b", 1002).await;
+    register(&client, &root, "soft", "a0", 1000).await;
+    let _agent = Director::spawn(
+        herald(&root)
+            .args(["announce", "--service", "soft", "--id", "db1"])
+            .args(["--address", "10.9.0.1", "--port", "5432", "--control-dir"])
+            .arg(s.path("control")),
+    );
+    let config = s.path("director.toml");
+    let outputs: String = ["STILL", "GROW", "SHRINK", "SOFT"]
+        .iter()
+        .map(|key| {
+            format!(
+                "[[output]]\nkey = \"{key}\"\nservice = \"{}\"\npreset = \"hostports\"\nsettle = \"0s\"\n\n",
+                key.to_lowercase()
+            )
+        })
+        .collect();
+    std::fs::write(&config, outputs).unwrap();
+    let proxy = Proxy::start(zk().port);
+    let d = Director::spawn(
+        herald(&root)
+            .arg("director")
+            .arg("--config")
+            .arg(&config)
+            .env("HERALD_ZK", proxy.connect_string()),
+    );
+    value_becomes(&client, &value_path(&root, "STILL"), &still.join(",")).await;
+    value_becomes(
+        &client,
+        &value_path(&root, "SOFT"),
+        "10.0.0.0:1000,10.9.0.1:5432",
+    )
+    .await;
+    value_becomes(
+        &client,
+        &value_path(&root, "SHRINK"),
+        "10.0.0.1:1001,10.0.0.2:1002",
+    )
+    .await;
+
+    proxy.partition();
+    d.wait_log("lost the connection to ZooKeeper", 1).await;
+    register(&client, &root, "grow", "b", 1002).await;
+    deregister(&client, &root, "shrink", "b").await;
+    let out = run(herald("/unused")
+        .args(["drain", "--soft", "--control-dir"])
+        .arg(s.path("control")));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    proxy.heal();
+
+    value_becomes(
+        &client,
+        &value_path(&root, "GROW"),
+        "10.0.0.1:1001,10.0.0.2:1002",
+    )
+    .await;
+    value_becomes(&client, &value_path(&root, "SHRINK"), "10.0.0.1:1001").await;
+    value_becomes(&client, &value_path(&root, "SOFT"), "10.0.0.0:1000").await;
+    let log = d
+        .wait_log("listed the instances of the services that changed", 1)
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("looked for what changed while disconnected"))
+        .expect("the stats are logged");
+    assert!(line.contains("services=3 of=4"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("listed the instances of the services that changed"))
+        .unwrap();
+    // grow's 2, shrink's 1 and soft's 2: never still's 50.
+    assert!(line.contains("services=3 instances=5"), "{line}");
+    assert_eq!(
+        log.matches("listed every instance").count(),
+        1,
+        "one whole listing, at start:\n{log}"
     );
 }

@@ -258,6 +258,15 @@ impl Layout {
         format!("{}/services/{service}/{id}", self.root)
     }
 
+    /// `<root>/services/<service>/.rewritten-<instance-id>`: created and deleted again in the
+    /// multi-op that rewrites an instance's node in place (a soft drain, new metadata), so the
+    /// service node's `pzxid` moves with every change below it. Never seen in a listing (it
+    /// lives only inside that transaction); never an instance id (those start with a letter
+    /// or digit).
+    pub fn rewrite_mark(&self, service: &ServiceName, id: &InstanceId) -> String {
+        format!("{}/services/{service}/.rewritten-{id}", self.root)
+    }
+
     /// `<root>/departures`: where agents leave a trace of a graceful deregistration.
     pub fn departures(&self) -> String {
         format!("{}/departures", self.root)

@@ -59,15 +59,22 @@ impl Node {
     /// metadata may hold credentials: with credentials, only its owner and the granted
     /// directors may read it); see [`crate::acl`].
     pub fn of(layout: &Layout, instance: &Instance, policy: Policy) -> Result<Node, DocumentError> {
-        Ok(Node {
-            path: layout.instance(&instance.service, &instance.id),
-            parent: layout.service(&instance.service),
-            data: instance.to_json()?,
-            departure: layout.departure(&instance.service, &instance.id),
-            departures: layout.departures_of(&instance.service),
+        Ok(Node::at(layout, instance, instance.to_json()?, policy))
+    }
+
+    /// The node for `instance` holding `data`, its document as already written out.
+    pub fn at(layout: &Layout, instance: &Instance, data: Vec<u8>, policy: Policy) -> Node {
+        let (service, id) = (&instance.service, &instance.id);
+        Node {
+            path: layout.instance(service, id),
+            parent: layout.service(service),
+            mark: layout.rewrite_mark(service, id),
+            data,
+            departure: layout.departure(service, id),
+            departures: layout.departures_of(service),
             root: layout.root().to_owned(),
             policy,
-        })
+        }
     }
 }
 

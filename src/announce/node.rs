@@ -16,6 +16,9 @@ pub struct Node {
     pub path: String,
     /// The service directory (persistent, created when missing).
     pub parent: String,
+    /// Created and deleted in the rewrite's multi-op: the service directory's `pzxid` tells a
+    /// reader coming back from a disconnection that something below it changed.
+    pub mark: String,
     pub data: Vec<u8>,
     /// The trace a deregistration leaves (`<root>/departures/S/ID`) and its directory.
     pub departure: String,
@@ -93,14 +96,34 @@ impl Node {
         if data == self.data {
             return Ok(Claim::Ours(owned(&stat)));
         }
-        match client
-            .set_data(&self.path, &self.data, Some(stat.version))
-            .await
-        {
+        match self.rewrite(client, stat.version).await {
             Ok(stat) => Ok(Claim::Ours(owned(&stat))),
             // Changed again or deleted meanwhile: look again on the next round.
             Err(zk::Error::BadVersion | zk::Error::NoNode) => Ok(Claim::Gone),
             Err(err) => Err(err),
+        }
+    }
+
+    /// Rewrites the node in place at `version`, creating and deleting the rewrite mark in the
+    /// same transaction (see [`crate::layout::Layout::rewrite_mark`]); the node's new stat.
+    async fn rewrite(&self, client: &zk::Client, version: i32) -> Result<Stat, zk::Error> {
+        let mode = CreateMode::Ephemeral.with_acls(self.policy.instance());
+        let mut multi = client.new_multi_writer();
+        multi.add_set_data(&self.path, &self.data, Some(version))?;
+        multi.add_create(&self.mark, &[], &mode)?;
+        multi.add_delete(&self.mark, None)?;
+        match multi.commit().await {
+            Ok(results) => match results.into_iter().next() {
+                Some(zk::MultiWriteResult::SetData { stat }) => Ok(stat),
+                _ => Err(zk::Error::UnexpectedError("no stat from a rewrite".into())),
+            },
+            // The mark cannot be made (a node in its place, no create right): rewrite all the
+            // same. A director that was disconnected meanwhile sees it at its next reconcile.
+            Err(zk::MultiWriteError::OperationFailed { index, source }) if index > 0 => {
+                tracing::warn!(path = %self.mark, error = %source, "cannot mark an in-place rewrite; rewriting without the mark");
+                client.set_data(&self.path, &self.data, Some(version)).await
+            }
+            Err(err) => Err(err.into()),
         }
     }
 

@@ -1,8 +1,14 @@
 //! A local copy of the instances of some services, kept current from one persistent recursive
 //! watch on `<root>/services`: an event costs one read of the znode it names (never a re-read of
 //! every child), instance data changes count. After a reconnect the watch is added again (the
-//! server keeps watches per connection) and everything is re-listed (events made while
-//! disconnected are never sent: ZOOKEEPER-4698); so after a new session, and on a slow timer.
+//! server keeps watches per connection), and what changed while disconnected is listed again:
+//! events made meanwhile are never sent (ZOOKEEPER-4698), but the `Disconnected` event says up
+//! to which zxid every event was delivered, and a service node's `pzxid` moves with every
+//! instance created or deleted below it (and every in-place rewrite by herald's agents, which
+//! mark it: [`crate::layout::Layout::rewrite_mark`]). So a reconnect costs one stat per service
+//! and a listing of the services that changed. Everything is listed after a new session, and
+//! one service at a time on a slow timer (the safety net, which also catches an in-place
+//! rewrite by a registrar that does not mark it, such as Curator's `updateService`).
 //!
 //! Each output sees the cache through a [`View`]: the latest snapshot, and a wakeup only when
 //! one of its own services changed (or the cache became ready or unready). A change elsewhere
@@ -17,13 +23,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use zookeeper_client::{self as zk, AddWatchMode, EventType, SessionState};
+use zookeeper_client::{self as zk, AddWatchMode, EventType, SessionState, WatchedEvent};
 
 use crate::catalog;
 use crate::departure::Departure;
 use crate::instance::Instance;
 use crate::layout::{InstanceId, Layout, ServiceName};
-use crate::zk::{Live, Pace, SessionHandle, ZkError};
+use crate::zk::{Live, Pace, SessionHandle, ZkError, paced};
 
 /// The instances of one service, by id.
 pub type Instances = Arc<BTreeMap<InstanceId, Instance>>;
@@ -287,7 +293,9 @@ impl Follower {
         let first = self.listed_in != Some(live.generation);
         self.relist_all(client, Instant::now(), first).await?;
         self.listed_in = Some(live.generation);
-        let mut disconnected = false;
+        // While disconnected: the last zxid the session had seen when the connection broke
+        // (every event up to it was delivered); `None` when connected.
+        let mut disconnected: Option<i64> = None;
         // The safety net re-lists one service per tick, spread over the interval, beside the
         // event loop (a large service's listing never holds events back), one at a time and at
         // the reconcile rate: a pass takes the interval, or longer when the instances are many.
@@ -343,16 +351,16 @@ impl Follower {
             match event.event_type {
                 EventType::Session => match event.session_state {
                     SessionState::Disconnected => {
-                        disconnected = true;
+                        disconnected = Some(event.zxid);
                         // Everything is listed again on reconnecting.
                         if let Some(r) = reconciling.take() {
                             r.listing.abort();
                         }
                         self.unready();
                     }
-                    SessionState::SyncConnected if disconnected => {
-                        disconnected = false;
-                        info!("reconnected; listing the instances again");
+                    SessionState::SyncConnected if disconnected.is_some() => {
+                        let seen = disconnected.take().unwrap_or(WatchedEvent::NO_ZXID);
+                        info!("reconnected; listing again what changed while disconnected");
                         // The server keeps watches per connection: add ours again on this one
                         // (the client re-sends it too; adding twice is harmless), then list.
                         // The old watcher is dropped only after, so the server's watch never
@@ -361,7 +369,7 @@ impl Follower {
                             .watch(&root, AddWatchMode::PersistentRecursive)
                             .await
                             .map_err(|err| ZkError::op("watch", &root, err))?;
-                        self.relist_all(client, at, false).await?;
+                        self.relist_changed(client, at, seen).await?;
                     }
                     state if state.is_terminated() => return Ok(Ended::SessionGone),
                     _ => {}
@@ -566,6 +574,65 @@ impl Follower {
         }
     }
 
+    /// After a reconnect in the same session: lists again the services under which something
+    /// changed after `seen`, the last zxid whose events were all delivered before the
+    /// connection broke. One stat of each service node tells (its `pzxid`, or the node itself
+    /// is new or gone); every service when `seen` is unknown.
+    async fn relist_changed(
+        &mut self,
+        client: &zk::Client,
+        at: Instant,
+        seen: i64,
+    ) -> Result<(), ZkError> {
+        if seen <= 0 {
+            return self.relist_all(client, at, false).await;
+        }
+        let started = Instant::now();
+        // Every stat at once (paced at the listing rate).
+        let mut stats = tokio::task::JoinSet::new();
+        for service in &self.services {
+            let (client, path, service) = (
+                client.clone(),
+                self.layout.service(service),
+                service.clone(),
+            );
+            let telemetry = self.session.telemetry().clone();
+            let pace = self.pace.clone();
+            stats.spawn(async move {
+                paced(pace.as_deref()).await;
+                let stat = telemetry.zk_request("stat_service", client.check_stat(&path));
+                (
+                    service,
+                    stat.await.map_err(|err| ZkError::op("stat", &path, err)),
+                )
+            });
+        }
+        let mut changed = BTreeSet::new();
+        while let Some(joined) = stats.join_next().await {
+            let Ok((service, stat)) = joined else {
+                continue;
+            };
+            let moved = match stat {
+                Ok(Some(stat)) => stat.pzxid.max(stat.czxid) > seen,
+                Ok(None) => true,
+                // Not allowed to look: list it (and be told why there).
+                Err(err) if err.is_denied() => true,
+                Err(err) => return Err(err),
+            };
+            if moved {
+                changed.insert(service);
+            }
+        }
+        info!(
+            services = changed.len(),
+            of = self.services.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "looked for what changed while disconnected"
+        );
+        self.relist_services(client, at, (false, true), &changed)
+            .await
+    }
+
     /// Lists every service; `whole` marks the listing as the view's new start (`listed_at`).
     async fn relist_all(
         &mut self,
@@ -573,10 +640,24 @@ impl Follower {
         at: Instant,
         whole: bool,
     ) -> Result<(), ZkError> {
+        let every = self.services.clone();
+        self.relist_services(client, at, (whole, false), &every)
+            .await
+    }
+
+    /// Lists `services` and makes the view ready; `whole`: see [`Self::relist_all`];
+    /// `only_changed`: these are the services that changed while disconnected (for the log).
+    async fn relist_services(
+        &mut self,
+        client: &zk::Client,
+        at: Instant,
+        (whole, only_changed): (bool, bool),
+        services: &BTreeSet<ServiceName>,
+    ) -> Result<(), ZkError> {
         // Every service is listed at once (each listing is itself pipelined).
         let started = Instant::now();
         let mut listings = tokio::task::JoinSet::new();
-        for service in &self.services {
+        for service in services {
             let (client, layout, service) = (client.clone(), self.layout.clone(), service.clone());
             let telemetry = self.session.telemetry().clone();
             let pace = self.pace.clone();
@@ -609,13 +690,23 @@ impl Follower {
             );
         }
         let listed: usize = fresh.values().map(BTreeMap::len).sum();
-        info!(
-            services = fresh.len(),
-            instances = listed,
-            took_ms = started.elapsed().as_millis() as u64,
-            paced = self.pace.is_some(),
-            "listed every instance"
-        );
+        if !only_changed {
+            info!(
+                services = fresh.len(),
+                instances = listed,
+                took_ms = started.elapsed().as_millis() as u64,
+                paced = self.pace.is_some(),
+                "listed every instance"
+            );
+        } else {
+            info!(
+                services = fresh.len(),
+                instances = listed,
+                took_ms = started.elapsed().as_millis() as u64,
+                paced = self.pace.is_some(),
+                "listed the instances of the services that changed"
+            );
+        }
         let mut departures = BTreeMap::new();
         for (service, instances) in &fresh {
             let old = self.tx.borrow().services.get(service).cloned();

@@ -172,15 +172,7 @@ async fn registration(
     give_up_on_duplicate: bool,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let node = Node {
-        path: host.layout.instance(&instance.service, &instance.id),
-        parent: host.layout.service(&instance.service),
-        data: document.clone(),
-        departure: host.layout.departure(&instance.service, &instance.id),
-        departures: host.layout.departures_of(&instance.service),
-        root: host.layout.root().to_owned(),
-        policy: host.policy,
-    };
+    let node = Node::at(&host.layout, instance, document.clone(), host.policy);
     // Not wanted until the agent says so (its checks decide).
     let (wanted_tx, wanted_rx) = watch::channel(false);
     let (document_tx, document_rx) = watch::channel(Document {

@@ -11,7 +11,8 @@
 // Python's time.perf_counter() on Linux) when it happened:
 //
 //   connected T                   the client is connected; the caches are about to start
-//   started T                     every cache's startImmediate() has returned
+//   started T                     every cache's startImmediate() has returned (the caches
+//                                 load meanwhile: ready lines may come before it)
 //   ready SERVICE COUNT T         that cache finished its initial load holding COUNT instances
 //   synced T TOTAL                every cache has finished; TOTAL instances in all
 //   event SERVICE COUNT T         a ServiceCacheListener.cacheChanged() of that cache; COUNT is
@@ -35,6 +36,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.curator.framework.CuratorFramework;
 import org.apache.curator.framework.CuratorFrameworkFactory;
 import org.apache.curator.framework.state.ConnectionState;
@@ -80,7 +82,6 @@ public class ServiceCacheProbe {
                     .client(client).basePath(basePath).build();
             discovery.start();
             List<ServiceCache<Map>> caches = new ArrayList<>(services);
-            List<CountDownLatch> latches = new ArrayList<>(services);
             List<String> names = new ArrayList<>(services);
             for (int k = 0; k < services; k++) {
                 String name = String.format("svc%0" + digits + "d", k);
@@ -101,28 +102,43 @@ public class ServiceCacheProbe {
                 names.add(name);
                 caches.add(cache);
             }
-            for (ServiceCache<Map> cache : caches) {
-                latches.add(cache.startImmediate());
+            // startImmediate() does not wait for the initial load, but it is not free either (it
+            // makes sure the service's node exists, a round trip, and starts the cache's reads):
+            // the caches are polled every millisecond by a thread of their own from the first
+            // start on, so that each ready line is timed within ~1 ms of its latch.
+            CountDownLatch[] started = new CountDownLatch[services];
+            AtomicInteger added = new AtomicInteger();
+            long[] total = new long[1];
+            Thread poller = new Thread(() -> {
+                boolean[] ready = new boolean[services];
+                int left = services;
+                try {
+                    while (left > 0) {
+                        int upTo = added.get();
+                        for (int k = 0; k < upTo; k++) {
+                            if (!ready[k] && started[k].getCount() == 0) {
+                                long at = System.nanoTime();
+                                int count = caches.get(k).getInstances().size();
+                                total[0] += count;
+                                ready[k] = true;
+                                left--;
+                                say("ready " + names.get(k) + " " + count + " " + at);
+                            }
+                        }
+                        if (left > 0) Thread.sleep(1);
+                    }
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }, "ready-poller");
+            poller.start();
+            for (int k = 0; k < services; k++) {
+                started[k] = caches.get(k).startImmediate();
+                added.incrementAndGet();
             }
             say("started " + System.nanoTime());
-            // Polled every millisecond, so that each ready line is timed within ~1 ms of its latch.
-            long total = 0;
-            boolean[] ready = new boolean[services];
-            int left = services;
-            while (left > 0) {
-                for (int k = 0; k < services; k++) {
-                    if (!ready[k] && latches.get(k).getCount() == 0) {
-                        long at = System.nanoTime();
-                        int count = caches.get(k).getInstances().size();
-                        total += count;
-                        ready[k] = true;
-                        left--;
-                        say("ready " + names.get(k) + " " + count + " " + at);
-                    }
-                }
-                if (left > 0) Thread.sleep(1);
-            }
-            say("synced " + System.nanoTime() + " " + total);
+            poller.join();
+            say("synced " + System.nanoTime() + " " + total[0]);
 
             BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
             String command;

@@ -71,7 +71,7 @@ IDLE = 0.1
 MODES = {"back to back": 0.0, f"after {IDLE * 1000:.0f} ms idle": IDLE}
 TIMEOUT = 60               # one change, one stop
 SYNC_TIMEOUT = 1200        # an initial sync
-RELISTED = ("reconnected; listing the instances again", "connected again; listing the instances again")
+RELISTED = ("reconnected; listing again what changed while disconnected", "reconnected; listing the instances again", "connected again; listing the instances again")
 
 
 def log(msg):
@@ -327,6 +327,8 @@ def report(r, opts):
     if cur:
         line("… of which the JVM's start and connect, ms", ("", None), ("", None),
              (ms(cur["connected_ms"]), None))
+        line("… spawn → every cache's startImmediate() returned (the caches load meanwhile), ms",
+             ("", None), ("", None), (ms(cur["started_ms"]), None))
     cpu = [d[n]["sync_cpu_ms"] for n in pair]
     line("CPU of the process, start → synced, ms (÷: per process)",
          (f"{ms(cpu[0])} + {ms(cpu[1])} = {ms(sum(cpu))}", sum(cpu) / 2), (ms(base["cpu_ms"]), base["cpu_ms"]),

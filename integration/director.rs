@@ -1864,3 +1864,46 @@ async fn after_a_reconnect_only_the_services_that_changed_are_listed_again() {
         "one whole listing, at start:\n{log}"
     );
 }
+
+/// Issue #14: an output publishes as soon as its own services are listed, not after the whole
+/// view: with the listing paced at 100 requests a second, a service of 300 instances takes
+/// three seconds to list, and the output over a service of one is published before that
+/// listing ends.
+#[tokio::test]
+async fn an_output_publishes_once_its_own_services_are_listed() {
+    let root = root("dir_own_listing");
+    let s = Scratch::new("dir_own_listing");
+    let client = client().await;
+    register_many(&client, &root, "large", 300).await;
+    register(&client, &root, "small", "a", 1001).await;
+    let config = s.path("director.toml");
+    std::fs::write(
+        &config,
+        "[[output]]\nkey = \"LARGE\"\nservice = \"large\"\npreset = \"hostports\"\nsettle = \"0s\"\n\n\
+         [[output]]\nkey = \"SMALL\"\nservice = \"small\"\npreset = \"hostports\"\nsettle = \"0s\"\n",
+    )
+    .unwrap();
+    let d = Director::spawn(
+        herald(&root)
+            .arg("director")
+            .arg("--config")
+            .arg(&config)
+            .args(["--relist-rate", "100"]),
+    );
+    value_becomes(&client, &value_path(&root, "SMALL"), "10.0.0.1:1001").await;
+    let log = d.wait_log("listed every instance", 1).await;
+    let small = log
+        .lines()
+        .position(|l| l.contains("key=SMALL") && l.contains(PUBLISHED))
+        .expect("SMALL's publish is logged");
+    let listed = log
+        .lines()
+        .position(|l| l.contains("listed every instance"))
+        .unwrap();
+    assert!(
+        small < listed,
+        "SMALL was published before the large service's listing ended:\n{log}"
+    );
+    // And the large one once its listing is done.
+    d.wait_log(PUBLISHED, 2).await;
+}

@@ -38,8 +38,12 @@ pub type Instances = Arc<BTreeMap<InstanceId, Instance>>;
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub services: BTreeMap<ServiceName, Instances>,
-    /// False until the first full listing is done.
+    /// False until the first full listing is done, and again from a disconnection until the
+    /// listing after it is done.
     pub ready: bool,
+    /// The services listed since the view was last not ready: an output whose services are
+    /// all here may publish before the rest is listed (see [`Snapshot::ready_for`]).
+    pub listed: BTreeSet<ServiceName>,
     /// When the view was last listed whole in a session of its own (the first listing, and the
     /// one after each new session): for a new leader, news as much as any change — what it
     /// shows may be mid-flux (everything starting at once, agents re-registering after a mass
@@ -69,6 +73,12 @@ impl Snapshot {
             .iter()
             .filter_map(|s| self.services.get(s))
             .flat_map(|m| m.values())
+    }
+
+    /// Whether the view of `services` is current: the whole view is, or each of them was
+    /// listed since the view was last not ready.
+    pub fn ready_for(&self, services: &[ServiceName]) -> bool {
+        self.ready || services.iter().all(|s| self.listed.contains(s))
     }
 
     /// The last change of any of `services`, or the last listing in a new session if later.
@@ -166,6 +176,7 @@ pub fn follow(
             .map(|s| (s.clone(), Instances::default()))
             .collect(),
         ready: false,
+        listed: BTreeSet::new(),
         listed_at: None,
         changed: BTreeMap::new(),
         deregistered: BTreeMap::new(),
@@ -219,10 +230,10 @@ enum Ended {
 impl Follower {
     /// The view may be stale until the next full listing: leaders must not publish from it.
     fn unready(&self) {
-        if self
-            .tx
-            .send_if_modified(|s| std::mem::replace(&mut s.ready, false))
-        {
+        if self.tx.send_if_modified(|s| {
+            s.listed.clear();
+            std::mem::replace(&mut s.ready, false)
+        }) {
             self.wakes.everyone();
         }
     }
@@ -629,6 +640,13 @@ impl Follower {
             took_ms = started.elapsed().as_millis() as u64,
             "looked for what changed while disconnected"
         );
+        // What did not change is current again: its outputs need not wait for the listings.
+        let unchanged: Vec<ServiceName> = self.services.difference(&changed).cloned().collect();
+        self.tx.send_if_modified(|snapshot| {
+            snapshot.listed.extend(unchanged.iter().cloned());
+            !unchanged.is_empty()
+        });
+        self.wakes.services(&unchanged);
         self.relist_services(client, at, (false, true), &changed)
             .await
     }
@@ -667,7 +685,9 @@ impl Follower {
                 (service, found)
             });
         }
-        let mut fresh = BTreeMap::new();
+        // Each service is taken as its listing arrives: its outputs need not wait for the
+        // rest (a large service, or a paced listing of many).
+        let (mut listed, mut instances) = (0, 0);
         while let Some(joined) = listings.join_next().await {
             let Ok((service, found)) = joined else {
                 continue;
@@ -681,67 +701,39 @@ impl Follower {
                 }
                 Err(err) => return Err(err),
             };
-            fresh.insert(
-                service,
-                found
-                    .into_iter()
-                    .map(|i| (i.id.clone(), i))
-                    .collect::<BTreeMap<_, _>>(),
-            );
+            listed += 1;
+            instances += found.len();
+            self.merge(client, &service, found, at).await;
         }
-        let listed: usize = fresh.values().map(BTreeMap::len).sum();
         if !only_changed {
             info!(
-                services = fresh.len(),
-                instances = listed,
+                services = listed,
+                instances,
                 took_ms = started.elapsed().as_millis() as u64,
                 paced = self.pace.is_some(),
                 "listed every instance"
             );
         } else {
             info!(
-                services = fresh.len(),
-                instances = listed,
+                services = listed,
+                instances,
                 took_ms = started.elapsed().as_millis() as u64,
                 paced = self.pace.is_some(),
                 "listed the instances of the services that changed"
             );
         }
-        let mut departures = BTreeMap::new();
-        for (service, instances) in &fresh {
-            let old = self.tx.borrow().services.get(service).cloned();
-            departures.insert(
-                service.clone(),
-                self.departures(client, service, old.as_ref(), instances)
-                    .await,
-            );
-        }
-        let mut touched = Vec::new();
-        let mut everyone = false;
-        self.tx.send_if_modified(|snapshot| {
-            // Becoming ready is news to every output (leaders wait for it), and so is a new
-            // start of the view (`listed_at`).
-            everyone = !snapshot.ready || whole;
-            for (service, instances) in fresh {
-                let slot = snapshot.services.entry(service.clone()).or_default();
-                if **slot != instances {
-                    *slot = Arc::new(instances);
-                    let moved = departures.remove(&service).unwrap_or_default();
-                    note_departures(snapshot, &service, moved, at);
-                    snapshot.changed.insert(service.clone(), at);
-                    touched.push(service);
-                }
-            }
+        // Becoming ready is news to every output (leaders wait for it), and so is a new start
+        // of the view (`listed_at`).
+        if self.tx.send_if_modified(|snapshot| {
+            let news = !snapshot.ready || whole;
             snapshot.ready = true;
+            snapshot.listed.clear();
             if whole {
                 snapshot.listed_at = Some(at);
             }
-            everyone || !touched.is_empty()
-        });
-        if everyone {
+            news
+        }) {
             self.wakes.everyone();
-        } else {
-            self.wakes.services(&touched);
         }
         Ok(())
     }
@@ -802,17 +794,20 @@ impl Follower {
         let fresh: BTreeMap<_, _> = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let old = self.tx.borrow().services.get(service).cloned();
         let moved = self.departures(client, service, old.as_ref(), &fresh).await;
-        let changed = self.tx.send_if_modified(|snapshot| {
+        let news = self.tx.send_if_modified(|snapshot| {
+            // While the view is being rebuilt, a service listed is news to its outputs even
+            // when unchanged: they need not wait for the rest.
+            let listed = !snapshot.ready && snapshot.listed.insert(service.clone());
             let slot = snapshot.services.entry(service.clone()).or_default();
             if **slot == fresh {
-                return false;
+                return listed;
             }
             *slot = Arc::new(fresh);
             note_departures(snapshot, service, moved, at);
             snapshot.changed.insert(service.clone(), at);
             true
         });
-        if changed {
+        if news {
             self.wakes.services([service]);
         }
     }

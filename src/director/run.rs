@@ -183,7 +183,7 @@ async fn lead(
                             std::future::pending::<()>().await;
                         }
                         let snapshot = view.borrow_and_update();
-                        if snapshot.ready {
+                        if snapshot.ready_for(&output.services) {
                             let count = match counted.filter(|_| look.unchanged(&output, &snapshot)) {
                                 Some(count) => count,
                                 None => {
@@ -463,7 +463,8 @@ async fn serve(
                 .map(|s| snapshot.services.get(s).cloned())
                 .collect();
             let last_change = snapshot.last_change(&output.services);
-            if snapshot.ready {
+            let ready = snapshot.ready_for(&output.services);
+            if ready {
                 guards.left_on_purpose(look.left_on_purpose(output, &snapshot));
             }
             // Only the removal delay asks who deregistered (a copy per derivation otherwise).
@@ -476,7 +477,7 @@ async fn serve(
                     .filter_map(|s| Some((s.clone(), snapshot.deregistered.get(s)?.clone())))
                     .collect()
             };
-            (snapshot.ready, last_change, inputs, deregistered)
+            (ready, last_change, inputs, deregistered)
         };
         let now = Instant::now();
         if !ready {

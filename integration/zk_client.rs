@@ -16,7 +16,7 @@ use support::{DEADLINE, root, zk};
 use tokio::time::Instant;
 use zookeeper_client::{
     Acls, AddWatchMode, Client, CreateMode, CreateOptions, EventType, PersistentWatcher,
-    SessionInfo, SessionState,
+    SessionInfo, SessionState, WatchedEvent,
 };
 
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +131,20 @@ async fn expect_node_event(
                 event.event_type, event.session_state, event.path
             )),
             Err(_) => panic!("expected {kind:?} {path} within {within:?}; got only {seen:?}"),
+        }
+    }
+}
+
+/// The next session event of `watcher` entering `state` (node events on the way are passed
+/// over); fails after [`DEADLINE`].
+async fn session_event(watcher: &mut PersistentWatcher, state: SessionState) -> WatchedEvent {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, watcher.changed())
+            .await
+            .unwrap_or_else(|_| panic!("no {state} event within {DEADLINE:?}"));
+        if event.event_type == EventType::Session && event.session_state == state {
+            return event;
         }
     }
 }
@@ -376,15 +390,7 @@ async fn a_disconnection_carries_the_last_zxid_the_session_saw() {
     .await;
 
     server.stop(libc::SIGTERM).await;
-    let deadline = Instant::now() + DEADLINE;
-    let disconnected = loop {
-        let event = tokio::time::timeout_at(deadline, watcher.changed())
-            .await
-            .expect("a Disconnected event");
-        if event.session_state == SessionState::Disconnected {
-            break event;
-        }
-    };
+    let disconnected = session_event(&mut watcher, SessionState::Disconnected).await;
     assert_eq!(disconnected.event_type, EventType::Session);
     assert_eq!(
         disconnected.zxid, mine.czxid,
@@ -392,13 +398,6 @@ async fn a_disconnection_carries_the_last_zxid_the_session_saw() {
     );
 
     server.restart().await;
-    let connected = loop {
-        let event = tokio::time::timeout_at(deadline, watcher.changed())
-            .await
-            .expect("a SyncConnected event");
-        if event.session_state == SessionState::SyncConnected {
-            break event;
-        }
-    };
+    let connected = session_event(&mut watcher, SessionState::SyncConnected).await;
     assert!(connected.zxid >= mine.czxid, "{}", connected.zxid);
 }

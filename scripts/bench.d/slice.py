@@ -54,7 +54,9 @@ ROOT = "/bench-slice"
 ZK = os.path.join(REPO, "scripts", "zk")
 TIMEOUT = 60          # one change, one process start
 LONG = 1800           # a registration of everything, an initial sync, a storm
+KILL_LIMIT = 300      # the leader kill: changes must flow again within this (else it is reported)
 NOFILE = 262_144      # the load generator's and the host agents' open files (raised for them)
+PER_PROCESS = 15_000  # connections per load generator process (under a hard limit of 20,000 files)
 
 
 def log(msg):
@@ -146,7 +148,8 @@ def http_get(addr, path):
 
 
 def raise_nofile():
-    """preexec_fn: the open-files limit raised to NOFILE (root may raise the hard limit)."""
+    """preexec_fn: the open-files limit raised to NOFILE, or to the hard limit when it may not be
+    raised (a root without CAP_SYS_RESOURCE, as in many containers)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = NOFILE
     try:
@@ -197,7 +200,11 @@ def problems(opts):
     if opts.changes < 1 or opts.kill_changes < 1 or opts.rate < opts.hosts:
         return "--changes and --kill-changes at least 1, --rate at least one per host"
     if opts.instances > 500_000:
-        return "--instances at most 500000 (one connection each, in one load generator)"
+        return "--instances at most 500000 (one connection each)"
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and -(-opts.instances // opts.hosts) > hard - 200:
+        return (f"{-(-opts.instances // opts.hosts):,} connections per host agent would pass the hard limit of open "
+                f"files ({hard:,}); give more --hosts")
     return None
 
 
@@ -318,7 +325,7 @@ def report(r):
         f"(-Xmx{o['zk_heap']} each); {r['instances']:,} instances in {r['services']:,} services (svc0000: "
         f"{r['big']:,}; the others {min(r['sizes'][1:])}–{max(r['sizes'][1:])}) registered through {o['hosts']} "
         f"`herald host` processes (--session-timeout {o['host_session_timeout']}, one Unix-socket connection per "
-        f"instance from one asyncio load generator); {o['directors']} `herald director --config` processes with "
+        f"instance from asyncio load generator processes); {o['directors']} `herald director --config` processes with "
         f"{r['services']:,} outputs each (preset hostports, spread{', ' + o['output_toml'] if o.get('output_toml') else ''}) on the voters; readers: kazoo data watches on "
         f"every value, one client on the observer(s), one on the voters. herald built from {r['built_from']}."
     )
@@ -333,7 +340,7 @@ def report(r):
         f"{min(h['rss_kib'] for h in reg['hosts']) / 1024:,.1f}–{max(h['rss_kib'] for h in reg['hosts']) / 1024:,.1f}")
     row("host agent VmHWM, MiB (max)", f"{max(h['hwm_kib'] for h in reg['hosts']) / 1024:,.1f}")
     row("host agent CPU over the registration, s (sum of the hosts)", s(reg["hosts_cpu_ms"] / 1000))
-    row("load generator VmRSS, MiB", s(reg["loadgen"]["rss_kib"] / 1024))
+    row(f"load generator VmRSS, MiB ({reg['loadgen']['processes']} processes)", s(reg["loadgen"]["rss_kib"] / 1024))
     print()
     print("| server | mode | znodes | watches | data size MiB | connections | outstanding max (100 ms samples) | latency avg / max ms | live heap MiB (after full GC) | VmRSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -428,7 +435,8 @@ def report(r):
 
 
 def loadgen(params):
-    hosts, sizes = params["sockets"], params["sizes"]
+    hosts, sizes, part, parts = params["sockets"], params["sizes"], params["part"], params["parts"]
+    # Instance n registers through host agent n mod hosts; this process holds every parts-th one.
     plan = [(k, j) for k in range(len(sizes)) for j in range(sizes[k])]
     state = {"registered": 0, "connected": 0, "lost": 0, "failed": 0, "reconnects": 0, "refused": 0}
     failures = []
@@ -506,9 +514,9 @@ def loadgen(params):
     async def main():
         loop.create_task(report())
         print(json.dumps({"started": time.monotonic()}), flush=True)
-        for n in range(len(plan)):
+        for n in range(part, len(plan), parts):
             loop.create_task(connect(n))
-            if n % 1000 == 999:
+            if n % 1000 < parts:
                 await asyncio.sleep(0)
         await asyncio.Event().wait()
 
@@ -520,28 +528,38 @@ def loadgen(params):
 
 
 class Loadgen:
-    """The load generator as the measuring program sees it: its latest counts, kept by a thread."""
+    """The load generator as the measuring program sees it: as many processes as the open-files
+    limit asks for, their counts summed by a thread each."""
 
-    def __init__(self, python, params, log_path, env):
+    def __init__(self, python, params, log_path, env, instances):
         self.cond = threading.Condition()
         self.state, self.started, self.history, self.failures = {}, None, [], []
-        self.err = open(log_path, "wb")
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "loadgen", json.dumps(params)],
-                                     stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL,
-                                     env=env, preexec_fn=raise_nofile)
-        threading.Thread(target=self._read, daemon=True).start()
+        parts = max(1, -(-instances // PER_PROCESS))
+        self.parts = [{} for _ in range(parts)]
+        self.procs = []
+        for part in range(parts):
+            err = open(f"{log_path}.{part}", "wb")
+            proc = subprocess.Popen([python, os.path.abspath(__file__), "loadgen",
+                                     json.dumps(dict(params, part=part, parts=parts))],
+                                    stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                                    env=env, preexec_fn=raise_nofile)
+            self.procs.append(proc)
+            threading.Thread(target=self._read, args=(part, proc), daemon=True).start()
 
-    def _read(self):
-        for raw in self.proc.stdout:
+    def _read(self, part, proc):
+        for raw in proc.stdout:
             msg = json.loads(raw)
             with self.cond:
                 if "started" in msg:
-                    self.started = msg["started"]
+                    self.started = msg["started"] if self.started is None else min(self.started, msg["started"])
                 elif "failures" in msg:
                     self.failures.extend(msg["failures"])
                 else:
-                    self.state = msg
-                    self.history.append((msg["t"], msg["registered"]))
+                    self.parts[part] = msg
+                    if all(self.parts):
+                        total = {k: sum(p[k] for p in self.parts) for k in msg if k != "t"}
+                        self.state = dict(total, t=msg["t"])
+                        self.history.append((msg["t"], total["registered"]))
                 self.cond.notify_all()
         with self.cond:
             self.state = dict(self.state, exited=True)
@@ -563,6 +581,9 @@ class Loadgen:
     def snapshot(self):
         with self.cond:
             return dict(self.state)
+
+    def memory_kib(self):
+        return sum(memory(p.pid)["rss_kib"] for p in self.procs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -882,10 +903,9 @@ def measure(params):
         sampler = Sampler(servers)
         cpu0 = sum(cpu_ms(hosts[n].pid) for n in range(H))
         lg_params = {"sockets": sockets, "sizes": sizes}
-        loadgen_proc = Loadgen(params["python"], lg_params, os.path.join(workdir, "loadgen.log"),
-                               dict(env, PYTHONPATH=HERE))
-        live.append(loadgen_proc.proc)
-        loadgen_proc.until("load generator start", lambda s: True, TIMEOUT)
+        loadgen_proc = Loadgen(params["python"], lg_params, os.path.join(workdir, "loadgen.log"), env, I)
+        live.extend(loadgen_proc.procs)
+        loadgen_proc.until("load generator start", lambda s: loadgen_proc.started is not None, TIMEOUT)
         t0 = loadgen_proc.started
         done = loadgen_proc.until("every instance registered", lambda s: s["registered"] >= I, LONG)
         samples = sampler.finish()
@@ -899,7 +919,7 @@ def measure(params):
         if counted != I:
             result["notes"].append(f"after the registration the observer listed {counted:,} instance nodes, not {I:,}")
         reg["hosts"] = host_memory()
-        reg["loadgen"] = memory(loadgen_proc.proc.pid)
+        reg["loadgen"] = {"rss_kib": loadgen_proc.memory_kib(), "processes": len(loadgen_proc.procs)}
         reg["mntr"] = {str(srv["id"]): mntr_all(srv["port"]) for srv in servers}
         reg["zk_rss"] = {str(srv["id"]): memory(srv["pid"])["rss_kib"] for srv in servers}
         reg["heap"] = jvm_heaps(servers)
@@ -996,9 +1016,10 @@ def measure(params):
                 while not flow["stop"]:
                     k = pick()
                     t = change(k)
-                    at = oreader.wait_value(k, expected.value(k), limit=LONG)
+                    at = oreader.wait_value(k, expected.value(k), limit=KILL_LIMIT)
                     if at is None:
-                        flow["error"] = f"{keys[k]}'s new value not read on the observer within {LONG} s"
+                        flow["error"] = (f"{keys[k]}'s new value (x through host agent {k % H}) not read on the "
+                                         f"observer within {KILL_LIMIT} s; see the host agents' logs")
                         return
                     flow["rows"].append((t, at))
             except Exception as err:  # reported by the main thread
@@ -1018,7 +1039,7 @@ def measure(params):
         kill["killed"] = f"server {leader['id']} (the leader)"
         others = [srv for srv in servers if srv is not leader]
         new_leader = observer_back = None
-        deadline = time.monotonic() + LONG
+        deadline = time.monotonic() + KILL_LIMIT + 60
         obs = [srv for srv in servers if srv["role"] == "observer"]
         while time.monotonic() < deadline:
             if new_leader is None and any(mode(srv["port"]) == "leader" for srv in others if srv["role"] == "voter"):
@@ -1032,7 +1053,9 @@ def measure(params):
                 raise SystemExit(f"bench slice: during the leader kill: {flow['error']}")
             time.sleep(0.05)
         flow["stop"] = True
-        flower.join(LONG)
+        flower.join(KILL_LIMIT)
+        if len([r for r in flow["rows"] if r[0] > t_kill]) < params["kill_changes"]:
+            raise SystemExit(f"bench slice: changes did not flow again after the leader kill: {flow['error']}")
         rows = flow["rows"]
         after = [r for r in rows if r[0] > t_kill]
         before = [r for r in rows if r[1] < t_kill]

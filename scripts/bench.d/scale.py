@@ -71,7 +71,7 @@ IDLE = 0.1
 MODES = {"back to back": 0.0, f"after {IDLE * 1000:.0f} ms idle": IDLE}
 TIMEOUT = 60               # one change, one stop
 SYNC_TIMEOUT = 1200        # an initial sync
-RELISTED = ("reconnected; listing again what changed while disconnected", "reconnected; listing the instances again", "connected again; listing the instances again")
+RELISTED = ("reconnected; listing the instances again where they changed while disconnected", "reconnected; listing the instances again", "connected again; listing the instances again")
 
 
 def log(msg):
@@ -424,7 +424,7 @@ def report(r, opts):
         *(f"{mib(d2[n]['after_start']['rss_kib'])} / {mib(d2[n]['after_start']['hwm_kib'])}" for n in pair), "")
     three("reconnect: CPU, resume → quiet, ms", [rc["cpu_ms"][n] for n in pair])
     row("reconnect: relist logged, s after ZooKeeper resumed", *(fmt_s(rc["relisted_s"][n]) for n in pair), "")
-    for op in ("list_service", "get_data"):
+    for op in ("stat_service", "list_service", "get_data"):
         three(f"reconnect: {op} count increase (herald_zk_request_duration_seconds_count)",
               [rc["ops"][n].get(op, 0) for n in pair])
     for key, label in (("herald_zk_reconnects_total", "reconnects"),

@@ -454,7 +454,7 @@ async fn after_a_reconnect_the_director_lists_again() {
     register(&client, &root, "svc", "b", 1002).await;
     proxy.heal();
     value_becomes(&client, &path, "10.0.0.1:1001,10.0.0.2:1002").await;
-    d.wait_log("listing again what changed while disconnected", 1)
+    d.wait_log("listing the instances again where they changed", 1)
         .await;
 }
 

@@ -371,7 +371,9 @@ impl Follower {
                     }
                     SessionState::SyncConnected if disconnected.is_some() => {
                         let seen = disconnected.take().unwrap_or(WatchedEvent::NO_ZXID);
-                        info!("reconnected; listing again what changed while disconnected");
+                        info!(
+                            "reconnected; listing the instances again where they changed while disconnected"
+                        );
                         // The server keeps watches per connection: add ours again on this one
                         // (the client re-sends it too; adding twice is harmless), then list.
                         // The old watcher is dropped only after, so the server's watch never

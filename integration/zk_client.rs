@@ -1,7 +1,8 @@
 //! The patched zookeeper-client (vendor/zookeeper-client, see its PATCHES.md) against a real
 //! ZooKeeper: a persistent recursive watch still fires after a server restart, a session
 //! outlives a server outage that is longer than its client-side deadline used to be, and a
-//! session is resumed from a stored id and password.
+//! session is resumed from a stored id and password, and more watches than one SetWatches carries
+//! are re-sent without dropping the connection.
 
 // The restartable server fixture sits next to the shared one; only this binary compiles it.
 #[path = "support/standalone.rs"]
@@ -400,4 +401,45 @@ async fn a_disconnection_carries_the_last_zxid_the_session_saw() {
     server.restart().await;
     let connected = session_event(&mut watcher, SessionState::SyncConnected).await;
     assert!(connected.zxid >= mine.czxid, "{}", connected.zxid);
+}
+
+/// Watches re-sent after a reconnect in more than one SetWatches (over 128 KiB of paths: here
+/// 4,000 exist watches on 40-byte paths) are all answered: the session stays connected and a
+/// watch of the second batch still fires. Before, the second batch's reply was taken for a
+/// reply to nothing and the connection was dropped, on every reconnect again: a host agent
+/// with 4,000 registrations never came back after a leader election.
+#[tokio::test]
+async fn watches_resent_in_several_batches_keep_the_connection() {
+    let server = Standalone::start("many_watches").await;
+    let client = connect(&server.connect_string()).await;
+    let mut watchers = Vec::new();
+    for i in 0..4000 {
+        let path = format!("/watched/instance-{i:021}");
+        let (stat, watcher) = client.check_and_watch_stat(&path).await.unwrap();
+        assert!(stat.is_none());
+        watchers.push(watcher);
+    }
+    let mut states = States::record(&client);
+    server.stop(libc::SIGTERM).await;
+    states.expect(SessionState::Disconnected, DEADLINE).await;
+    server.restart().await;
+    states.expect(SessionState::SyncConnected, DEADLINE).await;
+
+    let other = connect(&server.connect_string()).await;
+    other.create("/watched", b"", &persistent()).await.unwrap();
+    let last = format!("/watched/instance-{:021}", 3999);
+    other.create(&last, b"", &persistent()).await.unwrap();
+    let event = tokio::time::timeout(DEADLINE, watchers.pop().unwrap().changed())
+        .await
+        .expect("the watch of the last path (second batch) fires");
+    assert_eq!(event.event_type, EventType::NodeCreated);
+    assert_eq!(event.path, last);
+    assert_same_session(&client, "/owner").await;
+    let history = states.log.lock().unwrap().len();
+    assert_eq!(
+        history,
+        2,
+        "one disconnection and one reconnection, no more: {:?}",
+        states.log.lock().unwrap()
+    );
 }

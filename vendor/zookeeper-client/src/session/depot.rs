@@ -23,7 +23,12 @@ pub struct Depot {
 
     writing_slices: Vec<IoSlice<'static>>,
     writing_operations: VecDeque<Operation>,
-    written_operations: HashMap<i32, SessionOperation>,
+    // herald patch: requests in flight by xid, each xid's in the order written. Predefined xids
+    // repeat: a reconnect re-sends watches in batches of at most 128 KiB of paths, every batch
+    // with the SetWatches xid, and a map of one operation per xid lost all but the last batch,
+    // so the reply to the second failed the connection ("recv response with xid -8 but no
+    // pending request"), on every reconnect again.
+    written_operations: HashMap<i32, VecDeque<SessionOperation>>,
 
     sasl: bool,
     pending_operations: VecDeque<SessionOperation>,
@@ -63,7 +68,7 @@ impl Depot {
 
     /// Error out ongoing operations except authes.
     pub fn error(&mut self, err: &Error) {
-        self.written_operations.drain().for_each(|(_, operation)| {
+        self.written_operations.drain().flat_map(|(_, operations)| operations).for_each(|operation| {
             if operation.request.get_code() == OpCode::Auth {
                 self.pending_authes.push(operation);
                 return;
@@ -100,10 +105,14 @@ impl Depot {
     }
 
     pub fn pop_request(&mut self, xid: i32) -> Result<SessionOperation, Error> {
-        match self.written_operations.remove(&xid) {
-            None => Err(Error::UnexpectedError(format!("recv response with xid {xid} but no pending request"))),
-            Some(operation) => Ok(operation),
+        let Some(operations) = self.written_operations.get_mut(&xid) else {
+            return Err(Error::UnexpectedError(format!("recv response with xid {xid} but no pending request")));
+        };
+        let operation = operations.pop_front();
+        if operations.is_empty() {
+            self.written_operations.remove(&xid);
         }
+        operation.ok_or_else(|| Error::UnexpectedError(format!("recv response with xid {xid} but no pending request")))
     }
 
     fn write_session(&mut self, mut operation: SessionOperation) {
@@ -270,7 +279,7 @@ impl Depot {
                 })
                 .for_each(|operation| {
                     let xid = operation.request.get_xid();
-                    self.written_operations.insert(xid, operation);
+                    self.written_operations.entry(xid).or_default().push_back(operation);
                 });
         }
         if written_bytes != 0 {

@@ -587,4 +587,28 @@ mod tests {
         let _recursive = wm.add_persistent_watch("/r", WatcherKind::PersistentRecursive);
         assert_eq!(resent(&wm), [OpCode::SetWatches2], "data, persistent and persistent-recursive watches");
     }
+
+    // herald patch: watches over 128 KiB of paths are re-sent in several SetWatches, every one
+    // with the SetWatches xid; each reply finds its request.
+    #[test]
+    fn every_set_watches_batch_finds_its_reply() {
+        let (sender, _receiver) = mpsc::unbounded::<Request>();
+        let sender = Arc::new(sender);
+        let (state_sender, _) = sync::watch::channel(SessionState::Disconnected);
+        let mut wm = WatchManager::new(Arc::downgrade(&sender), state_sender.subscribe());
+        // 4,000 paths of 40 bytes: 160,000 bytes, two batches.
+        let _watchers: Vec<_> = (0..4000).map(|i| wm.add_data_watch(&format!("/service/instance-{i:022}"))).collect();
+        let mut depot = Depot::new();
+        wm.resend_watches(0, &mut depot);
+        assert_eq!(depot.queued_op_codes(), [OpCode::SetWatches, OpCode::SetWatches]);
+        let mut wire = Vec::new();
+        while depot.has_pending_writes() {
+            futures_lite::future::block_on(depot.write_to(&mut wire)).unwrap();
+        }
+        let xid: i32 = crate::proto::PredefinedXid::SetWatches.into();
+        assert!(depot.pop_request(xid).is_ok(), "the first batch's reply");
+        assert!(depot.pop_request(xid).is_ok(), "the second batch's reply");
+        assert!(depot.pop_request(xid).is_err(), "no third batch");
+        assert!(depot.is_empty());
+    }
 }

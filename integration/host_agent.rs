@@ -53,6 +53,19 @@ fn session_of(port: u16) -> i64 {
     })
 }
 
+/// How many registration attempts (`op="register"` requests) the process at `port` made.
+fn register_attempts(port: u16) -> u64 {
+    let (code, body) = get(port, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find(|l| {
+            l.starts_with("herald_zk_request_duration_seconds_count")
+                && l.contains("op=\"register\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |n| n as u64)
+}
+
 fn host(root: &str, socket: &std::path::Path) -> Daemon {
     Daemon::spawn(
         herald(root)
@@ -221,6 +234,7 @@ async fn after_a_new_session_the_host_agent_registers_again_at_its_rate() {
     for id in &ids {
         assert_eq!(owner_of(&client, &node(&root, id)).await, first);
     }
+    let attempts = register_attempts(port);
     // Frozen past its session timeout: ZooKeeper expires the session and deletes every node.
     h.signal(libc::SIGSTOP);
     for id in &ids {
@@ -247,6 +261,9 @@ async fn after_a_new_session_the_host_agent_registers_again_at_its_rate() {
         span >= 1500,
         "8 registrations at 4/s took {span} ms: {created:?}"
     );
+    // One attempt each, in the new session: none spent (with a slot of the rate) on the
+    // expired one.
+    assert_eq!(register_attempts(port) - attempts, 8);
     h.signal(libc::SIGTERM);
     assert_eq!(h.exited().await.code(), Some(0));
 }

@@ -178,6 +178,19 @@ pub async fn maintain(
                     if event.event_type == zk::EventType::Session {
                         if matches!(state_error(event.session_state), zk::Error::SessionExpired | zk::Error::ClientClosed) {
                             reg.session_ended();
+                            // Nothing more can be done in this session: wait for the next one
+                            // (a round in this one would fail, and spend a slot of the pace).
+                            tokio::select! {
+                                _ = cancel.cancelled() => {
+                                    reg.release_before_exit(&live).await;
+                                    return Ok(());
+                                }
+                                renewed = session.renewed(session_generation) => {
+                                    live = renewed?;
+                                    states = live.client.state_watcher();
+                                    debug!(generation = live.generation, "new session; registering again");
+                                }
+                            }
                         }
                     } else {
                         debug!(path = %reg.node.path, event = ?event.event_type, "our node changed");
@@ -235,6 +248,14 @@ impl Registrar {
                 self.maybe = false;
             }
             return Ok(());
+        }
+        // A slot of the pace is for a request that can go out: not while disconnected (it
+        // would fail, and a storm would register at a fraction of the rate).
+        if !matches!(
+            client.state(),
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+        ) {
+            return Err(zk::Error::ConnectionLoss);
         }
         paced(self.pace.as_deref()).await;
         self.maybe = true;

@@ -526,6 +526,16 @@ fn bad_configs_exit_2_naming_the_line() {
         .args(["director", "--check-config", "--config"])
         .arg(&file));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // A one-output flag beside --config would be ignored: refused, naming it.
+    let out = run(herald("/unused")
+        .args(["director", "--check-config", "--wait", "1s", "--config"])
+        .arg(&file));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'--wait <DURATION[:DURATION]>'"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[tokio::test]

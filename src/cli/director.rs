@@ -33,8 +33,13 @@ last value unless --allow-empty. Logs name the key and a digest of the value, ne
 pub struct DirectorArgs {
     #[command(flatten)]
     pub metrics: MetricsArgs,
-    /// Configuration file (TOML) with one [[output]] table per published key.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "service"])]
+    /// Configuration file (TOML) with one [[output]] table per published key (the one-output
+    /// flags below are refused with it: say them in the file).
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "key", "service", "select", "template", "template_file", "preset", "url", "exec",
+        "exec_timeout", "min_instances", "allow_empty", "check", "max_drop", "drop_confirm",
+        "drop_window", "removal_delay", "max_value", "wait", "settle",
+    ])]
     pub config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]

@@ -650,6 +650,14 @@ async fn the_director_follows_changes_after_a_leader_kill_and_a_restart_of_its_s
     director
         .wait_log("listing the instances again", before + 1)
         .await;
+    // The loss is logged with the server lost, not the one the client tries next.
+    let killed = format!("tcp://127.0.0.1:{}", ensemble.client_port(on));
+    let log = director.stderr();
+    let lost = log
+        .lines()
+        .rfind(|l| l.contains("lost the connection to ZooKeeper"))
+        .expect("the loss is logged");
+    assert!(lost.contains(&killed), "{killed} in: {lost}");
     // ... and then the one it moved to.
     let driver = ensemble.clone();
     tokio::task::spawn_blocking(move || {

@@ -275,6 +275,9 @@ async fn keep(
                 live.generation,
             )
         };
+        // The server of the connection in use: by the time a loss is seen, the client may be
+        // connecting to the next one already (`Client::server` names the latest).
+        let mut server = client.server();
         let state = loop {
             let state = states.peek_state();
             if state.is_terminated() {
@@ -285,12 +288,12 @@ async fn keep(
                 state = states.changed() => match state {
                     zk::SessionState::Disconnected => {
                         telemetry.session_disconnected();
-                        warn!(session = %session_id, server = client.server().unwrap_or_default(), "lost the connection to ZooKeeper; reconnecting")
+                        warn!(session = %session_id, server = server.as_deref().unwrap_or_default(), "lost the connection to ZooKeeper; reconnecting")
                     }
                     zk::SessionState::SyncConnected => {
-                        let server = client.server();
+                        server = client.server();
                         telemetry.session_reconnected(server.as_deref());
-                        info!(session = %session_id, server = server.unwrap_or_default(), "reconnected to ZooKeeper")
+                        info!(session = %session_id, server = server.as_deref().unwrap_or_default(), "reconnected to ZooKeeper")
                     }
                     _ => {}
                 },

@@ -7,6 +7,7 @@ mod announce;
 mod confirm;
 mod delete;
 mod director;
+mod docs;
 mod drain;
 mod env;
 mod exit;
@@ -103,6 +104,10 @@ pub enum Command {
     Gateway(gateway::GatewayArgs),
     /// Check herald's znodes against its ACL policy, or bring them to it.
     Acl(acl::AclArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (herald.1 and one per subcommand).
+    Man(docs::ManArgs),
 }
 
 /// How to reach ZooKeeper and where herald's znodes live.
@@ -376,6 +381,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Confirm(args) => confirm::run(&cli.zk, args).await,
         Command::Gateway(args) => gateway::run(&cli.zk, args).await,
         Command::Acl(args) => acl::run(&cli.zk, args).await,
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -399,7 +399,7 @@ def report(r):
     both("SIGSTOP → ZooKeeper expired every host session, s", lambda x: s(x["expired_s"]))
     both("SIGCONT → every instance registered again (host status lines), s", lambda x: s(x["back_s"]))
     both("SIGCONT → every instance node back (ZooKeeper's ephemeral count), s", lambda x: s(x["nodes_back_s"]))
-    both("… instances per second", lambda x: "n/a" if not x["back_s"] else f"{r['instances'] / x['back_s']:,.0f}")
+    both("… instances per second (nodes back)", lambda x: "n/a" if not x["nodes_back_s"] else f"{r['instances'] / x['nodes_back_s']:,.0f}")
     both("SIGCONT → every value whole again (observer reader), s", lambda x: s(x["whole_s"]))
     both("… per output, p50 / p90 / max s", lambda x: "n/a" if not x["whole_by_key"] else
          f"{pct(x['whole_by_key'], 50):.1f} / {pct(x['whole_by_key'], 90):.1f} / {max(x['whole_by_key']):.1f}")
@@ -1143,6 +1143,10 @@ def measure(params):
             back = None if dipped is None else next((t for t, n in after[dipped:] if n >= I), None)
             out["back_s"] = None if back is None else back - t_cont
             out["dip_min"] = min((n for _, n in after), default=None)
+            if dipped is None:
+                result["notes"].append(f"{tag}: the host agents' status lines never said an instance was unregistered "
+                                       f"during the storm (their count stayed at {I:,}), though every "
+                                       f"instance node went with the sessions")
             whole = oreader.wait_all(LONG)
             out["whole_s"] = None if whole is None else max(0.0, whole - t_cont)
             vreader.wait_all(TIMEOUT)
@@ -1205,7 +1209,7 @@ def measure(params):
             out["counted"] = count_on(ocount)
             if out["counted"] != I:
                 result["notes"].append(f"{tag}: after the storm the observer listed {out['counted']:,} instance nodes, not {I:,}")
-            log(f"{tag} storm: every instance back {out['back_s']:.1f} s after SIGCONT; {out['publishes']:,} publishes, "
+            log(f"{tag} storm: every instance node back {out['nodes_back_s']:.1f} s after SIGCONT; {out['publishes']:,} publishes, "
                 f"{out['lacking']:,} lacking instances")
             return out
 

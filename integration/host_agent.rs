@@ -241,6 +241,20 @@ async fn after_a_new_session_the_host_agent_registers_again_at_its_rate() {
         gone(&client, &node(&root, id)).await;
     }
     h.signal(libc::SIGCONT);
+    // The processes hear that their nodes went with the session: the last to be registered
+    // again (2 s at 4/s) says "not registered" meanwhile.
+    let last = s.path("control-r7");
+    wait_until("r7 to say it is not registered", || {
+        let out = run(herald("/unused")
+            .args(["status", "--control-dir"])
+            .arg(&last));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        if said.contains("not registered") {
+            Ok(())
+        } else {
+            Err(said)
+        }
+    });
     let second = wait_until("a new session", || {
         let now = session_of(port);
         if now != first {
@@ -261,9 +275,13 @@ async fn after_a_new_session_the_host_agent_registers_again_at_its_rate() {
         span >= 1500,
         "8 registrations at 4/s took {span} ms: {created:?}"
     );
-    // One attempt each, in the new session: none spent (with a slot of the rate) on the
-    // expired one.
-    assert_eq!(register_attempts(port) - attempts, 8);
+    // One attempt each in the new session, not one more on the expired one each (16 before):
+    // only an attempt sent before the client heard of the expiry can still be spent there.
+    let made = register_attempts(port) - attempts;
+    assert!(
+        (8..=10).contains(&made),
+        "{made} attempts for 8 registrations"
+    );
     h.signal(libc::SIGTERM);
     assert_eq!(h.exited().await.code(), Some(0));
 }

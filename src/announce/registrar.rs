@@ -171,6 +171,7 @@ pub async fn maintain(
                 live = renewed?;
                 states = live.client.state_watcher();
                 reg.session_ended();
+                went_with_the_session(&status);
                 debug!(generation = live.generation, "new session; registering again");
             }
             event = wait_event(next.watcher) => {
@@ -178,6 +179,7 @@ pub async fn maintain(
                     if event.event_type == zk::EventType::Session {
                         if matches!(state_error(event.session_state), zk::Error::SessionExpired | zk::Error::ClientClosed) {
                             reg.session_ended();
+                            went_with_the_session(&status);
                             // Nothing more can be done in this session: wait for the next one
                             // (a round in this one would fail, and spend a slot of the pace).
                             tokio::select! {
@@ -205,6 +207,17 @@ pub async fn maintain(
             _ = sleep_until(next.retry_at) => {}
         }
     }
+}
+
+/// The node went with its session: said at once, since the next round may wait for the pace
+/// (or the next session) and would only say "registered" again, before anyone heard it was not.
+fn went_with_the_session(status: &watch::Sender<Status>) {
+    status.send_if_modified(|s| {
+        let was = s.registered;
+        s.registered = Registered::No;
+        s.document = 0;
+        was != Registered::No
+    });
 }
 
 /// What to wait for after a round, besides cancel, "wanted" and a new session.

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import signal
 import socket
 import statistics
@@ -34,6 +33,8 @@ import tempfile
 import time
 import urllib.request
 
+from benchlib import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = "/bench-takeover"
 TIMEOUT = 60
@@ -41,12 +42,6 @@ TIMEOUT = 60
 
 def log(msg):
     print(f"bench takeover: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def score(key, identity):
